@@ -1,0 +1,201 @@
+"""The margin head: class centres, AdaFace norm statistics and the AdaDistill update, behind one
+constructor (`build_head`) and one call (`head(student_emb, labels, teacher_emb, epoch_progress)`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .centres import coefficients, update_centres
+from .collective import gather_rows
+from .margins import MARGINS, clip_norms, norm_scaler
+
+KD_MODES = ("none", "adadistill")
+ALPHA_MODES = ("weighted", "plain")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """AdaFace KD's geometry-aware margin (the seed's AdaptiveAAdaFace): z_hat gains
+    w_eff * k * ReLU(lambda - cos_st) * lambda, w_eff = w * min(1, epoch_progress / warmup_epochs),
+    so a sample whose student is further from its teacher than the teacher is from its class centre
+    gets a larger (harder) margin, ramped in over the warmup."""
+
+    w: float = 1.0
+    k: float = 3.0
+    warmup_epochs: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("w", "k", "warmup_epochs"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"geom.{name} must be a finite number >= 0, found {value!r}")
+
+    def weight(self, epoch_progress: float) -> float:
+        if self.warmup_epochs == 0:
+            return float(self.w)
+        return float(self.w) * min(1.0, max(0.0, float(epoch_progress)) / self.warmup_epochs)
+
+    @staticmethod
+    def parse(value: Geometry | Mapping[str, Any]) -> Geometry:
+        if isinstance(value, Geometry):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"option geom must be None or a mapping with keys w, k, warmup_epochs; found {value!r}")
+        unknown = sorted(set(value) - {"w", "k", "warmup_epochs"})
+        if unknown:
+            raise ValueError(f"option geom: unknown keys {unknown}; known: w, k, warmup_epochs")
+        return Geometry(**value)
+
+
+class Head(nn.Module):
+    """Normalised-softmax head with a margin, class centres [C, D] and optional AdaDistill centres.
+
+    kd="none": `centres` is an nn.Parameter, trained by the optimizer.
+    kd="adadistill": `centres` is a buffer (no gradient, not in `parameters()`) that every training
+    call first moves towards this step's teacher embeddings (distill.centres); the logits then use the
+    updated centres, as in the original and the seed.
+
+    State changes (centres, AdaFace EMA) happen only in training mode; in eval mode the head computes
+    logits from its current state. When torch.distributed runs with several ranks, the state updates
+    use the global batch (all ranks' samples, gathered in rank order), so every rank holds the same
+    state and the result equals one process seeing the concatenated batch. Every rank must therefore
+    call the head in every training step.
+
+    The head always computes in float32 with autocast off: in bf16 a cosine carries ~4e-3 of error,
+    which s=64 turns into a quarter of a logit.
+    """
+
+    def __init__(self, loss: str, num_classes: int, embedding_size: int, kd: str, margin,
+                 alpha: str, geom: Geometry | None) -> None:
+        super().__init__()
+        self.loss, self.kd, self.margin, self.alpha_mode, self.geom = loss, kd, margin, alpha, geom
+        self.num_classes, self.embedding_size = num_classes, embedding_size
+        init = torch.empty(num_classes, embedding_size).normal_(0.0, 0.01)
+        if kd == "none":
+            self.centres = nn.Parameter(init)
+        else:
+            self.register_buffer("centres", init)
+        if margin.uses_norms:
+            # mk-minchul/AdaFace head.py starts the EMA at mean 20, std 100.
+            self.register_buffer("batch_mean", torch.tensor(20.0))
+            self.register_buffer("batch_std", torch.tensor(100.0))
+
+    def extra_repr(self) -> str:
+        return (f"loss={self.loss}, num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
+                f"kd={self.kd}, margin={self.margin}, alpha={self.alpha_mode}, geom={self.geom}")
+
+    def _check_inputs(self, student_emb, labels, teacher_emb) -> None:
+        if student_emb.dim() != 2 or student_emb.shape[1] != self.embedding_size:
+            raise ValueError(f"head: student_emb must be [B, {self.embedding_size}], found {tuple(student_emb.shape)}")
+        if labels.shape != (student_emb.shape[0],) or labels.dtype != torch.int64:
+            raise ValueError(f"head: labels must be int64 [{student_emb.shape[0]}], found {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        if self.kd == "adadistill":
+            if teacher_emb is None:
+                raise ValueError("head: kd='adadistill' needs teacher_emb (the frozen teacher's embeddings of "
+                                 "this batch); found None")
+            if teacher_emb.shape != student_emb.shape:
+                raise ValueError(f"head: teacher_emb must have the student's shape {tuple(student_emb.shape)}, "
+                                 f"found {tuple(teacher_emb.shape)}")
+
+    def forward(self, student_emb: torch.Tensor, labels: torch.Tensor, teacher_emb: torch.Tensor | None = None,
+                epoch_progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+        self._check_inputs(student_emb, labels, teacher_emb)
+        with torch.autocast(device_type=student_emb.device.type, enabled=False):
+            return self._forward(student_emb.float(), labels, teacher_emb, float(epoch_progress))
+
+    def _forward(self, z_s, labels, teacher_emb, epoch_progress):
+        f_s = F.normalize(z_s, dim=1)
+        stats: dict[str, Any] = {"cos_st": None, "alpha": None, "margin_scaler": self.margin.m}
+        coef = f_t = None
+        if self.kd == "adadistill":
+            f_t = F.normalize(teacher_emb.detach().float(), dim=1)
+            coef = coefficients(self.centres, labels, f_s.detach(), f_t, self.alpha_mode == "weighted")
+            stats.update(cos_st=coef.cos_st.mean(), alpha=coef.alpha.mean(), **{"lambda": coef.lam.mean()})
+        norms = clip_norms(z_s.norm(dim=1)) if self.margin.uses_norms else None
+
+        if self.training:
+            self._update_state(labels, f_t, coef, norms)
+
+        z_hat = None
+        if self.margin.uses_norms:
+            shift = 0.0
+            if self.geom is not None:
+                # geom uses the pre-update lambda (the one that weighted alpha), and cos_st.
+                geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
+                shift = self.geom.weight(epoch_progress) * geom
+            z_hat = norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
+            stats["margin_scaler"] = z_hat.mean()
+        cos = f_s @ F.normalize(self.centres, dim=1).t()  # [B, C]
+        return self.margin.logits(cos, labels, z_hat), stats
+
+    @torch.no_grad()
+    def _update_state(self, labels, f_t, coef, norms) -> None:
+        """AdaFace EMA and AdaDistill centres from the global batch (one gather for both)."""
+        columns = []
+        if norms is not None:
+            columns.append(norms[:, None])
+        if coef is not None:
+            columns += [coef.alpha[:, None], f_t]
+        if not columns:
+            return
+        all_labels, packed = gather_rows(labels, torch.cat(columns, dim=1))
+        if norms is not None:
+            all_norms, packed = packed[:, 0], packed[:, 1:]
+            if all_norms.numel() < 2:
+                raise ValueError("adaface: the (global) batch must hold at least 2 samples to estimate the "
+                                 f"std of the feature norms; found {all_norms.numel()}")
+            # EMA with this batch first, then z_hat (mk-minchul/AdaFace head.py); unbiased std.
+            t = self.margin.t_alpha
+            self.batch_mean.copy_(all_norms.mean() * t + (1 - t) * self.batch_mean)
+            self.batch_std.copy_(all_norms.std() * t + (1 - t) * self.batch_std)
+        if coef is not None:
+            update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0])
+
+
+def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", **options: Any) -> Head:
+    """Make a margin head.
+
+    loss: a registered margin ("arcface", "cosface", "adaface"); kd: "none" or "adadistill".
+    options: s, m (every loss; defaults 64 and 0.5 / 0.35 / 0.4), h, t_alpha (adaface only; defaults
+    0.333, 0.01), alpha ("weighted" default, or "plain") and geom (None, or a mapping w, k,
+    warmup_epochs; adaface with kd="adadistill" only). alpha and geom describe the distillation and are
+    ignored with kd="none", so `distill.mode=none` can run any distillation config as a baseline.
+    A None option means its default.
+    """
+    if loss not in MARGINS:
+        raise ValueError(f"build_head: unknown loss {loss!r}; known: {sorted(MARGINS)}")
+    if kd not in KD_MODES:
+        raise ValueError(f"build_head: unknown kd {kd!r}; known: {list(KD_MODES)}")
+    if not (isinstance(num_classes, int) and num_classes > 0):
+        raise ValueError(f"build_head: num_classes must be a positive int, found {num_classes!r}")
+    if not (isinstance(embedding_size, int) and embedding_size > 0):
+        raise ValueError(f"build_head: embedding_size must be a positive int, found {embedding_size!r}")
+    unknown = sorted(set(options) - {"s", "m", "h", "t_alpha", "alpha", "geom"})
+    if unknown:
+        raise ValueError(f"build_head: unknown options {unknown}; known: s, m, h, t_alpha, alpha, geom")
+    margin_cls = MARGINS[loss]
+    fields = {"s", "m"} | ({"h", "t_alpha"} if margin_cls.uses_norms else set())
+    for name in ("h", "t_alpha"):
+        if name not in fields and options.get(name) is not None:
+            raise ValueError(f"build_head: option {name} applies to adaface only; loss is {loss!r}, found {name}="
+                             f"{options[name]!r}")
+    margin = margin_cls(**{k: v for k, v in options.items() if k in fields and v is not None})
+
+    alpha = options.get("alpha") or "weighted"
+    geom = options.get("geom")
+    if kd == "none":
+        alpha, geom = None, None
+    elif alpha not in ALPHA_MODES:
+        raise ValueError(f"build_head: option alpha must be one of {list(ALPHA_MODES)}, found {alpha!r}")
+    if geom is not None:
+        if not margin_cls.uses_norms:
+            raise ValueError(f"build_head: option geom (the geometry-aware margin) needs loss 'adaface', found {loss!r}")
+        geom = Geometry.parse(geom)
+    return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)

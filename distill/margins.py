@@ -1,0 +1,140 @@
+"""Margin logits: turn cosines to the class centres into the scaled logits of a margin softmax.
+
+Every margin here is a small frozen dataclass (its hyper-parameters) with one method,
+`logits(cos, labels, z_hat)`, registered by name in `MARGINS`. The stateful parts (class centres,
+AdaFace's norm statistics) live in `distill.heads.Head`; these functions are pure.
+
+Shapes: cos [B, C] (cosine of each normalised student embedding to each normalised centre),
+labels [B] int64, z_hat [B] (AdaFace's norm-based scaler, detached) or None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Protocol
+
+import torch
+
+# eps of the clamps before acos and of AdaFace's std denominator, as in mk-minchul/AdaFace head.py.
+EPS = 1e-3
+
+
+class Margin(Protocol):
+    s: float
+    m: float
+    uses_norms: ClassVar[bool]
+
+    def logits(self, cos: torch.Tensor, labels: torch.Tensor, z_hat: torch.Tensor | None) -> torch.Tensor: ...
+
+
+MARGINS: dict[str, Callable[..., Margin]] = {}
+
+
+def register(name: str):
+    """Class decorator: register a margin under `name`; a duplicate name is an error."""
+
+    def wrap(cls):
+        if name in MARGINS:
+            raise ValueError(f"margin {name!r} is registered twice ({MARGINS[name].__name__} and {cls.__name__})")
+        MARGINS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _check_scale_margin(name: str, s: float, m: float) -> None:
+    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+        raise ValueError(f"{name}: option s must be a finite number > 0, found {s!r}")
+    if not (isinstance(m, (int, float)) and math.isfinite(m) and 0 <= m < math.pi / 2):
+        raise ValueError(f"{name}: option m must be a number in [0, pi/2), found {m!r}")
+
+
+def _with_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """cos with column labels[i] of row i replaced by target[i] (out of place, so autograd sees both)."""
+    return cos.scatter(1, labels[:, None], target[:, None])
+
+
+@register("arcface")
+@dataclass(frozen=True)
+class ArcFaceMargin:
+    """ArcFace, additive angular margin (Deng et al., CVPR 2019, arXiv:1801.07698, Eq. 3):
+    target logit s*cos(theta_y + m), others s*cos(theta_j)."""
+
+    s: float = 64.0
+    m: float = 0.5
+    uses_norms: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_scale_margin("arcface", self.s, self.m)
+
+    def logits(self, cos, labels, z_hat=None):
+        target = cos.gather(1, labels[:, None]).squeeze(1)
+        # The originals (AdaDistill utils/losses.py, arcface_torch) take acos of values that rounding
+        # can push past +-1, and acos' gradient is infinite at +-1: clamp to [-1+eps, 1-eps] first.
+        theta = torch.acos(target.clamp(-1 + EPS, 1 - EPS))
+        return self.s * _with_target(cos, labels, torch.cos(theta + self.m))
+
+
+@register("cosface")
+@dataclass(frozen=True)
+class CosFaceMargin:
+    """CosFace / large margin cosine loss (Wang et al., CVPR 2018, arXiv:1801.09414, Eq. 4):
+    target logit s*(cos(theta_y) - m), others s*cos(theta_j). No acos, so no clamp is needed."""
+
+    s: float = 64.0
+    m: float = 0.35
+    uses_norms: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_scale_margin("cosface", self.s, self.m)
+
+    def logits(self, cos, labels, z_hat=None):
+        target = cos.gather(1, labels[:, None]).squeeze(1)
+        return self.s * _with_target(cos, labels, target - self.m)
+
+
+@register("adaface")
+@dataclass(frozen=True)
+class AdaFaceMargin:
+    """AdaFace, quality-adaptive margin (Kim et al., CVPR 2022, arXiv:2204.00964, Sec. 3.3-3.4):
+    with z_hat the feature-norm scaler, g_angle = -m*z_hat and g_add = m + m*z_hat, the target logit is
+    s*(cos(clamp(theta_y + g_angle, eps, pi-eps)) - g_add) and the others s*cos(theta_j); all cosines
+    are first clamped to [-1+eps, 1-eps], as in mk-minchul/AdaFace head.py."""
+
+    s: float = 64.0
+    m: float = 0.4
+    h: float = 0.333
+    t_alpha: float = 0.01
+    uses_norms: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_scale_margin("adaface", self.s, self.m)
+        if not (isinstance(self.h, (int, float)) and math.isfinite(self.h) and self.h >= 0):
+            raise ValueError(f"adaface: option h must be a finite number >= 0, found {self.h!r}")
+        if not (isinstance(self.t_alpha, (int, float)) and 0 < self.t_alpha <= 1):
+            raise ValueError(f"adaface: option t_alpha must be in (0, 1], found {self.t_alpha!r}")
+
+    def logits(self, cos, labels, z_hat=None):
+        if z_hat is None:
+            raise ValueError("adaface: logits need z_hat, the norm scaler of each sample")
+        cos = cos.clamp(-1 + EPS, 1 - EPS)
+        target = cos.gather(1, labels[:, None]).squeeze(1)
+        theta = torch.acos(target) - self.m * z_hat  # theta_y + g_angle
+        target = torch.cos(theta.clamp(EPS, math.pi - EPS)) - (self.m + self.m * z_hat)
+        return self.s * _with_target(cos, labels, target)
+
+
+def norm_scaler(norms: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, h: float,
+                shift: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """AdaFace's z_hat = clamp(h*(n - mu)/(sigma + eps) + shift, -1, 1) for clipped, detached norms.
+
+    `shift` is the geometry-aware term of AdaFace KD (w_eff * geom, see distill.heads); 0 for AdaFace.
+    """
+    return (h * (norms - mean) / (std + EPS) + shift).clamp(-1.0, 1.0)
+
+
+def clip_norms(norms: torch.Tensor) -> torch.Tensor:
+    """Feature norms clipped to [0.001, 100] and detached: AdaFace uses them as a quality proxy only,
+    so no gradient flows through the margin into the norm (mk-minchul/AdaFace head.py)."""
+    return norms.detach().clamp(0.001, 100.0)
