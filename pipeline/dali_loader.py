@@ -1,0 +1,77 @@
+"""One epoch of batches through the DALI graph, in the order that pipeline/order.py fixed.
+
+Why not `fn.readers.webdataset` with `random_shuffle`: its order is a shuffle buffer (`initial_fill`)
+seeded once, whose state runs on from epoch to epoch, and with `num_shards` each rank reads a fixed
+contiguous slice. Reaching batch s of epoch e would then need either replaying everything before it or
+a DALI checkpoint saved by the previous run, and the torch backend could not reproduce that order. Here
+the order is a seeded permutation per (seed, epoch) over all samples (a global shuffle, better than any
+buffer for identity mix), split per rank with the tail dropped; resuming is starting at `step`. The
+images enter DALI through one batched `fn.external_source` as zero-copy views of the memory-mapped tars,
+located with the shards' DALI `.idx` files, so the reader adds only a list of B views per batch; the
+decoding, flips and normalization run in DALI's threads (or on the GPU).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.augment import Augment
+from pipeline.batch import Batch
+from pipeline.dali_graph import AUGMENT_INPUTS, build_train_graph, to_torch
+from pipeline.order import EpochPlan
+from pipeline.shard_index import ShardIndex, ShardReader
+
+
+class DaliLoader:
+    """Iterable over the batches of one epoch from `start_step` on; `len()` is the epoch's steps."""
+
+    backend = "dali"
+
+    def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
+                 dtype: torch.dtype, aug: Augment, with_flip: bool, num_threads: int | None = None,
+                 prefetch: int = 2) -> None:
+        self.index, self.plan, self.start_step = index, plan, start_step
+        self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
+        self.num_threads, self.prefetch = num_threads, prefetch
+        self.num_classes, self.num_samples = index.num_classes, index.num_samples
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def _source(self, pending: deque):
+        reader, plan, aug, size = ShardReader(self.index), self.plan, self.aug, self.index.image_size
+        steps = iter(range(self.start_step, plan.steps))
+
+        def source() -> tuple:
+            step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
+            keys = plan.samples[step]
+            flips, params = plan.draws(step, aug, size)
+            out = [reader.images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
+            if params is not None:
+                out += [getattr(params, name) for name in AUGMENT_INPUTS]
+            out = tuple(out)
+            # The graph reads these arrays without copying them: they stay referenced here until the
+            # batch comes out of the pipeline.
+            pending.append((keys, reader.labels(keys), flips, out))
+            return out
+
+        return source
+
+    def __iter__(self) -> Iterator[Batch]:
+        pending: deque = deque()
+        pipe = build_train_graph(self._source(pending), encoding=self.index.encoding,
+                                 batch_size=self.plan.batch_size, size=self.index.image_size, device=self.device,
+                                 aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch)
+        try:
+            for _ in range(self.start_step, self.plan.steps):
+                (images,) = pipe.run()
+                keys, labels, flips, _ = pending.popleft()  # DALI returns batches in the order it asked for them
+                yield Batch(images=to_torch(images, self.device, self.dtype),
+                            labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
+                            index=torch.from_numpy(keys).to(self.device, non_blocking=True),
+                            flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None)
+        finally:
+            del pipe  # frees DALI's threads and buffers now, also when the consumer stops early

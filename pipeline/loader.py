@@ -1,0 +1,86 @@
+"""build_loader: the one entry point from a shards directory to an epoch of Batches on the device."""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+
+from pipeline.augment import Augment, parse_augment
+from pipeline.device import resolve_device
+from pipeline.order import plan_epoch
+from pipeline.shard_index import MANIFEST_NAME, ShardIndex
+
+BACKENDS = ("auto", "dali", "torch")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_index_cache: dict[tuple, ShardIndex] = {}
+_index_lock = threading.Lock()
+
+
+def open_index(shards: Union[str, os.PathLike]) -> ShardIndex:
+    """The parsed shards directory, cached per process: a training run builds one loader per epoch, and
+    parsing millions of `.idx` lines each time would cost seconds. A rewritten manifest invalidates."""
+    root = Path(shards).resolve()
+    try:
+        stat = (root / MANIFEST_NAME).stat()
+        key = (str(root), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return ShardIndex.open(root)  # raises the error that names what is missing
+    with _index_lock:
+        if key not in _index_cache:
+            _index_cache.clear()  # one dataset at a time is the common case; do not hold stale tables
+            _index_cache[key] = ShardIndex.open(root)
+        return _index_cache[key]
+
+
+def _pick_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, found {backend!r}")
+    if backend == "torch":
+        return backend
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as err:
+        if backend == "dali":
+            raise ImportError(f"backend='dali': DALI cannot be imported ({err}); install nvidia-dali-cuda120 "
+                              f"or pass backend='torch'") from err
+        warnings.warn(f"pipeline: DALI cannot be imported ({err}); falling back to the torch backend "
+                      f"(webdataset shards, DataLoader workers, libjpeg-turbo decode)", RuntimeWarning, stacklevel=3)
+        return "torch"
+    return "dali"
+
+
+def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 device: Union[str, torch.device] = "auto", seed: int = 0, epoch: int = 0, step: int = 0,
+                 augment: Union[None, Augment, Mapping[str, float]] = None, dtype: torch.dtype = torch.float32,
+                 backend: str = "auto", with_flip: bool = False):
+    """One epoch of `pipeline.Batch` for rank `rank` of `world_size`, starting at `step`.
+
+    The order is a function of (seed, epoch) alone, every rank runs `len(loader)` steps (the tail that
+    does not fill a global batch is dropped), and `step` > 0 resumes with exactly the batches the
+    uninterrupted epoch would have yielded from there. `len(loader)` is the steps of the whole epoch;
+    iteration yields `len(loader) - step` batches. `loader.num_classes` and `loader.num_samples` come
+    from the manifest. Images are flipped with p = 0.5; `augment` adds AdaFace's augmentations
+    (pipeline.Augment or a mapping name -> probability).
+    """
+    aug = parse_augment(augment)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
+    chosen = _pick_backend(backend)
+    dev = resolve_device(device)
+    index = open_index(shards)
+    plan = plan_epoch(index.num_samples, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    if not 0 <= step <= plan.steps:
+        raise ValueError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), found {step}")
+    common = dict(start_step=step, device=dev, dtype=dtype, aug=aug, with_flip=with_flip)
+    if chosen == "dali":
+        from pipeline.dali_loader import DaliLoader
+
+        return DaliLoader(index, plan, **common)
+    from pipeline.torch_loader import TorchLoader
+
+    return TorchLoader(index, plan, **common)
