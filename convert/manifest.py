@@ -1,0 +1,160 @@
+"""The shard set's manifest.json: typed, validated on load, written last and atomically."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+FORMAT = "adadistill-webdataset-shards"
+VERSION = 1
+FILE_NAME = "manifest.json"
+ENCODINGS = ("jpeg", "raw")
+# Member extension of each encoding (DESIGN.md, "Shards").
+EXTENSIONS = {"jpeg": "jpg", "raw": "raw"}
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, or holds impossible values; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One tar shard: file name (relative to the manifest), sample count, byte size, sha256 hex digest."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not self.name.endswith(".tar") or "/" in self.name:
+            raise ManifestError(f"shard name must be a plain '<name>.tar', found {self.name!r}")
+        if self.samples < 1:
+            raise ManifestError(f"shard {self.name}: samples must be >= 1, found {self.samples}")
+        if self.bytes < 1024:
+            raise ManifestError(f"shard {self.name}: a tar holds at least 1024 bytes, found {self.bytes}")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ManifestError(f"shard {self.name}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+
+    @property
+    def index_name(self) -> str:
+        """The DALI index file beside the tar."""
+        return self.name[: -len(".tar")] + ".idx"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a shard directory holds. Shard k holds keys sum(samples of shards < k) .. + samples - 1.
+
+    class_map: the source's label (a number or a folder name) of each contiguous class 0..C-1, or
+    None when the source's labels already are 0..C-1. skipped: source keys left out by --skip-corrupt.
+    """
+
+    num_samples: int
+    num_classes: int
+    image_size: int
+    encoding: str
+    seed: int
+    shards: tuple
+    source: Mapping[str, Any]
+    class_map: Optional[tuple] = None
+    skipped: tuple = ()
+    format: str = FORMAT
+    version: int = VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise ManifestError(f"manifest format must be {FORMAT!r}, found {self.format!r}")
+        if self.version != VERSION:
+            raise ManifestError(f"manifest version {VERSION} expected, found {self.version}")
+        if self.encoding not in ENCODINGS:
+            raise ManifestError(f"manifest encoding must be one of {ENCODINGS}, found {self.encoding!r}")
+        if self.num_classes < 1 or self.num_samples < 1 or self.image_size < 1:
+            raise ManifestError(
+                f"manifest needs num_samples, num_classes, image_size >= 1, found "
+                f"{self.num_samples}, {self.num_classes}, {self.image_size}"
+            )
+        if not all(isinstance(s, ShardRecord) for s in self.shards) or not self.shards:
+            raise ManifestError("manifest shards must be a non-empty sequence of ShardRecord")
+        total = sum(s.samples for s in self.shards)
+        if total != self.num_samples:
+            raise ManifestError(f"manifest num_samples is {self.num_samples} but its shards hold {total}")
+        names = [s.name for s in self.shards]
+        if len(set(names)) != len(names):
+            raise ManifestError("manifest lists a shard name twice")
+        if self.class_map is not None and len(self.class_map) != self.num_classes:
+            raise ManifestError(f"class_map has {len(self.class_map)} entries for {self.num_classes} classes")
+
+    @property
+    def extension(self) -> str:
+        """The image member's extension: 'jpg' or 'raw'."""
+        return EXTENSIONS[self.encoding]
+
+    def shard_paths(self, shards_dir: Union[str, os.PathLike]) -> list:
+        return [os.path.join(os.fspath(shards_dir), s.name) for s in self.shards]
+
+    def first_keys(self) -> list:
+        """The first sample key of each shard."""
+        keys, k = [], 0
+        for s in self.shards:
+            keys.append(k)
+            k += s.samples
+        return keys
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shards"] = [asdict(s) for s in self.shards]
+        d["class_map"] = list(self.class_map) if self.class_map is not None else None
+        d["skipped"] = list(self.skipped)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest") -> "Manifest":
+        d = dict(d)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ManifestError(f"{where}: unknown keys {unknown}")
+        try:
+            d["shards"] = tuple(ShardRecord(**s) for s in d["shards"])
+            if d.get("class_map") is not None:
+                d["class_map"] = tuple(d["class_map"])
+            d["skipped"] = tuple(d.get("skipped", ()))
+            return cls(**d)
+        except (TypeError, KeyError) as e:
+            raise ManifestError(f"{where}: malformed manifest ({e})") from None
+        except ManifestError as e:
+            raise ManifestError(f"{where}: {e}") from None
+
+    @classmethod
+    def load(cls, shards_dir: Union[str, os.PathLike]) -> "Manifest":
+        """Read `<shards_dir>/manifest.json` (or a manifest file path)."""
+        path = os.fspath(shards_dir)
+        if os.path.isdir(path):
+            path = os.path.join(path, FILE_NAME)
+        if not os.path.isfile(path):
+            raise ManifestError(f"{path}: no manifest (a shard directory without one holds no finished dataset)")
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+        return cls.from_dict(data, where=path)
+
+    def save(self, shards_dir: Union[str, os.PathLike]) -> str:
+        """Write manifest.json atomically (temp file, fsync, rename); returns its path."""
+        path = os.path.join(os.fspath(shards_dir), FILE_NAME)
+        write_json_atomic(path, self.to_dict())
+        return path
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,262 @@
+"""Read and write MXNet RecordIO files (.rec with a key<TAB>offset .idx) without mxnet.
+
+The byte layout follows dmlc-core's recordio.cc, which MXNet's MXIndexedRecordIO uses:
+every part starts with the magic 0xced7230a and lrec = cflag << 29 | length, and its payload is
+padded with zeros to 4 bytes. When the magic occurs at a 4-aligned position inside a record, the
+writer drops those 4 bytes and starts a new part there (cflag 1 = first, 2 = middle, 3 = last);
+the reader puts the magic back between parts. A record's payload starts with an IRHeader
+(struct 'IfQQ': flag, label, id, id2); when flag > 0, `flag` float32 labels follow it.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_IR_FORMAT = "<IfQQ"
+IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
+_MAX_LENGTH = (1 << 29) - 1
+_READ_AHEAD = 16 * 1024
+
+
+class RecordIOError(ValueError):
+    """A .rec or .idx file that does not hold what RecordIO promises; the message names file and offset."""
+
+
+@dataclass(frozen=True)
+class IRHeader:
+    """MXNet's image record header. `label` is a float, or a tuple of floats when flag > 0."""
+
+    flag: int
+    label: Union[float, tuple]
+    id: int
+    id2: int
+
+    def __post_init__(self) -> None:
+        if self.flag < 0:
+            raise ValueError(f"IRHeader.flag must be >= 0, found {self.flag}")
+        if isinstance(self.label, tuple) and len(self.label) != self.flag:
+            raise ValueError(f"IRHeader with flag {self.flag} needs {self.flag} labels, found {len(self.label)}")
+
+
+def pack_header(flag: int, label, id: int, id2: int) -> bytes:
+    """Header bytes as mx.recordio.pack writes them: a sequence label becomes flag = len, label 0.
+
+    `flag` is only used when `label` is a scalar, where MXNet forces it to 0 as well; it is kept in
+    the signature so that a header reads like MXNet's IRHeader(flag, label, id, id2).
+    """
+    if np.ndim(label) == 0:
+        return struct.pack(_IR_FORMAT, 0, float(label), int(id), int(id2))
+    labels = np.asarray(label, dtype="<f4").reshape(-1)
+    return struct.pack(_IR_FORMAT, labels.size, 0.0, int(id), int(id2)) + labels.tobytes()
+
+
+def pack(header: IRHeader, payload: bytes) -> bytes:
+    """One record: header (and its float labels) followed by the payload (an encoded image)."""
+    return pack_header(header.flag, header.label, header.id, header.id2) + bytes(payload)
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """Split a record into its IRHeader and payload (mx.recordio.unpack without numpy labels)."""
+    if len(record) < IR_SIZE:
+        raise RecordIOError(f"record of {len(record)} bytes is shorter than an IRHeader ({IR_SIZE} bytes)")
+    flag, label, rid, rid2 = struct.unpack_from(_IR_FORMAT, record, 0)
+    payload = memoryview(record)[IR_SIZE:]
+    if flag > 0:
+        if len(payload) < 4 * flag:
+            raise RecordIOError(f"IRHeader says {flag} float labels but only {len(payload)} bytes follow it")
+        label = tuple(float(v) for v in np.frombuffer(payload[: 4 * flag], dtype="<f4"))
+        payload = payload[4 * flag :]
+    return IRHeader(int(flag), label, int(rid), int(rid2)), bytes(payload)
+
+
+def encode_record(data: bytes) -> bytes:
+    """The bytes dmlc's RecordIOWriter::WriteRecord emits for one record (parts, padding)."""
+    n = len(data)
+    if n > _MAX_LENGTH:
+        raise RecordIOError(f"RecordIO records must be under 2^29 bytes, found {n}")
+    out = []
+    start = 0
+    # The writer only looks for the magic at 4-aligned offsets (recordio.cc); find() is the fast
+    # path, alignment is checked on each hit.
+    pos = data.find(_MAGIC_BYTES)
+    while 0 <= pos <= n - 4:
+        if pos % 4 == 0 and pos >= start:
+            cflag = 1 if start == 0 else 2
+            out.append(struct.pack("<II", MAGIC, cflag << 29 | (pos - start)))
+            out.append(data[start:pos])
+            start = pos + 4
+            pos = data.find(_MAGIC_BYTES, start)
+        else:
+            pos = data.find(_MAGIC_BYTES, pos + 1)
+    cflag = 3 if start != 0 else 0
+    out.append(struct.pack("<II", MAGIC, cflag << 29 | (n - start)))
+    out.append(data[start:])
+    out.append(b"\0" * ((-(n - start)) % 4))
+    return b"".join(out)
+
+
+class RecordWriter:
+    """Append records to a .rec and write its .idx (key<TAB>offset), as MXIndexedRecordIO('w') does."""
+
+    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None]) -> None:
+        self.path_rec = os.fspath(path_rec)
+        self._rec = open(self.path_rec, "wb")
+        self._idx = open(path_idx, "w") if path_idx is not None else None
+        self._keys: set = set()
+
+    def write(self, record: bytes) -> int:
+        """Write one record without a key; returns its offset."""
+        offset = self._rec.tell()
+        self._rec.write(encode_record(bytes(record)))
+        return offset
+
+    def write_idx(self, key: int, record: bytes) -> int:
+        """Write one record under `key` (recorded in the .idx); returns its offset."""
+        if key in self._keys:
+            raise RecordIOError(f"{self.path_rec}: key {key} written twice")
+        self._keys.add(key)
+        offset = self.write(record)
+        if self._idx is not None:
+            self._idx.write(f"{key}\t{offset}\n")
+        return offset
+
+    def close(self) -> None:
+        self._rec.close()
+        if self._idx is not None:
+            self._idx.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_index(path_idx: str, rec_size: int) -> dict:
+    offsets: dict = {}
+    with open(path_idx, "r") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise RecordIOError(f"{path_idx}:{lineno}: expected 'key<TAB>offset', found {line.rstrip()!r}")
+            try:
+                key, offset = int(parts[0]), int(parts[1])
+            except ValueError:
+                raise RecordIOError(f"{path_idx}:{lineno}: expected integers, found {line.rstrip()!r}") from None
+            if offset < 0 or offset + 8 > rec_size:
+                raise RecordIOError(
+                    f"{path_idx}:{lineno}: key {key} at offset {offset} lies past the end of the .rec ({rec_size} bytes)"
+                )
+            if key in offsets:
+                raise RecordIOError(f"{path_idx}:{lineno}: key {key} appears twice")
+            offsets[key] = offset
+    return offsets
+
+
+class RecordReader:
+    """Random access to a .rec through its .idx, or (without one) an index built by scanning.
+
+    `keys` lists the record keys in file order; `read(key)` returns the joined record bytes;
+    iterating yields (key, record). Every malformed part raises RecordIOError naming file and offset.
+    """
+
+    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None] = None) -> None:
+        self.path_rec = os.fspath(path_rec)
+        if not os.path.isfile(self.path_rec):
+            raise RecordIOError(f"{self.path_rec}: no such .rec file")
+        self.size = os.path.getsize(self.path_rec)
+        self._fd = os.open(self.path_rec, os.O_RDONLY)
+        self.path_idx = os.fspath(path_idx) if path_idx is not None else None
+        if self.path_idx is not None:
+            self._offsets = _read_index(self.path_idx, self.size)
+        else:
+            warnings.warn(f"{self.path_rec}: no .idx given, scanning the whole file to index it", stacklevel=2)
+            self._offsets = {key: off for key, off in enumerate(self._scan())}
+        self.keys: Sequence[int] = sorted(self._offsets, key=self._offsets.__getitem__)
+
+    def _scan(self) -> Iterator[int]:
+        offset = 0
+        while offset < self.size:
+            yield offset
+            _, offset = self._read_at(offset)
+
+    def _read_at(self, offset: int) -> tuple[bytes, int]:
+        """The record starting at `offset` and the offset just after it."""
+        parts = []
+        pos = offset
+        while True:
+            # One pread usually holds header and payload (face images are a few KB): no seek, no
+            # buffer to invalidate, safe to share between threads.
+            chunk = os.pread(self._fd, _READ_AHEAD, pos)
+            if len(chunk) < 8:
+                raise RecordIOError(f"{self.path_rec}: truncated record header at offset {pos} (file has {self.size} bytes)")
+            magic, lrec = struct.unpack_from("<II", chunk, 0)
+            if magic != MAGIC:
+                raise RecordIOError(f"{self.path_rec}: bad magic 0x{magic:08x} at offset {pos} (expected 0x{MAGIC:08x})")
+            cflag, length = lrec >> 29, lrec & _MAX_LENGTH
+            allowed = (0, 1) if not parts else (2, 3)
+            if cflag not in allowed:
+                raise RecordIOError(f"{self.path_rec}: unexpected continuation flag {cflag} at offset {pos}")
+            padded = (length + 3) & ~3
+            if 8 + padded > len(chunk):
+                chunk = chunk[8:] + os.pread(self._fd, padded - (len(chunk) - 8), pos + len(chunk))
+                body = chunk
+            else:
+                body = chunk[8 : 8 + padded]
+            if len(body) < padded:
+                raise RecordIOError(
+                    f"{self.path_rec}: truncated record at offset {pos}: {length} bytes announced, {len(body)} left"
+                )
+            parts.append(body[:length])
+            pos += 8 + padded
+            if cflag in (0, 3):
+                break
+        return parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts), pos
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._offsets
+
+    def offset(self, key: int) -> int:
+        return self._offsets[key]
+
+    def read(self, key: int) -> bytes:
+        """The record stored under `key`, its split parts joined."""
+        if key not in self._offsets:
+            raise KeyError(f"{self.path_rec}: no record with key {key}")
+        try:
+            return self._read_at(self._offsets[key])[0]
+        except RecordIOError as e:
+            if self.path_idx is None:
+                raise
+            raise RecordIOError(f"{e} (record of key {key} as indexed by {self.path_idx})") from None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for key in self.keys:
+            yield key, self.read(key)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __enter__(self) -> "RecordReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

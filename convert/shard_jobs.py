@@ -1,0 +1,93 @@
+"""Second conversion pass: write the planned shards, one process per shard in parallel, in-process when small.
+
+Each shard is independent (its samples, keys and labels are fixed by the plan), so writing them
+in parallel gives the same bytes as writing them one after another. Workers never import
+webdataset or torch: only numpy, simplejpeg, Pillow and this package.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from convert import validation
+from convert.image_check import to_member
+from convert.manifest import ShardRecord
+from convert.shard_writer import ShardWriter
+
+_SOURCE = None  # the source, in each worker process
+_REPORT: Callable[[int], None] = lambda n: None  # counts samples written (to the bar, or a shared counter)
+_REPORT_EVERY = 256
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its name, its first key, the source index and label of each sample, in order."""
+
+    out: str
+    name: str
+    first_key: int
+    indices: np.ndarray  # int64 [n] source item of each sample
+    labels: np.ndarray  # int64 [n] contiguous label of each sample
+    transcode: bool  # whether any member differs from the source bytes (decode / re-encode)
+    encoding: str
+    ext: str
+    size: int
+    resize: bool
+
+
+def _init(source, report: Callable[[int], None]) -> None:
+    global _SOURCE, _REPORT
+    _SOURCE, _REPORT = source, report
+
+
+def _init_worker(source, counter) -> None:
+    def report(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    _init(source, report)
+
+
+def write_shard(job: ShardJob) -> ShardRecord:
+    """Write one shard (tar + idx, renamed into place when complete); returns its manifest record."""
+    writer = ShardWriter(job.out, job.name, job.ext)
+    try:
+        for j, (i, label) in enumerate(zip(job.indices.tolist(), job.labels.tolist())):
+            data = _SOURCE.read(i)[1]
+            if job.transcode:
+                data = to_member(data, job.encoding, job.size, job.resize, _SOURCE.where(i))
+            writer.write(job.first_key + j, data, label)
+            if (j + 1) % _REPORT_EVERY == 0:
+                _REPORT(_REPORT_EVERY)
+    except BaseException:
+        writer.abort()
+        raise
+    _REPORT(len(job.indices) % _REPORT_EVERY)
+    return writer.close()
+
+
+def run_jobs(source, jobs: list, workers: int, on_progress: Callable[[int], None]) -> Iterator[tuple]:
+    """Yield (job, record) as each shard completes; on_progress(samples) is called as samples are written."""
+    total = sum(len(j.indices) for j in jobs)
+    if workers <= 1 or len(jobs) < 2 or total < validation.MIN_PARALLEL_IMAGES:
+        _init(source, on_progress)
+        for job in jobs:
+            yield job, write_shard(job)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    progress = ctx.Value("q", 0)
+    seen = 0
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(source, progress)) as pool:
+        pending = [(job, pool.apply_async(write_shard, (job,))) for job in jobs]
+        while pending:
+            time.sleep(0.1)
+            now = progress.value
+            on_progress(now - seen)
+            seen = now
+            for item in [p for p in pending if p[1].ready()]:
+                pending.remove(item)
+                yield item[0], item[1].get()  # re-raises a worker's error here

@@ -1,0 +1,178 @@
+"""Write the synthetic identity dataset: an insightface-layout .rec, identity folders, or a .bin pair set.
+
+Images come from `face_render.render`, encoded as JPEG quality 95, generated in parallel over
+processes (one task per identity) and written in identity order, so the output depends only on
+the arguments, never on the number of workers.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import simplejpeg
+from tqdm import tqdm
+
+from convert import face_render
+from convert.recordio import IRHeader, RecordWriter, pack
+
+JPEG_QUALITY = 95
+FORMATS = ("rec", "folder")
+_PAIR_STREAM = 0x9A12
+
+
+def _encode_identity(task: tuple) -> list:
+    seed, identity, images = task
+    pixels = face_render.render(seed, identity, images)
+    return [simplejpeg.encode_jpeg(p, quality=JPEG_QUALITY, colorspace="RGB") for p in pixels]
+
+
+def _identity_images(
+    seed: int, tasks: Sequence[tuple], workers: Optional[int], desc: str, total_images: int
+) -> Iterator[list]:
+    """JPEG bytes of each task (identity, image numbers) in task order, rendered by `workers` processes."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    jobs = [(seed, identity, list(images)) for identity, images in tasks]
+    bar = tqdm(total=total_images, desc=desc, unit="img", disable=total_images < 2000)
+    try:
+        if workers == 1 or total_images < 256:
+            for job in jobs:
+                out = _encode_identity(job)
+                bar.update(len(out))
+                yield out
+            return
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for out in pool.imap(_encode_identity, jobs, chunksize=4):
+                bar.update(len(out))
+                yield out
+    finally:
+        bar.close()
+
+
+def _check_counts(identities: int, per_identity: int, first_identity: int) -> None:
+    if identities < 1:
+        raise ValueError(f"identities must be >= 1, found {identities}")
+    if per_identity < 1:
+        raise ValueError(f"per_identity must be >= 1, found {per_identity}")
+    if first_identity < 0:
+        raise ValueError(f"first_identity must be >= 0, found {first_identity}")
+
+
+def write_synthetic(
+    out: Union[str, os.PathLike],
+    identities: int,
+    per_identity: int,
+    seed: int = 0,
+    fmt: str = "rec",
+    first_identity: int = 0,
+    workers: Optional[int] = None,
+) -> str:
+    """Write `identities` x `per_identity` images of identities first_identity.. into `out`; returns `out`.
+
+    fmt "rec": out/train.rec, train.idx, property in insightface's layout: record 0 is the header
+    (flag 2, label = [first identity-record key, end]), images at keys 1..K with the identity id
+    as scalar label, then one record per identity (label = [first, last+1) image keys, no image).
+    fmt "folder": out/<identity, 6 digits>/<n, 4 digits>.jpg.
+    """
+    _check_counts(identities, per_identity, first_identity)
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, found {fmt!r}")
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f"output path {out} exists and is not a directory")
+    os.makedirs(out, exist_ok=True)
+    ids = range(first_identity, first_identity + identities)
+    stream = _identity_images(
+        seed, [(i, range(per_identity)) for i in ids], workers, f"synth {fmt}", identities * per_identity
+    )
+    if fmt == "folder":
+        for identity, jpegs in zip(ids, stream):
+            folder = os.path.join(out, f"{identity:06d}")
+            os.makedirs(folder, exist_ok=True)
+            for n, jpeg in enumerate(jpegs):
+                _write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
+        return out
+
+    total = identities * per_identity
+    first_id_key = total + 1
+    tmp_rec, tmp_idx = os.path.join(out, "train.rec.tmp"), os.path.join(out, "train.idx.tmp")
+    with RecordWriter(tmp_rec, tmp_idx) as writer:
+        writer.write_idx(0, pack(IRHeader(2, (float(first_id_key), float(first_id_key + identities)), 0, 0), b""))
+        key = 1
+        for identity, jpegs in zip(ids, stream):
+            for jpeg in jpegs:
+                writer.write_idx(key, pack(IRHeader(0, float(identity), key, 0), jpeg))
+                key += 1
+        for i in range(identities):
+            start = 1 + i * per_identity
+            rng = (float(start), float(start + per_identity))
+            writer.write_idx(first_id_key + i, pack(IRHeader(2, rng, first_id_key + i, 0), b""))
+    _write_atomic(os.path.join(out, "property"), f"{identities},112,112".encode())
+    os.replace(tmp_idx, os.path.join(out, "train.idx"))
+    os.replace(tmp_rec, os.path.join(out, "train.rec"))
+    return out
+
+
+def write_pairs_bin(
+    path: Union[str, os.PathLike],
+    identities: int,
+    per_identity_images: int,
+    pairs: int,
+    seed: int = 0,
+    first_identity: int = 0,
+    workers: Optional[int] = None,
+) -> str:
+    """Write a verification set in insightface's .bin format: pickle of (bins, issame_list).
+
+    bins holds 2 * pairs JPEG byte strings (pair i is bins[2i], bins[2i+1]); the first
+    ceil(pairs / 2) drawn pairs are same-identity, the rest different, then the pair order is
+    shuffled. Images are those of identities first_identity.. (use ids the training set lacks).
+    """
+    _check_counts(identities, per_identity_images, first_identity)
+    if pairs < 1:
+        raise ValueError(f"pairs must be >= 1, found {pairs}")
+    if identities < 2:
+        raise ValueError(f"a pair set needs >= 2 identities for different-identity pairs, found {identities}")
+    if per_identity_images < 2:
+        raise ValueError(f"same-identity pairs need >= 2 images per identity, found {per_identity_images}")
+    rng = np.random.default_rng([seed, _PAIR_STREAM, first_identity, identities, per_identity_images])
+    n_same = (pairs + 1) // 2
+    chosen = []  # (identity offset, image n) x 2 per pair
+    for p in range(pairs):
+        if p < n_same:
+            a = b = int(rng.integers(identities))
+            na, nb = (int(k) for k in rng.choice(per_identity_images, size=2, replace=False))
+        else:
+            a, b = (int(k) for k in rng.choice(identities, size=2, replace=False))
+            na, nb = (int(k) for k in rng.integers(per_identity_images, size=2))
+        chosen.append(((a, na), (b, nb), p < n_same))
+    order = rng.permutation(pairs)
+    chosen = [chosen[i] for i in order]
+
+    needed: dict = {}
+    for (a, na), (b, nb), _ in chosen:
+        needed.setdefault(a, set()).add(na)
+        needed.setdefault(b, set()).add(nb)
+    tasks = [(first_identity + i, sorted(needed[i])) for i in sorted(needed)]
+    jpeg_of = {}
+    total = sum(len(n) for _, n in tasks)
+    for (identity, images), jpegs in zip(tasks, _identity_images(seed, tasks, workers, "synth pairs", total)):
+        for n, jpeg in zip(images, jpegs):
+            jpeg_of[(identity - first_identity, n)] = jpeg
+    bins, issame = [], []
+    for first, second, same in chosen:
+        bins += [jpeg_of[first], jpeg_of[second]]
+        issame.append(bool(same))
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _write_atomic(path, pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

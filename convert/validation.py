@@ -1,0 +1,108 @@
+"""First conversion pass: decode every source image once (in parallel) and collect labels and sizes."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from convert.image_check import CorruptImageError, ImageSizeError, is_jpeg, validate
+
+_SOURCE = None  # the source, in each worker process (set by _init)
+# Below this many images, starting worker processes (spawn: about a second) costs more than it saves.
+MIN_PARALLEL_IMAGES = 2048
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Per source item: its label, whether it decoded, whether its member differs from its bytes, its size.
+
+    errors: (source index, message) of each image that did not decode, in source order.
+    """
+
+    labels: np.ndarray  # int64 [N], -1 where the image is corrupt
+    ok: np.ndarray  # bool [N]
+    transcode: np.ndarray  # bool [N]: to_member re-encodes or decodes to raw
+    nbytes: np.ndarray  # int64 [N]: member payload size (source size where it is re-encoded)
+    errors: tuple
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp.npz"
+        where = np.array([i for i, _ in self.errors], dtype=np.int64)
+        messages = np.array([m for _, m in self.errors], dtype=np.str_)
+        np.savez(tmp, labels=self.labels, ok=self.ok, transcode=self.transcode, nbytes=self.nbytes,
+                 error_index=where, error_message=messages)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Validated":
+        with np.load(path, allow_pickle=False) as z:
+            errors = tuple(zip(z["error_index"].tolist(), z["error_message"].tolist()))
+            return cls(z["labels"], z["ok"], z["transcode"], z["nbytes"], errors)
+
+
+def _init(source) -> None:
+    global _SOURCE
+    _SOURCE = source
+
+
+def _check_range(task: tuple) -> tuple:
+    start, stop, encoding, size, resize = task
+    n = stop - start
+    labels = np.full(n, -1, np.int64)
+    ok = np.zeros(n, bool)
+    transcode = np.zeros(n, bool)
+    nbytes = np.zeros(n, np.int64)
+    errors = []
+    for j, i in enumerate(range(start, stop)):
+        label, data = _SOURCE.read(i)
+        where = _SOURCE.where(i)
+        try:
+            h, w = validate(data, where)
+        except CorruptImageError as e:
+            errors.append((i, str(e)))
+            continue
+        if (h, w) != (size, size) and not resize:
+            raise ImageSizeError(f"{where}: image is {h}x{w}, expected {size}x{size} (pass --resize to resize it)")
+        labels[j], ok[j] = label, True
+        transcode[j] = encoding == "raw" or not is_jpeg(data) or (h, w) != (size, size)
+        nbytes[j] = size * size * 3 if encoding == "raw" else len(data)
+    return start, labels, ok, transcode, nbytes, errors
+
+
+def validate_source(source, encoding: str, size: int, resize: bool, workers: int, progress: bool = True) -> Validated:
+    """Decode every image of `source` once; raises on structural errors and wrong sizes, records corrupt images."""
+    n = len(source)
+    chunk = max(32, min(1024, n // max(1, workers * 8)))
+    tasks = [(s, min(s + chunk, n), encoding, size, resize) for s in range(0, n, chunk)]
+    labels = np.full(n, -1, np.int64)
+    ok = np.zeros(n, bool)
+    transcode = np.zeros(n, bool)
+    nbytes = np.zeros(n, np.int64)
+    errors: list = []
+    bar = tqdm(total=n, desc="validate", unit="img", disable=not progress, smoothing=0.1)
+
+    def collect(result: tuple) -> None:
+        start, lab, o, t, b, errs = result
+        stop = start + len(lab)
+        labels[start:stop], ok[start:stop], transcode[start:stop], nbytes[start:stop] = lab, o, t, b
+        errors.extend(errs)
+        bar.update(len(lab))
+
+    try:
+        if workers <= 1 or len(tasks) < 2 or n < MIN_PARALLEL_IMAGES:
+            _init(source)
+            for task in tasks:
+                collect(_check_range(task))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(workers, len(tasks)), initializer=_init, initargs=(source,)) as pool:
+                for result in pool.imap_unordered(_check_range, tasks):
+                    collect(result)
+    finally:
+        bar.close()
+    errors.sort()
+    return Validated(labels, ok, transcode, nbytes, tuple(errors))

@@ -1,0 +1,105 @@
+"""Re-read a shard directory and list every way it disagrees with its manifest (checksums, counts, index, labels)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from typing import Union
+
+from convert.manifest import Manifest, ManifestError, ShardRecord
+from convert.shard_writer import INDEX_VERSION, key_name
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tar_members(path: str) -> list:
+    """(name, data offset, size, data) of each regular member, in tar order; data only for .cls members."""
+    members = []
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if not m.isreg():
+                raise ValueError(f"member {m.name!r} is not a regular file")
+            data = tar.extractfile(m).read() if m.name.endswith(".cls") else None
+            members.append((m.name, m.offset_data, m.size, data))
+    return members
+
+
+def _check_shard(directory: str, manifest: Manifest, rec: ShardRecord, first_key: int) -> list:
+    tar_path = os.path.join(directory, rec.name)
+    idx_path = os.path.join(directory, rec.index_name)
+    where = f"shard {rec.name}"
+    if not os.path.isfile(tar_path):
+        return [f"{where}: missing"]
+    problems = []
+    size = os.path.getsize(tar_path)
+    if size != rec.bytes:
+        problems.append(f"{where}: {size} bytes, manifest says {rec.bytes}")
+    digest = _sha256(tar_path)
+    if digest != rec.sha256:
+        problems.append(f"{where}: sha256 {digest}, manifest says {rec.sha256}")
+    try:
+        members = _tar_members(tar_path)
+    except (tarfile.TarError, ValueError, OSError) as e:
+        return problems + [f"{where}: unreadable tar ({e})"]
+    samples: dict = {}
+    for name, offset, msize, data in members:
+        key, _, ext = name.partition(".")
+        samples.setdefault(key, []).append((ext, offset, msize, name, data))
+    if len(samples) != rec.samples:
+        problems.append(f"{where}: {len(samples)} samples, manifest says {rec.samples}")
+    expected_keys = [key_name(first_key + i) for i in range(rec.samples)]
+    if list(samples) != expected_keys[: len(samples)] or len(samples) != rec.samples:
+        problems.append(f"{where}: keys are not {expected_keys[0]}..{expected_keys[-1]} in order")
+    raw_size = manifest.image_size * manifest.image_size * 3
+    for key, parts in samples.items():
+        exts = sorted(p[0] for p in parts)
+        if exts != sorted(["cls", manifest.extension]):
+            problems.append(f"{where}: sample {key} has members {exts}, expected cls and {manifest.extension}")
+            continue
+        for ext, _, msize, _, data in parts:
+            if ext == "cls":
+                text = data.decode("ascii", "replace")
+                if not text.isdigit() or not 0 <= int(text) < manifest.num_classes:
+                    problems.append(f"{where}: sample {key} label {text!r} outside 0..{manifest.num_classes - 1}")
+            elif manifest.encoding == "raw" and msize != raw_size:
+                problems.append(f"{where}: sample {key} raw image of {msize} bytes, expected {raw_size}")
+    problems += _check_index(idx_path, rec, samples)
+    return problems
+
+
+def _check_index(idx_path: str, rec: ShardRecord, samples: dict) -> list:
+    where = f"index {rec.index_name}"
+    if not os.path.isfile(idx_path):
+        return [f"{where}: missing"]
+    with open(idx_path, "r", encoding="ascii", errors="replace") as f:
+        lines = f.read().splitlines()
+    expected_head = f"{INDEX_VERSION} {len(samples)}"
+    if not lines or lines[0] != expected_head:
+        return [f"{where}: first line {lines[0] if lines else ''!r}, expected {expected_head!r}"]
+    problems = []
+    if len(lines) - 1 != len(samples):
+        problems.append(f"{where}: {len(lines) - 1} sample lines for {len(samples)} samples in the tar")
+    for lineno, (line, parts) in enumerate(zip(lines[1:], samples.values()), 2):
+        actual = " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name, _ in parts)
+        if line != actual:
+            problems.append(f"{where}:{lineno}: {line!r} but the tar holds {actual!r}")
+    return problems
+
+
+def verify(out: Union[str, os.PathLike]) -> list:
+    """Every problem found in the shard directory `out`, one string each naming the shard; [] when all is well."""
+    out = os.fspath(out)
+    try:
+        manifest = Manifest.load(out)
+    except ManifestError as e:
+        return [str(e)]
+    problems = []
+    for rec, first_key in zip(manifest.shards, manifest.first_keys()):
+        problems += _check_shard(out, manifest, rec, first_key)
+    return problems
