@@ -1,0 +1,6 @@
+"""`python -m evaluate ...`: see evaluate.cli."""
+import sys
+
+from evaluate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""The image pass: encoded images through the project's decoder, the backbone and its flip.
+
+For each image x the backbone gives e(x) and e(flip(x)) (flip of the width axis, done on the decoded
+tensor); the evaluators use fused = e(x) + e(flip(x)). XNorm is insightface's: the mean L2 norm of
+all raw embeddings of both passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import pipeline
+
+# Images decoded per call of pipeline.decode_images, in backbone batches: one DALI graph serves
+# several batches, and the decoded floats stay a few hundred MB.
+DECODE_BATCHES_PER_CALL = 8
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    fused: np.ndarray  # float32 [N, D], e(x) + e(flip(x)), not normalised
+    xnorm: float  # mean L2 norm of the 2N raw embeddings
+
+    def __post_init__(self):
+        if self.fused.ndim != 2:
+            raise ValueError(f"fused embeddings must be [N, D], found {self.fused.shape}")
+
+
+def resolve_device(device) -> torch.device:
+    """"auto" means cuda when present, else cpu; anything else is passed to torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], *, total: int,
+                  desc: Optional[str] = None) -> Embeddings:
+    """Run normalised image batches [b,3,H,W] (on the model's device) and their flips through `model`."""
+    was_training = model.training
+    model.eval()
+    parts, norm_sum, count = [], 0.0, 0
+    bar = tqdm(total=total, desc=desc, unit="img", disable=desc is None, leave=False)
+    try:
+        with torch.inference_mode():
+            for images in batches:
+                e = model(images).float()
+                ef = model(torch.flip(images, dims=[3])).float()
+                norm_sum += float(e.norm(dim=1).double().sum() + ef.norm(dim=1).double().sum())
+                count += 2 * e.shape[0]
+                parts.append((e + ef).cpu().numpy())
+                bar.update(images.shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    if count // 2 != total:
+        raise RuntimeError(f"embedding pass produced {count // 2} embeddings for {total} images")
+    if not parts:
+        raise ValueError("embedding pass got no images")
+    return Embeddings(fused=np.concatenate(parts), xnorm=norm_sum / count)
+
+
+def _decoded_batches(encoded: Sequence[bytes], device: torch.device, batch_size: int,
+                     size: int) -> Iterator[torch.Tensor]:
+    step = batch_size * DECODE_BATCHES_PER_CALL
+    for s in range(0, len(encoded), step):
+        images = pipeline.decode_images(list(encoded[s:s + step]), size=size, device=device,
+                                        batch_size=batch_size)
+        for b in range(0, images.shape[0], batch_size):
+            yield images[b:b + batch_size]
+
+
+def embed_encoded(model: torch.nn.Module, encoded: Sequence[bytes], *, device=None, batch_size: int = 256,
+                  size: int = 112, desc: Optional[str] = None) -> Embeddings:
+    """Decode with `pipeline.decode_images` (resized to size x size) and embed with flips.
+
+    device: where to decode and run; None means the model's device. The model must already be there.
+    """
+    dev = model_device(model) if device is None else resolve_device(device)
+    if model_device(model).type != dev.type:
+        raise ValueError(f"the model is on {model_device(model)} but the image pass was asked to run on {dev}; "
+                         f"move the model first (model.to({str(dev)!r}))")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    return embed_batches(model, _decoded_batches(encoded, dev, batch_size, size), total=len(encoded), desc=desc)

@@ -1,0 +1,88 @@
+"""Evaluation reports: JSON per checkpoint, flattened CSV rows, and a printed table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+
+def _key(k) -> str:
+    return f"{k:g}" if isinstance(k, float) else str(k)
+
+
+def jsonable(obj):
+    """Float dict keys (FAR values) become strings such as "0.0001"; numpy scalars become Python's."""
+    if isinstance(obj, Mapping):
+        return {_key(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """{"lfw/acc": 0.99, "IJBC/1:1/Norm:False_Det:True/0.0001/tar": ...}: one column per number."""
+    out = {}
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}/{_key(k)}" if prefix else _key(k)))
+    elif isinstance(obj, (list, tuple)):
+        out[prefix] = "; ".join(str(v) for v in obj)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, report: Mapping) -> None:
+    atomic_write_text(path, json.dumps(jsonable(report), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
+    rows = list(rows)
+    columns = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def table(results: Mapping) -> str:
+    """One line per target with its headline numbers (percent)."""
+    lines = [f"{'target':<10} {'result'}"]
+    for target, r in results.items():
+        if "acc" in r:
+            text = (f"acc {100 * r['acc']:.2f} +- {100 * r['std']:.2f}  VAL@FAR1e-3 {100 * r['val']:.2f}  "
+                    f"XNorm {r['xnorm']:.2f}  ({r['pairs']} pairs)")
+        elif "1:1" in r:
+            parts = [f"{cfg} TAR@1e-4 {100 * v[1e-4]['tar']:.2f}" for cfg, v in r["1:1"].items()
+                     if cfg != "headline" and 1e-4 in v]
+            text = "  ".join(parts)
+            for g, gr in r.get("1:N", {}).items():
+                text += f"  | 1:N {g} rank-1 {100 * gr['rank-1']:.2f}"
+        else:
+            text = "  ".join(f"{k} {v:.2f}" for k, v in r.items() if k.startswith("rank-"))
+        lines.append(f"{target:<10} {text}")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Which evaluation sets exist under the data roots, and running them for one model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from evaluate import ijb_data, ijb_run, tinyface, verification
+
+TINYFACE_FOLDERS = ("tinyface_aligned_pad_0.1",)
+ALL_TARGETS = (*verification.STANDARD_SETS, *ijb_data.TARGETS, "tinyface")
+
+
+class MissingDataError(FileNotFoundError):
+    """A target that was asked for by name has no data under its root."""
+
+
+@dataclass(frozen=True)
+class DataRoots:
+    val_data: Optional[Path] = None
+    ijb_root: Optional[Path] = None
+    tinyface_root: Optional[Path] = None
+
+
+def kind(target: str) -> str:
+    if target in ijb_data.TARGETS:
+        return "ijb"
+    if target == "tinyface":
+        return "tinyface"
+    return "verification"
+
+
+def locate(target: str, roots: DataRoots) -> tuple[Optional[Path], str]:
+    """(path, "") when the target's data exists, else (None, why not)."""
+    k = kind(target)
+    if k == "verification":
+        if roots.val_data is None:
+            return None, "no --val-data given"
+        for p in (roots.val_data / f"{target}.bin", roots.val_data / target):
+            if p.is_file() or (p.is_dir() and any(p.glob("*.arrow"))):
+                return p, ""
+        return None, f"neither {roots.val_data / (target + '.bin')} nor an arrow folder {roots.val_data / target}"
+    if k == "ijb":
+        if roots.ijb_root is None:
+            return None, "no --ijb-root given"
+        found = ijb_data.find(roots.ijb_root, target)
+        return (found, "") if found else (None, f"no {target}_gt_aligned/metadata.pt or {target}/meta under {roots.ijb_root}")
+    if roots.tinyface_root is None:
+        return None, "no --tinyface-root given"
+    for p in (*(roots.tinyface_root / n for n in TINYFACE_FOLDERS), roots.tinyface_root):
+        if (p / "metadata.pt").is_file():
+            return p, ""
+    return None, f"no {TINYFACE_FOLDERS[0]}/metadata.pt under {roots.tinyface_root}"
+
+
+def plan(targets: Sequence[str], roots: DataRoots, *, explicit: bool) -> tuple[dict, dict]:
+    """({target: path} to run, {target: reason} skipped). An explicitly named missing target raises."""
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown:
+        raise ValueError(f"unknown targets {unknown}; known: {', '.join(ALL_TARGETS)}")
+    run, skipped = {}, {}
+    for t in targets:
+        path, why = locate(t, roots)
+        if path is None:
+            if explicit:
+                raise MissingDataError(f"target {t} was asked for but its data is missing: {why}")
+            skipped[t] = why
+        else:
+            run[t] = path
+    return run, skipped
+
+
+def run_target(model, target: str, path: Path, *, device=None, batch_size: int = 256, progress: bool = True) -> dict:
+    k = kind(target)
+    if k == "verification":
+        return verification.test(model, verification.load_set(path), device=device, batch_size=batch_size,
+                                 progress=progress)
+    if k == "ijb":
+        return ijb_run.run(model, ijb_data.load(path, target), device=device, batch_size=batch_size, progress=progress)
+    return tinyface.run(model, tinyface.load_tinyface(path), device=device, batch_size=batch_size, progress=progress)

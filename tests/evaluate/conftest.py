@@ -1,0 +1,90 @@
+"""Tiny synthetic faces, sets and a small backbone for the evaluator's end-to-end tests."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+TINY_NET = "mobilefacenet_s"
+TINY_EMB = 32
+
+
+def identity_image(rng, identity: int, size: int = 112, noise: float = 4.0) -> bytes:
+    """A smooth colour pattern fixed by `identity`, with a little per-image noise, as JPEG bytes."""
+    base = np.random.default_rng(1000 + identity).integers(0, 256, (6, 6, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    img = np.clip(img + noise * rng.standard_normal(img.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def pair_set(pairs: int, seed: int = 0, size: int = 112):
+    """(images, issame): even pairs show one identity twice, odd pairs two identities."""
+    rng = np.random.default_rng(seed)
+    images, issame = [], []
+    for i in range(pairs):
+        same = i % 2 == 0
+        a = 2 * i
+        images += [identity_image(rng, a, size), identity_image(rng, a if same else a + 1, size)]
+        issame.append(same)
+    return images, issame
+
+
+def write_bin(path, images, issame) -> None:
+    with open(path, "wb") as f:
+        pickle.dump((images, issame), f, protocol=2)
+
+
+class PoolNet(torch.nn.Module):
+    """A backbone stand-in for the image-pass tests: 8x8 average pooling and a linear layer.
+
+    Registered backbones run about 40 ms an image on the test machine's shared CPU; this one keeps
+    the image-pass tests inside their time budget. The CLI tests use a registered backbone.
+    """
+
+    def __init__(self, embedding_size: int = TINY_EMB):
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(8)
+        self.fc = torch.nn.Linear(3 * 14 * 14, embedding_size)
+
+    def forward(self, x):
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    torch.manual_seed(0)
+    return PoolNet().eval()
+
+
+def write_arrow_folder(folder, columns: dict, *, shards: int = 2) -> None:
+    """A folder shaped like datasets' save_to_disk: state.json and arrow IPC stream files.
+
+    columns: name -> list; "image" is a list of encoded bytes, stored as datasets' Image struct.
+    """
+    import json
+
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(columns.values())))
+    arrays = {}
+    for name, values in columns.items():
+        if name == "image":
+            arrays[name] = pa.array([{"bytes": v, "path": None} for v in values],
+                                    type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        else:
+            arrays[name] = pa.array(values)
+    table = pa.table(arrays)
+    names = []
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for k in range(shards):
+        name = f"data-{k:05d}-of-{shards:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]))
+        names.append({"filename": name})
+    (folder / "state.json").write_text(json.dumps({"_data_files": names, "_split": None}))
