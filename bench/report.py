@@ -1,0 +1,169 @@
+"""Reports of one run: the stdout table with its header, the JSON document, Markdown, and the optional plot."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bench.settings import BenchError
+
+FORMAT = "adadistill-bench"
+VERSION = 1
+
+
+def document(environment: dict, dataset: dict, settings: dict, results: Sequence, wall_s: float) -> dict:
+    """The JSON document: `environment` (with the dataset block), the run's settings, `results`."""
+    env = dict(environment, dataset=dataset)
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row["spread"], row["baseline_spread"] = list(r.spread), list(r.baseline_spread)
+        rows.append(row)
+    return {"format": FORMAT, "version": VERSION, "environment": env, "settings": settings, "results": rows,
+            "wall_s": round(wall_s, 1)}
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _goal(row: dict) -> str:
+    goal = row.get("goal")
+    if goal is None:
+        return ""
+    met = "met" if row["ratio"] >= goal else "NOT met"
+    return f">= {goal:.3g} ({met})"
+
+
+def _wait(row: dict) -> str:
+    if row.get("data_wait") is None:
+        return ""
+    base = row.get("baseline_data_wait")
+    return f"{row['data_wait']:.0%} vs {base:.0%}" if base is not None else f"{row['data_wait']:.0%}"
+
+
+_COLUMNS = ("stage", "what", "img/s median (min-max)", "baseline", "baseline img/s (min-max)", "ratio", "goal",
+            "data wait")
+
+
+def _cells(row: dict) -> list:
+    lo, hi = row["spread"]
+    blo, bhi = row["baseline_spread"]
+    return [row["stage"], row["name"], f"{_rate(row['img_per_s'])} ({_rate(lo)}-{_rate(hi)})", row["baseline"],
+            f"{_rate(row['baseline_img_per_s'])} ({_rate(blo)}-{_rate(bhi)})", f"{row['ratio']:.2f}", _goal(row),
+            _wait(row)]
+
+
+def header_lines(doc: dict) -> list:
+    env, ds = doc["environment"], doc["environment"]["dataset"]
+    gpu = f"{env['gpu']} (driver {env['gpu_driver'] or 'unknown'}, CUDA {env['cuda_runtime']})" if env["gpu"] \
+        else "none"
+    return [
+        f"host {env['host']} | {env['cpu_model']} | {env['cpu_cores_usable']} usable of {env['cpu_cores']} cores | "
+        f"load average at start {env['load_average_at_start']}, at end {env.get('load_average_at_end')}",
+        f"GPU {gpu} | measuring on {env['device']} | torch threads {env['torch_threads']} "
+        f"{env.get('thread_env') or ''}".rstrip(),
+        f"python {env['python']} | torch {env['torch']} | DALI {env['dali']} | numpy {env['numpy']} | "
+        f"simplejpeg {env['simplejpeg']} | Pillow {env['pillow']}",
+        f"data: {ds['source']} | {ds['images']} images, {ds['classes']} classes, {ds['image_size']}px | "
+        f".rec {ds['rec_bytes'] / 2**20:.1f} MiB | mean image {ds['mean_image_bytes']:.0f} bytes",
+        "settings: " + ", ".join(f"{k}={v}" for k, v in doc["settings"].items()),
+    ]
+
+
+def table(doc: dict) -> str:
+    """The stdout report: header lines (#), then one aligned row per pair, then what each contender is."""
+    rows = [list(_COLUMNS)] + [_cells(r) for r in doc["results"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = ["# " + line for line in header_lines(doc)]
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    lines += [f"  {name}: {what}" for name, what in _descriptions(doc).items()]
+    return "\n".join(lines)
+
+
+def _descriptions(doc: dict) -> dict:
+    out: dict = {}
+    for r in doc["results"]:
+        out.setdefault(r["name"], r["description"])
+        out.setdefault(r["baseline"], r["baseline_description"])
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = ["# AdaDistill benchmark", ""] + [f"- {line}" for line in header_lines(doc)] + [""]
+    lines.append("| " + " | ".join(_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(_COLUMNS))
+    for r in doc["results"]:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+    lines += ["", "Contenders:", ""] + [f"- `{name}`: {what}" for name, what in _descriptions(doc).items()]
+    lines += ["", f"Medians and (min-max) over {doc['settings'].get('repeats')} interleaved rounds after "
+                  f"{doc['settings'].get('warmup')} warm-up round(s); ratio = median / baseline median.", ""]
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, doc: dict) -> None:
+    _write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def write_markdown(path: Path, doc: dict) -> None:
+    _write_atomic(path, markdown(doc).encode())
+
+
+def check_plot_available() -> Optional[str]:
+    """None when --plot can work, else why not (checked before any measuring)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ("--plot needs matplotlib, which is not installed here: pip install matplotlib "
+                "(or pip install -e '.[plot]'), or leave --plot out")
+    return None
+
+
+def plot(path: Path, doc: dict) -> None:
+    """Horizontal img/s bars, one pair a row (contender over its baseline), min-max as error bars."""
+    reason = check_plot_available()
+    if reason:
+        raise BenchError(reason)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    rows = doc["results"]
+    fig, ax = plt.subplots(figsize=(9, 0.9 * len(rows) + 1.2))
+    ys = range(len(rows))
+    for y, r in zip(ys, rows):
+        for offset, value, spread, colour, label in (
+                (-0.2, r["img_per_s"], r["spread"], "tab:blue", "measured"),
+                (0.2, r["baseline_img_per_s"], r["baseline_spread"], "tab:grey", "baseline")):
+            err = [[value - spread[0]], [spread[1] - value]]
+            ax.barh(y + offset, value, height=0.38, color=colour, xerr=err, capsize=3,
+                    label=label if y == 0 else None)
+        ax.text(r["spread"][1] * 1.1, y - 0.2, f"x{r['ratio']:.2f}", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [f"{r['stage']}: {r['name']}\nvs {r['baseline']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("images / s (median, min-max)")
+    env = doc["environment"]
+    ax.set_title(f"AdaDistill bench on {env['device']}: {env['cpu_model']}, {env['gpu'] or 'no GPU'}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

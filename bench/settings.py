@@ -1,0 +1,39 @@
+"""What one benchmark run measures with: sizes, rounds, device, models (built once from the command line)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot run as asked; the message says what was asked and what was found."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """device: "cpu" or "cuda". repeats/warmup: timed and untimed rounds per contender. batch_size: the
+    loaders' batch; step_batch_size and step_steps: the step stage's batch and timed steps per round.
+    student/teacher: backbone names (models.names()). workers: the baseline DataLoader's workers (one
+    per core, as insightface's recipe on this machine). scratch: where the convert stage writes."""
+
+    device: str
+    repeats: int
+    warmup: int
+    batch_size: int
+    step_batch_size: int
+    step_steps: int
+    student: str
+    teacher: str
+    workers: int
+    scratch: Path
+    quick: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise BenchError(f"device: expected 'cpu' or 'cuda', found {self.device!r}")
+        for key in ("repeats", "batch_size", "step_batch_size", "step_steps", "workers"):
+            if getattr(self, key) < 1:
+                raise BenchError(f"--{key.replace('_', '-')}: expected >= 1, found {getattr(self, key)}")
+        if self.warmup < 0:
+            raise BenchError(f"--warmup: expected >= 0, found {self.warmup}")

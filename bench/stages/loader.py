@@ -1,0 +1,95 @@
+"""Stage pipeline: whole epochs of batches on the device, against the insightface-style baseline, the decode
+ceiling, and raw-encoded shards against JPEG shards.
+
+Every contender delivers the same images as normalized float batches on `--device`: the project's
+loader (`pipeline.build_loader`, DALI: decode, flip, normalize; also its torch backend), and the
+baseline of bench/baseline_loader.py (DataLoader over the .rec, Pillow, one worker per core). A round
+is one full epoch, loader construction included (a training run builds one loader per epoch), after
+the warm-up has paid the first-time costs (page cache, DALI's first allocations).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+import torch
+
+from bench.baseline_loader import RecDataset, baseline_loader, class_map_of
+from bench.ceiling import DecodeCeiling
+from bench.data import BenchData
+from bench.harness import Contender, Pair, Sample, compare, measure
+from bench.settings import Settings
+from bench.stages.decode import ceiling_processes, shard_jpegs
+from bench.stages.registry import register
+
+GOAL_VS_BASELINE = 4.0  # issue 4, "Speed"
+GOAL_VS_CEILING = 0.6
+GOAL_RAW_VS_JPEG = 3.0
+
+
+def _epoch(make_batches: Callable, device: torch.device) -> Sample:
+    """Time one epoch; the images of each batch are on `device` when it is counted."""
+    start = time.perf_counter()
+    n = 0
+    for images in make_batches():
+        n += images.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return Sample(n, time.perf_counter() - start)
+
+
+def project_epochs(shards, settings: Settings, backend: str) -> Callable[[], Sample]:
+    """Rounds of `pipeline.build_loader(shards, ...)`: epoch 0, 1, 2, ... (a new order each round)."""
+    import pipeline
+
+    device = torch.device(settings.device)
+    epochs = itertools.count()
+
+    def batches():
+        loader = pipeline.build_loader(shards, settings.batch_size, device=settings.device, seed=0,
+                                       epoch=next(epochs), backend=backend)
+        return (batch.images for batch in loader)
+
+    return lambda: _epoch(batches, device)
+
+
+def baseline_epochs(data: BenchData, settings: Settings) -> Callable[[], Sample]:
+    """Rounds of the insightface-style loader; on a GPU each batch is copied there (pinned, async)."""
+    device = torch.device(settings.device)
+    dataset = RecDataset(data.rec, data.idx, class_map_of(data.jpeg_shards))
+    seeds = itertools.count()
+
+    def batches():
+        loader = baseline_loader(data.rec, data.idx, settings.batch_size, workers=settings.workers,
+                                 seed=next(seeds), dataset=dataset, pin_memory=device.type == "cuda")
+        return (images.to(device, non_blocking=True) for images, _, _ in loader)
+
+    return lambda: _epoch(batches, device)
+
+
+@register("pipeline")
+def run(settings: Settings, data: BenchData) -> list:
+    dev = settings.device
+    with DecodeCeiling(shard_jpegs(data), ceiling_processes()) as ceiling:
+        contenders = [
+            Contender("pipeline_jpeg", f"pipeline.build_loader, DALI on {dev}, JPEG shards",
+                      project_epochs(data.jpeg_shards, settings, "dali")),
+            Contender("pipeline_raw", f"pipeline.build_loader, DALI on {dev}, raw-encoded shards",
+                      project_epochs(data.raw_shards, settings, "dali")),
+            Contender("torch_backend_jpeg", f"pipeline.build_loader, backend='torch' to {dev}, JPEG shards",
+                      project_epochs(data.jpeg_shards, settings, "torch")),
+            Contender("insightface_baseline", f"DataLoader over the .rec, Pillow, flip, ToTensor-normalize, "
+                                              f"{settings.workers} worker(s), to {dev}",
+                      baseline_epochs(data, settings)),
+            Contender("decode_ceiling", f"simplejpeg (libjpeg-turbo) decode alone, {ceiling.processes} "
+                                        f"process(es)", ceiling.run),
+        ]
+        measured = measure(contenders, repeats=settings.repeats, warmup=settings.warmup, label="pipeline",
+                           progress=settings.progress)
+    return compare("pipeline", measured, [
+        Pair("pipeline_jpeg", "insightface_baseline", goal=GOAL_VS_BASELINE),
+        Pair("pipeline_jpeg", "decode_ceiling", goal=GOAL_VS_CEILING),
+        Pair("pipeline_raw", "pipeline_jpeg", goal=GOAL_RAW_VS_JPEG),
+        Pair("torch_backend_jpeg", "insightface_baseline"),
+    ])

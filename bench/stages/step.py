@@ -1,0 +1,127 @@
+"""Stage step: the distillation step fed by the pipeline, against the seed-style step, with the data wait.
+
+Every variant runs `distill.train.train_step` (student forward+backward through the AdaDistill margin
+head, teacher forward) for `--step-steps` timed steps per round, after one untimed step. They differ in
+where batches come from (the project's loader, or the insightface-style baseline), where the teacher's
+embeddings come from (the online teacher; issue 8 adds its embedding cache as one more TEACHERS entry,
+a variant and a pair), and how the step runs (the loop's device defaults, or the seed's fp32 eager).
+The data wait is the fraction of a round spent in `next(batches)`.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import torch
+
+from bench.baseline_loader import RecDataset, baseline_loader, class_map_of
+from bench.data import BenchData
+from bench.harness import Contender, Pair, Sample, compare, measure
+from bench.settings import BenchError, Settings
+from bench.stages.registry import register
+from bench.step_rig import StepOptions, StepRig, online_teacher
+
+
+@dataclass(frozen=True)
+class StepVariant:
+    """loader: "pipeline" or "baseline"; teacher: a TEACHERS key; seed_style: fp32 eager instead of the
+    loop's defaults on the device."""
+
+    name: str
+    description: str
+    loader: str
+    teacher: str
+    seed_style: bool
+
+
+VARIANTS = (
+    StepVariant("step", "train_step fed by pipeline.build_loader (DALI), online teacher, loop defaults",
+                loader="pipeline", teacher="online", seed_style=False),
+    StepVariant("seed_step", "train_step fed by the insightface-style loader, online teacher, fp32 eager",
+                loader="baseline", teacher="online", seed_style=True),
+)
+# pipeline_supply vs step: the loader's img/s alone over the step's consumption (> 1: the data keeps up).
+PAIRS = (Pair("step", "seed_step"), Pair("pipeline_supply", "step"))
+
+# teacher kind -> (settings, data, device, options) -> callable(batch) -> [B, D] teacher embeddings
+TEACHERS: Dict[str, Callable] = {
+    "online": lambda settings, data, device, options: online_teacher(settings.teacher, device, options),
+}
+
+
+def _pipeline_batches(data: BenchData, settings: Settings) -> Callable:
+    import pipeline
+
+    epochs = itertools.count()
+    return lambda: pipeline.build_loader(data.jpeg_shards, settings.step_batch_size, device=settings.device,
+                                         seed=0, epoch=next(epochs), backend="dali")
+
+
+def _baseline_batches(data: BenchData, settings: Settings) -> Callable:
+    import pipeline
+
+    device = torch.device(settings.device)
+    dataset = RecDataset(data.rec, data.idx, class_map_of(data.jpeg_shards))
+    seeds = itertools.count()
+
+    def batches():
+        loader = baseline_loader(data.rec, data.idx, settings.step_batch_size, workers=settings.workers,
+                                 seed=next(seeds), dataset=dataset, pin_memory=device.type == "cuda")
+        for images, labels, keys in loader:  # as the seed's loop: .to(device) of each batch
+            yield pipeline.Batch(images=images.to(device, non_blocking=True), labels=labels.to(device),
+                                 index=keys.to(device))
+
+    return batches
+
+
+_LOADERS = {"pipeline": _pipeline_batches, "baseline": _baseline_batches}
+
+
+def _supply(data: BenchData, settings: Settings) -> Contender:
+    """The step's loader alone: the rest of an epoch after its first batch, at the step's batch size."""
+    make_batches = _pipeline_batches(data, settings)
+    device = torch.device(settings.device)
+
+    def run() -> Sample:
+        it = iter(make_batches())
+        try:
+            next(it)
+            start, images = time.perf_counter(), 0
+            for batch in it:
+                images += batch.labels.shape[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return Sample(images, time.perf_counter() - start)
+        finally:
+            it.close()
+
+    return Contender("pipeline_supply", f"pipeline.build_loader (DALI) alone at batch {settings.step_batch_size}: "
+                                        f"what the step could be fed", run)
+
+
+def _contender(variant: StepVariant, settings: Settings, data: BenchData) -> Contender:
+    device = torch.device(settings.device)
+    options = StepOptions.seed_style() if variant.seed_style else StepOptions.project_default(device)
+    teacher = TEACHERS[variant.teacher](settings, data, device, options)
+    rig = StepRig(student=settings.student, num_classes=data.classes, batch_size=settings.step_batch_size,
+                  steps_per_epoch=data.images // settings.step_batch_size, device=device, options=options,
+                  teacher=teacher, scratch=str(settings.scratch / "step" / variant.name))
+    make_batches = _LOADERS[variant.loader](data, settings)
+    return Contender(variant.name, f"{variant.description}; {settings.student} student, {settings.teacher} "
+                                   f"teacher, batch {settings.step_batch_size}",
+                     lambda: rig.timed_steps(make_batches(), settings.step_steps))
+
+
+@register("step")
+def run(settings: Settings, data: BenchData) -> list:
+    needed = (settings.step_steps + 1) * settings.step_batch_size  # one untimed step, then the timed ones
+    if data.images < needed:
+        raise BenchError(f"step stage: {settings.step_steps} timed steps + 1 of batch {settings.step_batch_size} "
+                         f"need {needed} images in an epoch, the data holds {data.images}; use more --images or "
+                         f"fewer --step-steps / a smaller --step-batch-size")
+    contenders = [_contender(v, settings, data) for v in VARIANTS] + [_supply(data, settings)]
+    measured = measure(contenders, repeats=settings.repeats, warmup=settings.warmup, label="step",
+                       progress=settings.progress)
+    return compare("step", measured, PAIRS)

@@ -1,0 +1,112 @@
+"""One distillation step's parts, put together from distill's public pieces, to time `distill.train.train_step`.
+
+The step itself is the training loop's own `train_step` (lr, teacher embeddings, student forward,
+AdaDistill margin head, loss, backward, clip, optimizer step). What the loop's `_train` builds around
+it is assembled here from the same public pieces: configs' dataclasses, models.build, distill.build_head,
+distill.optim.build_optimizer, distill.schedule.plan, distill.metrics.Meter. The teacher is a freshly
+initialised backbone: its weights change nothing in the step's cost, and a benchmark must not depend on
+a downloaded checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from bench.harness import Sample
+
+_STEP_SEED = 0
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a variant runs the step: autocast dtype (None = fp32) and channels_last for student and teacher."""
+
+    autocast_dtype: Optional[torch.dtype]
+    channels_last: bool
+
+    @staticmethod
+    def project_default(device: torch.device) -> "StepOptions":
+        """The loop's defaults (train.precision: auto, train.channels_last: null): bf16 autocast and
+        channels_last on CUDA, fp32 and contiguous on the CPU."""
+        cuda = device.type == "cuda"
+        return StepOptions(torch.bfloat16 if cuda else None, cuda)
+
+    @staticmethod
+    def seed_style() -> "StepOptions":
+        """The seed's step: fp32, eager, contiguous."""
+        return StepOptions(None, False)
+
+
+def online_teacher(name: str, device: torch.device, options: StepOptions) -> Callable:
+    """The loop's online teacher (distill.teacher.TeacherSource) around a fresh `name` backbone."""
+    import models
+    from distill.teacher import TeacherSource
+
+    torch.manual_seed(_STEP_SEED)
+    return TeacherSource(models.build(name), device=device, autocast_dtype=options.autocast_dtype,
+                         channels_last=options.channels_last)
+
+
+class StepRig:
+    """Student, AdaDistill head, optimizer and loop state for `train_step`, on `device`."""
+
+    def __init__(self, *, student: str, num_classes: int, batch_size: int, steps_per_epoch: int,
+                 device: torch.device, options: StepOptions, teacher: Callable, scratch: str) -> None:
+        import configs
+        import distill
+        import models
+        from distill import schedule
+        from distill.distributed import DistContext
+        from distill.metrics import Meter
+        from distill.optim import build_optimizer
+        from distill.train import Position
+
+        precision = "bf16" if options.autocast_dtype == torch.bfloat16 else "fp32"
+        # max_nonfinite: a fresh student and teacher may give non-finite steps; the loop skips their
+        # update (at the same cost), and a benchmark must not stop for it.
+        self.cfg = configs.RunConfig(
+            output=scratch, data=configs.DataConfig(shards=scratch),
+            model=configs.ModelConfig(name=student), teacher=configs.TeacherConfig(spec="fresh-init (benchmark)"),
+            distill=configs.DistillConfig(mode="adadistill", loss="arcface", m=0.45),
+            train=configs.TrainConfig(batch_size=batch_size, precision=precision,
+                                      channels_last=options.channels_last, max_nonfinite=1 << 30))
+        self.ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+        self.options, self.teacher = options, teacher
+        torch.manual_seed(_STEP_SEED)
+        self.student = models.build(student).to(device)
+        if options.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.head = distill.build_head("arcface", num_classes, kd="adadistill", s=64.0, m=0.45).to(device)
+        self.plan = schedule.plan(self.cfg.train, world_size=1, steps_per_epoch=steps_per_epoch)
+        self.optimizer = build_optimizer([self.student, self.head], self.cfg.train, lr=self.plan.lr_at(0))
+        self.pos, self.meter = Position(), Meter(device)
+
+    def step(self, batch) -> None:
+        from distill.train import train_step
+
+        train_step(batch, self.student, self.head, self.teacher, self.optimizer, self.plan, self.pos, self.meter,
+                   self.cfg, self.ctx, self.options.autocast_dtype, self.options.channels_last)
+
+    def timed_steps(self, batches: Iterable, steps: int) -> Sample:
+        """One untimed step (the loader's start, first allocations), then `steps` timed ones; the time spent
+        in `next(batches)` is the data wait. `train_step` ends in a host sync, so each step is complete."""
+        it = iter(batches)
+        try:
+            self.step(next(it))
+            start = time.perf_counter()
+            wait, images = 0.0, 0
+            for _ in range(steps):
+                t = time.perf_counter()
+                batch = next(it)
+                wait += time.perf_counter() - t
+                self.step(batch)
+                images += batch.labels.shape[0]
+            return Sample(images, time.perf_counter() - start, wait)
+        finally:
+            close = getattr(it, "close", None)  # a generator (the DALI loader) frees its graph now
+            if close is not None:
+                close()
+            del it  # a DataLoader iterator shuts its workers down
