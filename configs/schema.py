@@ -1,0 +1,157 @@
+"""The run configuration: one frozen dataclass per section, each checking its own values.
+
+Key names follow the research code where its users know them (`s`, `m`, `h`, `t_alpha`, `lr`,
+`momentum`, `weight_decay`, `batch_size`, `embedding_size`, `output`); the sections group them.
+Derived values (global batch, scaled lr, steps) are computed by `distill.schedule.plan`, never
+written back here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed: names the file or override, the key and the value."""
+
+
+def _check(ok: bool, key: str, expected: str, found: object) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, found {found!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-sample probabilities of AdaFace's extra augmentations (0 = off); the flip is always on."""
+    crop: float = 0.0
+    low_res: float = 0.0
+    photometric: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("crop", "low_res", "photometric"):
+            p = getattr(self, key)
+            _check(0.0 <= p <= 1.0, f"data.augment.{key}", "a probability in [0, 1]", p)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: str                                   # the converted directory (manifest.json + shards)
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.shards), "data.shards", "a directory", self.shards)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mobilefacenet"                   # a name from models.names()
+    embedding_size: int = 512
+
+    def __post_init__(self) -> None:
+        _check(self.embedding_size > 0, "model.embedding_size", "> 0", self.embedding_size)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    # hf:<repo_id>[@rev], a local file or directory, or one of our run directories (its latest
+    # checkpoint's backbone). None only with distill.mode: none.
+    spec: Optional[str] = None
+    network: Optional[str] = None                 # backbone name for a bare state dict (arcface_torch .pth)
+
+
+@dataclass(frozen=True)
+class GeomConfig:
+    """The seed's geometry-aware AdaFace KD margin: z_hat += w_eff * k * ReLU(lambda - cos_st) * lambda."""
+    w: float = 1.0
+    k: float = 3.0
+    warmup_epochs: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_epochs >= 0, "distill.geom.warmup_epochs", ">= 0", self.warmup_epochs)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    mode: Literal["adadistill", "none"] = "adadistill"
+    loss: Literal["arcface", "cosface", "adaface"] = "arcface"
+    s: float = 64.0
+    m: float = 0.5
+    h: float = 0.333                              # AdaFace only
+    t_alpha: float = 0.01                         # AdaFace only
+    alpha: Literal["weighted", "plain"] = "weighted"   # AdaDistill: alpha' = cos_st * lambda, or cos_st
+    geom: Optional[GeomConfig] = None             # AdaFace + AdaDistill only; None = plain AdaFace KD
+    teacher_cache: Optional[str] = None           # precomputed teacher embeddings (issue 8)
+
+    def __post_init__(self) -> None:
+        _check(self.s > 0, "distill.s", "> 0", self.s)
+        _check(self.m >= 0, "distill.m", ">= 0", self.m)
+        _check(0 < self.t_alpha <= 1, "distill.t_alpha", "in (0, 1]", self.t_alpha)
+        if self.geom is not None:
+            _check(self.loss == "adaface" and self.mode == "adadistill", "distill.geom",
+                   "null unless distill.loss is adaface and distill.mode is adadistill",
+                   f"geom with loss={self.loss}, mode={self.mode}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128                         # per rank
+    lr: float = 0.1                               # at a global batch of lr_batch; scaled linearly
+    lr_batch: int = 512
+    momentum: float = 0.9
+    weight_decay: float = 5e-4                    # on weights only; none on BatchNorm/PReLU and biases
+    epochs: int = 26
+    warmup_epochs: float = 0.0                    # per-step linear warmup
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    decay_epochs: tuple[float, ...] = (8, 14, 20, 25)   # multistep: lr *= decay_factor once past each
+    decay_factor: float = 0.1
+    max_steps: int = 0                            # stop after this many steps in total; 0 = the schedule's length
+    log_every: int = 50
+    checkpoint_every: int = 2000                  # steps; also at every epoch's end and when the run stops
+    keep_checkpoints: int = 2                     # newest mid-epoch checkpoints kept; epoch ends are all kept
+    grad_clip: float = 5.0
+    max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Optional[bool] = None          # None: on CUDA only
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
+            _check(getattr(self, key) > 0, f"train.{key}", "> 0", getattr(self, key))
+        for key in ("max_steps", "keep_checkpoints", "weight_decay", "warmup_epochs", "grad_clip"):
+            _check(getattr(self, key) >= 0, f"train.{key}", ">= 0", getattr(self, key))
+        _check(self.lr > 0, "train.lr", "> 0", self.lr)
+        _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        _check(0 < self.decay_factor <= 1, "train.decay_factor", "in (0, 1]", self.decay_factor)
+        _check(list(self.decay_epochs) == sorted(self.decay_epochs), "train.decay_epochs",
+               "ascending epochs", self.decay_epochs)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    targets: tuple[str, ...] = ()                 # .bin verification sets, run on rank 0
+    every_epochs: int = 1
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.every_epochs > 0, "eval.every_epochs", "> 0", self.every_epochs)
+        _check(self.batch_size > 0, "eval.batch_size", "> 0", self.batch_size)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output: str                                   # the run directory
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    resume: str = "auto"                          # auto (newest checkpoint in output, if any), none, or a path
+
+    def __post_init__(self) -> None:
+        _check(bool(self.output), "output", "a directory", self.output)
+        _check(bool(self.resume), "resume", "auto, none or a checkpoint path", self.resume)
+        if self.distill.mode == "adadistill":
+            _check(self.teacher.spec is not None or self.distill.teacher_cache is not None, "teacher.spec",
+                   "a teacher (hf:<repo>, a path or a run directory) with distill.mode: adadistill", None)

@@ -1,0 +1,100 @@
+"""Process-group setup from torchrun's environment (or a single process without it), and teardown."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup() -> DistContext:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun sets them) and start the process group: NCCL when CUDA
+    is available, gloo on the CPU. Without those variables, or with WORLD_SIZE=1, no group is started."""
+    rank = _env_int("RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f"environment: RANK={rank} is outside WORLD_SIZE={world_size}")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # A long timeout: rank 0 runs the verification sets while the others wait at a barrier.
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=60))
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def any_bits(ctx: DistContext, flags: torch.Tensor, nbits: int = 3) -> int:
+    """The OR over ranks of the low `nbits` bits of the int scalar `flags` (on the device): one small
+    all-reduce (MAX per bit: NCCL has no bitwise OR) and one host sync."""
+    bits = (flags.reshape(1) >> torch.arange(nbits, device=flags.device)) & 1
+    if ctx.distributed:
+        dist.all_reduce(bits, op=dist.ReduceOp.MAX)
+    return int(sum(int(b) << i for i, b in enumerate(bits.tolist())))
+
+
+def all_mean(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a float tensor (used for logged figures only, every log_every steps)."""
+    values = values.detach().clone()
+    if ctx.distributed:
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    return values
+
+
+def gather_objects(ctx: DistContext, obj) -> list:
+    """Every rank's `obj`, in rank order (on every rank)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_state(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (the head is not in DDP, which would do it)."""
+    if not ctx.distributed:
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise RuntimeError(f"environment: {name}={text!r} is not an integer") from None

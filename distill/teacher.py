@@ -1,0 +1,75 @@
+"""Where the loop's teacher embeddings come from: a frozen teacher resolved from `teacher.spec`.
+
+`teacher.spec` is what models.load_teacher understands (hf:<repo>, a local file or directory), or one
+of our own run directories, meaning the backbone of its newest checkpoint. `TeacherSource(batch)` is
+the one call the training step makes for the teacher's embeddings, so that a precomputed cache
+(issue 8) can stand in for the online teacher without touching the step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+import models
+from configs import RunConfig
+from distill import checkpoint
+
+
+class TeacherSource:
+    """The frozen teacher, run without autograd; `__call__(batch) -> [B, D]` raw embeddings (float32)."""
+
+    def __init__(self, network: nn.Module, *, device: torch.device, autocast_dtype: Optional[torch.dtype],
+                 channels_last: bool) -> None:
+        self.network = network.to(device).eval().requires_grad_(False)
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.device, self.autocast_dtype, self.channels_last = device, autocast_dtype, channels_last
+
+    @torch.no_grad()  # not inference_mode: the head keeps teacher tensors next to autograd tensors
+    def __call__(self, batch) -> torch.Tensor:
+        images = batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            return self.network(images).float()
+
+
+def build_source(cfg: RunConfig, device: torch.device, *, autocast_dtype: Optional[torch.dtype],
+                 channels_last: bool) -> Optional[TeacherSource]:
+    """The teacher for `distill.mode: adadistill`, None for `none`; raises models.TeacherLoadError
+    (naming the spec and why) before any training step when it cannot be loaded."""
+    if cfg.distill.mode == "none":
+        return None
+    if cfg.distill.teacher_cache is not None:
+        raise models.TeacherLoadError(
+            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: reading teacher embeddings from a cache is not "
+            "available in this version; set distill.teacher_cache=null to run the teacher online")
+    network = load_network(cfg.teacher.spec, network=cfg.teacher.network)
+    return TeacherSource(network, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
+
+
+def load_network(spec: str, *, network: Optional[str] = None) -> nn.Module:
+    """A frozen teacher backbone on the CPU, from any teacher spec including our run directories."""
+    run_dir = Path(spec)
+    if not spec.startswith("hf:") and (run_dir / "checkpoints" / "latest").is_file():
+        return _from_run(run_dir)
+    return models.load_teacher(spec, device="cpu", network=network)
+
+
+def _from_run(run_dir: Path) -> nn.Module:
+    try:
+        path = checkpoint.latest(run_dir)
+        state = checkpoint.load(path)
+        model_cfg = state["config"]["model"]
+        net = models.build(model_cfg["name"], embedding_size=int(model_cfg["embedding_size"]))
+        net.load_state_dict(state["student"], strict=True)
+    except (checkpoint.CheckpointError, KeyError, RuntimeError, ValueError) as e:
+        raise models.TeacherLoadError(f"teacher spec {str(run_dir)!r} (a run directory): cannot load its newest "
+                                      f"checkpoint's backbone: {type(e).__name__}: {e}") from e
+    for name, tensor in net.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise models.TeacherLoadError(f"teacher spec {str(run_dir)!r}: {path} holds non-finite values in "
+                                          f"{name}; that run diverged")
+    return net.eval().requires_grad_(False)

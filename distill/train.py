@@ -1,0 +1,277 @@
+"""The training loop: `python -m distill --config CFG [key=value ...]`, with or without torchrun.
+
+main() reads top to bottom: config, distributed setup, data, teacher and student, head (the loss),
+optimizer and schedule, optional resume, the loop, the final save. `train_step` is one step: set the
+lr, teacher embeddings, student forward, head and loss, backward, clip, optimizer step.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import configs
+import models
+import pipeline
+from configs import RunConfig
+from distill import checkpoint, distributed, rng, schedule, teacher as teachers, verify
+from distill.heads import build_head
+from distill.metrics import Meter, RunLog
+from distill.optim import build_optimizer, set_lr
+
+# Bits of the per-step health flag, OR-ed over ranks in one all-reduce.
+_BAD_LOSS, _BAD_GRAD, _BAD_TEACHER = 1, 2, 4
+
+
+class TrainingDiverged(RuntimeError):
+    """train.max_nonfinite non-finite steps in a row."""
+
+
+@dataclass
+class Position:
+    """Where the run is: steps done in total, the epoch, steps done in it; skipped non-finite steps."""
+    step: int = 0
+    epoch: int = 0
+    epoch_step: int = 0
+    skipped: int = 0
+    skipped_in_a_row: int = 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Position:
+    args = _parse_args(argv)
+    cfg = configs.load(args.config, args.overrides)
+    ctx = distributed.setup()
+    try:
+        return _train(cfg, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
+    out = Path(cfg.output)
+    resume_from = checkpoint.resolve_resume(cfg.resume, out)
+    verify.check_targets(cfg.eval.targets)
+    autocast_dtype = _autocast_dtype(cfg, ctx.device)
+    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else ctx.device.type == "cuda"
+
+    # Data: the loader of epoch 0 tells the steps per epoch and the classes.
+    first = _loader(cfg, ctx, epoch=0, step=0)
+    plan = schedule.plan(cfg.train, world_size=ctx.world_size, steps_per_epoch=len(first))
+
+    # Teacher (frozen; fails here, before any step) and student, identically initialised on every rank.
+    teacher = teachers.build_source(cfg, ctx.device, autocast_dtype=autocast_dtype, channels_last=channels_last)
+    rng.seed_all(cfg.seed)
+    student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+
+    # Head: margin, class centres (AdaDistill: teacher-driven buffers; none: trained weights).
+    head = _build_head(cfg, first.num_classes).to(ctx.device)
+    distributed.broadcast_state(ctx, head)
+
+    optimizer = build_optimizer([student, head], cfg.train, lr=plan.lr_at(0))
+
+    pos = Position()
+    if resume_from is not None:
+        pos = _restore(resume_from, student, head, optimizer, ctx)
+    else:
+        rng.seed_all(cfg.seed + ctx.rank)  # per-rank streams (dropout) from here on
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(out / "config.yaml", configs.dump(cfg))
+    ddp_student = _wrap(student, ctx, sync_buffers=True)
+    ddp_head = _wrap(head, ctx, sync_buffers=False) if any(p.requires_grad for p in head.parameters()) else head
+
+    log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
+    if resume_from is not None:
+        log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
+    meter = Meter(ctx.device)
+    last_saved = pos.step if resume_from is not None else -1
+    loader = first if pos.epoch == 0 and pos.epoch_step == 0 else None
+    del first
+    try:
+        while pos.step < plan.stop_step and pos.epoch < plan.epochs:
+            loader = loader or _loader(cfg, ctx, epoch=pos.epoch, step=pos.epoch_step)
+            batches = iter(loader)
+            while pos.step < plan.stop_step:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                meter.wait += time.perf_counter() - waited
+                train_step(batch, ddp_student, ddp_head, teacher, optimizer, plan, pos, meter, cfg, ctx,
+                           autocast_dtype, channels_last)
+                if pos.step % cfg.train.log_every == 0:
+                    _log(log, meter, ctx, plan, pos, optimizer)
+                log.tick()
+                if pos.step % cfg.train.checkpoint_every == 0 and pos.epoch_step < plan.steps_per_epoch:
+                    last_saved = _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+            loader = None
+            if pos.epoch_step == plan.steps_per_epoch:  # the epoch is complete
+                pos.epoch, pos.epoch_step = pos.epoch + 1, 0
+                last_saved = _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+                if pos.epoch % cfg.eval.every_epochs == 0:
+                    for record in verify.run(ctx, student, cfg.eval, step=pos.step, epoch=pos.epoch):
+                        log.write(record)
+                        log.message(f"epoch {pos.epoch}: {record['target']} accuracy {record['accuracy']:.4f}")
+        if last_saved != pos.step:
+            _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+    finally:
+        log.close()
+    log.message(f"stopped at step {pos.step} (epoch {pos.epoch}); {pos.skipped} non-finite step(s) skipped; "
+                f"checkpoints in {checkpoint.directory(out)}")
+    return pos
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the head's margin logits (a module-level function: tests inject NaNs here)."""
+    return F.cross_entropy(logits, labels)
+
+
+def train_step(batch, student: nn.Module, head: nn.Module, teacher, optimizer, plan: schedule.Plan,
+               pos: Position, meter: Meter, cfg: RunConfig, ctx: distributed.DistContext,
+               autocast_dtype: Optional[torch.dtype], channels_last: bool) -> None:
+    set_lr(optimizer, plan.lr_at(pos.step))
+    teacher_emb = teacher(batch) if teacher is not None else None
+    images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+    with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        student_emb = student(images)
+    progress = pos.epoch + pos.epoch_step / plan.steps_per_epoch
+    logits, stats = head(student_emb, batch.labels, teacher_emb, progress)
+    loss = compute_loss(logits, batch.labels)
+
+    # Backward always runs, so that DDP's all-reduce sees every rank; a non-finite loss or gradient on
+    # any rank then skips the update on all of them (one small all-reduce and host sync per step, as
+    # GradScaler's inf check does).
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(_unwrap(student).parameters(), cfg.train.grad_clip)
+    head_params = [p for p in _unwrap(head).parameters() if p.grad is not None]
+    head_norm = nn.utils.clip_grad_norm_(head_params, float("inf")) if head_params else grad_norm.new_zeros(())
+    flags = ((~torch.isfinite(loss)).int() * _BAD_LOSS
+             | (~torch.isfinite(grad_norm + head_norm)).int() * _BAD_GRAD)
+    if teacher_emb is not None:
+        flags = flags | (~torch.isfinite(teacher_emb).all()).int() * _BAD_TEACHER
+    bad = distributed.any_bits(ctx, flags)
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        pos.skipped += 1
+        pos.skipped_in_a_row += 1
+        if pos.skipped_in_a_row >= cfg.train.max_nonfinite:
+            raise TrainingDiverged(_diverged_message(cfg, plan, pos, bad))
+    else:
+        optimizer.step()
+        pos.skipped_in_a_row = 0
+        meter.add(loss, stats)
+    meter.grad_norm = float("nan") if bad else grad_norm
+    meter.steps += 1
+    pos.step += 1
+    pos.epoch_step += 1
+
+
+def _diverged_message(cfg: RunConfig, plan: schedule.Plan, pos: Position, bad: int) -> str:
+    what = [name for bit, name in ((_BAD_LOSS, "loss"), (_BAD_GRAD, "gradients"), (_BAD_TEACHER, "teacher embeddings"))
+            if bad & bit]
+    return (f"{pos.skipped_in_a_row} non-finite steps in a row (train.max_nonfinite={cfg.train.max_nonfinite}), "
+            f"ending at step {pos.step}; non-finite at the last one: {', '.join(what)}. Likely causes: the learning "
+            f"rate is too high (train.lr={cfg.train.lr} scaled to {plan.lr:.4g} for a global batch of "
+            f"{plan.global_batch}; try a lower train.lr or longer train.warmup_epochs), or the teacher is broken "
+            f"(teacher.spec={cfg.teacher.spec!r}: check that it loads and gives finite embeddings), or bf16 overflow "
+            f"(try train.precision=fp32). The last checkpoint in {checkpoint.directory(cfg.output)} is before this.")
+
+
+def _log(log: RunLog, meter: Meter, ctx, plan: schedule.Plan, pos: Position, optimizer) -> None:
+    means = meter.summary(ctx)  # collective: every rank calls it
+    elapsed = max(time.perf_counter() - meter.started, 1e-9)
+    grad_norm = meter.grad_norm
+    log.write({"step": pos.step, "epoch": round(pos.epoch + pos.epoch_step / plan.steps_per_epoch, 4),
+               "loss": means["loss"], "lr": optimizer.param_groups[0]["lr"],
+               "images_per_s": meter.steps * plan.global_batch / elapsed, "data_wait": meter.wait / elapsed,
+               "grad_norm": float(grad_norm) if torch.is_tensor(grad_norm) else grad_norm,
+               "cos_st": means["cos_st"], "alpha": means["alpha"], "margin_scaler": means["margin_scaler"],
+               "skipped": pos.skipped})
+    meter.reset()
+
+
+def _save(out: Path, cfg: RunConfig, plan: schedule.Plan, ctx, student, head, optimizer, pos: Position) -> int:
+    """Collective (every rank hands in its RNG state); rank 0 writes the file."""
+    rng_states = distributed.gather_objects(ctx, rng.capture())
+    if ctx.is_main:
+        checkpoint.save(out, {
+            "student": student.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": plan.state_dict(), "scaler": {}, "step": pos.step, "epoch": pos.epoch,
+            "epoch_step": pos.epoch_step, "rng": rng_states, "config": configs.to_dict(cfg),
+            "skipped": pos.skipped, "world_size": ctx.world_size})
+        checkpoint.prune(out, keep=cfg.train.keep_checkpoints, steps_per_epoch=plan.steps_per_epoch)
+    distributed.barrier(ctx)
+    return pos.step
+
+
+def _restore(path: Path, student, head, optimizer, ctx) -> Position:
+    state = checkpoint.load(path)
+    try:
+        student.load_state_dict(state["student"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise checkpoint.CheckpointError(f"{path} does not fit this config (model {state['config']['model']}): "
+                                         f"{e}") from e
+    states = state["rng"]
+    if len(states) == ctx.world_size:
+        rng.restore(states[ctx.rank])
+    else:  # another world size: the data split differs anyway, so exactness is impossible; reseed per rank
+        rng.seed_all(int(state["step"]) * 1000 + ctx.rank)
+    return Position(step=int(state["step"]), epoch=int(state["epoch"]), epoch_step=int(state["epoch_step"]),
+                    skipped=int(state.get("skipped", 0)))
+
+
+def _build_head(cfg: RunConfig, num_classes: int) -> nn.Module:
+    d = cfg.distill
+    adaface = d.loss == "adaface"
+    return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
+                      kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
+                      h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha,
+                      geom=configs.to_dict(d.geom) if d.geom is not None else None)
+
+
+def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
+    return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                                 device=ctx.device, seed=cfg.seed, epoch=epoch, step=step,
+                                 augment=configs.to_dict(cfg.data.augment), backend=cfg.data.backend)
+
+
+def _wrap(module: nn.Module, ctx, *, sync_buffers: bool) -> nn.Module:
+    """DDP. The student's buffers (BatchNorm statistics) are rank 0's at every forward, so rank 0's
+    checkpoint resumes every rank exactly; the head keeps its own buffers equal across ranks (it updates
+    them from the gathered global batch), so copying them each step would only cost time."""
+    if not ctx.distributed:
+        return module
+    # torch 2.13 renamed broadcast_buffers to forward_sync_buffers (the old name warns).
+    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+    return DDP(module, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, **{name: sync_buffers})
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DDP) else module
+
+
+def _autocast_dtype(cfg: RunConfig, device: torch.device) -> Optional[torch.dtype]:
+    if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a YAML file in configs/")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override any config key, dotted for nested ones, e.g. train.batch_size=64")
+    return parser.parse_args(argv)

@@ -1,0 +1,44 @@
+"""The every-N-epochs verification callback: the student on `.bin` sets, on rank 0 only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from configs import EvalConfig
+from distill import rng
+from distill.distributed import DistContext, barrier
+
+
+def check_targets(targets: tuple[str, ...]) -> None:
+    """Fail at start, not after the first epoch, when a requested set is missing."""
+    missing = [t for t in targets if not Path(t).exists()]
+    if missing:
+        raise FileNotFoundError(f"eval.targets: verification set(s) not found: {missing}")
+
+
+def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epoch: int) -> list[dict]:
+    """Rank 0 embeds every target with the unwrapped student and returns one record per set; the other
+    ranks wait at a barrier (the sets are small: a few thousand pairs). The RNG states are put back
+    afterwards, so a run with verification trains exactly like one without."""
+    records = []
+    if ctx.is_main and cfg.targets:
+        from evaluate import verification  # the evaluator is needed only here, on rank 0
+
+        saved = rng.capture()
+        was_training = student.training
+        try:
+            for target in cfg.targets:
+                result = verification.test(student, verification.load_set(target), device=ctx.device,
+                                           batch_size=cfg.batch_size, progress=True)
+                records.append({"event": "verification", "step": step, "epoch": epoch, "target": target,
+                                "accuracy": result["acc"], "accuracy_std": result["std"],
+                                "xnorm": result["xnorm"], "pairs": result["pairs"]})
+        finally:
+            student.train(was_training)
+            rng.restore(saved)
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+    barrier(ctx)
+    return records
