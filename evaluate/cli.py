@@ -32,8 +32,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--ijb-root", type=Path, help="folder holding IJBB/IJBC (insightface) or IJB?_gt_aligned (CVLFace)")
     p.add_argument("--tinyface-root", type=Path, help="folder holding tinyface_aligned_pad_0.1")
-    p.add_argument("--targets", nargs="+", choices=ALL_TARGETS, metavar="TARGET",
-                   help=f"subset of: {' '.join(ALL_TARGETS)} (default: all with data)")
+    p.add_argument("--targets", nargs="+", metavar="TARGET",
+                   help=f"subset of: {' '.join(ALL_TARGETS)}, or the name of any other NAME.bin under "
+                        "--val-data (default: all with data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

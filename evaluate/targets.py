@@ -54,11 +54,23 @@ def locate(target: str, roots: DataRoots) -> tuple[Optional[Path], str]:
     return None, f"no {TINYFACE_FOLDERS[0]}/metadata.pt under {roots.tinyface_root}"
 
 
+def extra_sets(roots: DataRoots) -> tuple[str, ...]:
+    """Verification sets under --val-data beyond the standard names (`NAME.bin`, or an arrow folder
+    NAME/): a user's own pairs, or the demo's synthetic held-out identities."""
+    if roots.val_data is None or not roots.val_data.is_dir():
+        return ()
+    found = {p.stem for p in roots.val_data.glob("*.bin") if p.is_file()}
+    found |= {p.name for p in roots.val_data.iterdir() if p.is_dir() and any(p.glob("*.arrow"))}
+    return tuple(sorted(found - set(ALL_TARGETS)))
+
+
 def plan(targets: Sequence[str], roots: DataRoots, *, explicit: bool) -> tuple[dict, dict]:
     """({target: path} to run, {target: reason} skipped). An explicitly named missing target raises."""
-    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if not explicit:
+        targets = (*targets, *extra_sets(roots))
+    unknown = [t for t in targets if t not in ALL_TARGETS and t not in extra_sets(roots)]
     if unknown:
-        raise ValueError(f"unknown targets {unknown}; known: {', '.join(ALL_TARGETS)}")
+        raise ValueError(f"unknown targets {unknown}; known: {', '.join(ALL_TARGETS + extra_sets(roots))}")
     run, skipped = {}, {}
     for t in targets:
         path, why = locate(t, roots)

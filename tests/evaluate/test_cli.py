@@ -45,6 +45,19 @@ def test_run_directory_evaluates_latest_and_reports_skips(tmp_path, val_data, ca
     assert "lfw" in out and "skipped IJBC: no --ijb-root given" in out
 
 
+def test_other_bin_sets_under_val_data_are_found_and_can_be_named(tmp_path, val_data, capsys):
+    write_bin(val_data / "held_out.bin", *pair_set(20))
+    _checkpoint(tmp_path / "a.pt", 1)
+    assert cli.main(_args("--checkpoint", str(tmp_path / "a.pt"), "--val-data", str(val_data))) == 0
+    report = json.loads((tmp_path / "reports" / "a.json").read_text())
+    assert set(report["results"]) == {"lfw", "held_out"}
+    assert cli.main(_args("--checkpoint", str(tmp_path / "a.pt"), "--val-data", str(val_data),
+                          "--targets", "held_out", "--output", str(tmp_path / "b.json"))) == 0
+    assert set(json.loads((tmp_path / "b.json").read_text())["results"]) == {"held_out"}
+    assert cli.main(_args("--checkpoint", str(tmp_path / "a.pt"), "--val-data", str(val_data),
+                          "--targets", "nowhere")) == 2
+
+
 def test_requested_target_without_data_fails(tmp_path, val_data, capsys):
     _checkpoint(tmp_path / "a.pt", 1)
     code = cli.main(_args("--checkpoint", str(tmp_path / "a.pt"), "--val-data", str(val_data),
