@@ -1,0 +1,135 @@
+"""`make demo`: the whole product on the built-in synthetic identities, on a CPU in about ten minutes.
+
+Each step is the command a user would type (printed before it runs), so the demo doubles as a check
+that the README's commands work. A step whose output is complete is skipped when the demo is run
+again; the training runs resume from their newest checkpoint (`resume: auto`). Everything is written
+under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
+
+  1. synthetic identities as an insightface .rec (training identities) and a .bin of pairs of held-out
+     identities, in insightface's format;
+  2. the .rec converted to shards, and verified;
+  3. a teacher (narrow iresnet, AdaFace, no distillation);
+  4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
+     MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
+  5. the three evaluated on the held-out pairs;
+  6. the benchmark suite, quick;
+  7. one summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(os.environ.get("DEMO_DIR", "demo"))
+PY = sys.executable
+TRAIN_IDENTITIES, PER_IDENTITY, HELD_OUT_IDENTITIES, PAIRS = 200, 20, 100, 1000
+
+RUNS = {  # name -> (config, extra overrides); the configs' own outputs and shards point under demo/
+    "teacher": ("configs/synthetic_teacher.yaml", []),
+    "student_adadistill": ("configs/synthetic.yaml", [f"distill.teacher_cache={OUT}/teacher_cache"]),
+    "student_nokd": ("configs/synthetic_nokd.yaml", []),
+}
+
+
+def step(name: str, done: Path, *commands: list[str]) -> float:
+    """Run `commands` unless `done` (a marker written after they all succeed) exists; seconds taken."""
+    if done.exists():
+        print(f"== {name}: done earlier ({done} exists), skipped", flush=True)
+        return 0.0
+    print(f"== {name}", flush=True)
+    t0 = time.perf_counter()
+    for command in commands:
+        print("$ " + shlex.join(command), flush=True)
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            sys.exit(f"demo: step '{name}' failed (exit {result.returncode}) in: {shlex.join(command)}\n"
+                     f"fix the cause and run `make demo` again: finished steps are skipped, training resumes")
+    seconds = time.perf_counter() - t0
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def run_overrides(name: str) -> list[str]:
+    config, extra = RUNS[name]
+    return ["--config", config, f"data.shards={OUT}/shards", f"output={OUT}/runs/{name}", *extra]
+
+
+def main() -> None:
+    marks = OUT / ".done"
+    synth, val, shards, cache = OUT / "synth", OUT / "val", OUT / "shards", OUT / "teacher_cache"
+    seconds = {}
+    seconds["data"] = step(
+        "1. synthetic identities (.rec) and held-out verification pairs (.bin)", marks / "data",
+        [PY, "-m", "convert", "synth", str(synth), "--identities", str(TRAIN_IDENTITIES),
+         "--per-identity", str(PER_IDENTITY), "--seed", "0"],
+        [PY, "-m", "convert", "synth-bin", str(val / "synthetic_heldout.bin"), "--identities",
+         str(HELD_OUT_IDENTITIES), "--pairs", str(PAIRS), "--first-identity", str(TRAIN_IDENTITIES),
+         "--seed", "0"])
+    seconds["convert"] = step(
+        "2. convert the .rec to shards, verify them", marks / "convert",
+        [PY, "-m", "convert", "rec", str(synth), str(shards), "--seed", "0"],
+        [PY, "-m", "convert", "verify", str(shards)])
+    seconds["teacher"] = step(
+        "3. train the teacher (iresnet_s, AdaFace)", marks / "teacher",
+        [PY, "-m", "distill", *run_overrides("teacher")])
+    seconds["cache"] = step(
+        "4a. cache the teacher's embeddings (plain and mirrored)", marks / "cache",
+        [PY, "-m", "distill", "cache-teacher", "--teacher", f"{OUT}/runs/teacher", "--shards", str(shards),
+         "--out", str(cache)])
+    seconds["student_adadistill"] = step(
+        "4b. distil the student (mobilefacenet_s, AdaDistill, teacher from the cache)",
+        marks / "student_adadistill", [PY, "-m", "distill", *run_overrides("student_adadistill")])
+    seconds["student_nokd"] = step(
+        "4c. train the same student without KD", marks / "student_nokd",
+        [PY, "-m", "distill", *run_overrides("student_nokd")])
+    seconds["evaluate"] = step(
+        "5. evaluate the three on held-out identities", marks / "evaluate",
+        *[[PY, "-m", "evaluate", "--checkpoint", f"{OUT}/runs/{name}", "--val-data", str(val),
+           "--output", f"{OUT}/reports/{name}.json"] for name in RUNS])
+    seconds["bench"] = step(
+        "6. benchmark suite (quick)", marks / "bench",
+        [PY, "-m", "bench", "--quick", "--cache-dir", f"{OUT}/bench-cache", "--json", f"{OUT}/bench.json",
+         "--markdown", f"{OUT}/bench.md"])
+    summary = summarise(seconds)
+    (OUT / "summary.md").write_text(summary)
+    print(summary)
+
+
+def train_speed(run: Path) -> float:
+    """Median images/s over the run's logged intervals (metrics.jsonl)."""
+    rates = sorted(r["images_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                   if "images_per_s" in r)
+    return rates[len(rates) // 2] if rates else float("nan")
+
+
+def summarise(seconds: dict) -> str:
+    lines = ["# AdaDistill demo: summary", "",
+             f"Data: {TRAIN_IDENTITIES} synthetic training identities x {PER_IDENTITY} images; verification on "
+             f"{PAIRS} pairs of {HELD_OUT_IDENTITIES} held-out identities (insightface protocol, 10 folds).", "",
+             "| run | model | accuracy (held-out pairs) | training img/s |", "|---|---|---|---|"]
+    for name in RUNS:
+        report = json.loads((OUT / "reports" / f"{name}.json").read_text())
+        acc = report["results"]["synthetic_heldout"]
+        lines.append(f"| {name} | {report['network']} | {100 * acc['acc']:.2f} +- {100 * acc['std']:.2f} % | "
+                     f"{train_speed(OUT / 'runs' / name):.0f} |")
+    bench = json.loads((OUT / "bench.json").read_text())
+    lines += ["", "Benchmark (quick, this machine; ratios against the baseline measured in the same run):", "",
+              "| stage | what | img/s | baseline | baseline img/s | ratio |", "|---|---|---|---|---|---|"]
+    for r in bench["results"]:
+        lines.append(f"| {r['stage']} | {r['name']} | {r['img_per_s']:.0f} | {r['baseline']} | "
+                     f"{r['baseline_img_per_s']:.0f} | {r['ratio']:.2f} |")
+    lines += ["", "Seconds per step of this demo (0 = done earlier): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), "",
+              f"Outputs: shards {OUT}/shards, runs {OUT}/runs/<name> (checkpoints, metrics.jsonl, config.yaml), "
+              f"reports {OUT}/reports, benchmark {OUT}/bench.md, this summary {OUT}/summary.md", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
