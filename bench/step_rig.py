@@ -50,6 +50,23 @@ def online_teacher(name: str, device: torch.device, options: StepOptions) -> Cal
                          channels_last=options.channels_last)
 
 
+def cached_teacher(name: str, shards: str, cache_dir: str, device: torch.device, progress: bool) -> Callable:
+    """The loop's cached teacher (distill.teacher_cache.CachedTeacher) for the same fresh `name` backbone as
+    `online_teacher`, after building its cache over `shards` with `python -m distill cache-teacher`'s own
+    code (untimed: a one-off cost per dataset and teacher; a cache already in `cache_dir` for the same
+    weights and shards is reused)."""
+    import models
+    from distill.cache_build import build_with
+    from distill.distributed import DistContext
+    from distill.teacher_cache import CachedTeacher
+
+    torch.manual_seed(_STEP_SEED)
+    manifest = build_with(models.build(name), f"fresh-init {name} (benchmark)", shards, cache_dir, device=device,
+                          batch_size=64, ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
+                          progress=progress)
+    return CachedTeacher(cache_dir, manifest, device)
+
+
 class StepRig:
     """Student, AdaDistill head, optimizer and loop state for `train_step`, on `device`."""
 

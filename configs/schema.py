@@ -81,12 +81,19 @@ class DistillConfig:
     t_alpha: float = 0.01                         # AdaFace only
     alpha: Literal["weighted", "plain"] = "weighted"   # AdaDistill: alpha' = cos_st * lambda, or cos_st
     geom: Optional[GeomConfig] = None             # AdaFace + AdaDistill only; None = plain AdaFace KD
-    teacher_cache: Optional[str] = None           # precomputed teacher embeddings (issue 8)
+    # A directory written by `python -m distill cache-teacher`: the loop reads the teacher's embeddings
+    # from it (flip is then the only augmentation allowed) and never builds the teacher network.
+    teacher_cache: Optional[str] = None
+    centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
 
     def __post_init__(self) -> None:
         _check(self.s > 0, "distill.s", "> 0", self.s)
         _check(self.m >= 0, "distill.m", ">= 0", self.m)
         _check(0 < self.t_alpha <= 1, "distill.t_alpha", "in (0, 1]", self.t_alpha)
+        if self.centres_from_cache:
+            _check(self.teacher_cache is not None and self.mode == "adadistill", "distill.centres_from_cache",
+                   "false unless distill.teacher_cache is set and distill.mode is adadistill",
+                   f"true with teacher_cache={self.teacher_cache!r}, mode={self.mode}")
         if self.geom is not None:
             _check(self.loss == "adaface" and self.mode == "adadistill", "distill.geom",
                    "null unless distill.loss is adaface and distill.mode is adadistill",
@@ -153,5 +160,6 @@ class RunConfig:
         _check(bool(self.output), "output", "a directory", self.output)
         _check(bool(self.resume), "resume", "auto, none or a checkpoint path", self.resume)
         if self.distill.mode == "adadistill":
-            _check(self.teacher.spec is not None or self.distill.teacher_cache is not None, "teacher.spec",
+            # Also with a teacher cache: the cache is checked against this teacher's weights.
+            _check(self.teacher.spec is not None, "teacher.spec",
                    "a teacher (hf:<repo>, a path or a run directory) with distill.mode: adadistill", None)

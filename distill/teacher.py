@@ -2,8 +2,9 @@
 
 `teacher.spec` is what models.load_teacher understands (hf:<repo>, a local file or directory), or one
 of our own run directories, meaning the backbone of its newest checkpoint. `TeacherSource(batch)` is
-the one call the training step makes for the teacher's embeddings, so that a precomputed cache
-(issue 8) can stand in for the online teacher without touching the step.
+the one call the training step makes for the teacher's embeddings; with `distill.teacher_cache` a
+`teacher_cache.CachedTeacher` stands in for it (same call), and the teacher network is loaded only to
+check the cache's weight hash, then dropped.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+import configs
 import models
 from configs import RunConfig
-from distill import checkpoint
+from distill import checkpoint, teacher_cache
 
 
 class TeacherSource:
@@ -38,16 +40,31 @@ class TeacherSource:
 
 def build_source(cfg: RunConfig, device: torch.device, *, autocast_dtype: Optional[torch.dtype],
                  channels_last: bool) -> Optional[TeacherSource]:
-    """The teacher for `distill.mode: adadistill`, None for `none`; raises models.TeacherLoadError
-    (naming the spec and why) before any training step when it cannot be loaded."""
+    """The teacher for `distill.mode: adadistill` (online, or from the cache), None for `none`; raises
+    models.TeacherLoadError or TeacherCacheError (naming the spec and why) before any training step."""
     if cfg.distill.mode == "none":
         return None
-    if cfg.distill.teacher_cache is not None:
-        raise models.TeacherLoadError(
-            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: reading teacher embeddings from a cache is not "
-            "available in this version; set distill.teacher_cache=null to run the teacher online")
     network = load_network(cfg.teacher.spec, network=cfg.teacher.network)
+    if cfg.distill.teacher_cache is not None:
+        return open_cache(cfg, network, device)
     return TeacherSource(network, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
+
+
+def open_cache(cfg: RunConfig, network: nn.Module, device: torch.device) -> teacher_cache.CachedTeacher:
+    """The cached teacher for `distill.teacher_cache`, after checking that it fits this run: flip is the
+    only augmentation (a cache holds two views a sample), and the cache was built from these shards and
+    from this teacher's weights (`network`, loaded once for the hash and then dropped). Raises
+    teacher_cache.TeacherCacheError naming both hashes otherwise."""
+    path = cfg.distill.teacher_cache
+    extra = {k: v for k, v in configs.to_dict(cfg.data.augment).items() if v}
+    if extra:
+        raise teacher_cache.TeacherCacheError(
+            f"distill.teacher_cache={path!r}: the cache holds the plain and mirrored view of each sample only, "
+            f"but data.augment turns on {extra}; set those to 0 or run the teacher online (distill.teacher_cache=null)")
+    manifest = teacher_cache.CacheManifest.load(path)
+    teacher_cache.check_matches(path, manifest, teacher_sha256=teacher_cache.weights_sha256(network),
+                                teacher_spec=str(cfg.teacher.spec), shards=cfg.data.shards)
+    return teacher_cache.CachedTeacher(path, manifest, device)
 
 
 def load_network(spec: str, *, network: Optional[str] = None) -> nn.Module:

@@ -22,7 +22,7 @@ import configs
 import models
 import pipeline
 from configs import RunConfig
-from distill import checkpoint, distributed, rng, schedule, teacher as teachers, verify
+from distill import checkpoint, distributed, rng, schedule, teacher as teachers, teacher_cache, verify
 from distill.heads import build_head
 from distill.metrics import Meter, RunLog
 from distill.optim import build_optimizer, set_lr
@@ -66,7 +66,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     first = _loader(cfg, ctx, epoch=0, step=0)
     plan = schedule.plan(cfg.train, world_size=ctx.world_size, steps_per_epoch=len(first))
 
-    # Teacher (frozen; fails here, before any step) and student, identically initialised on every rank.
+    # Teacher (frozen, or its cache; fails here, before any step) and student, identically initialised on every rank.
     teacher = teachers.build_source(cfg, ctx.device, autocast_dtype=autocast_dtype, channels_last=channels_last)
     rng.seed_all(cfg.seed)
     student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
@@ -236,16 +236,22 @@ def _restore(path: Path, student, head, optimizer, ctx) -> Position:
 def _build_head(cfg: RunConfig, num_classes: int) -> nn.Module:
     d = cfg.distill
     adaface = d.loss == "adaface"
-    return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
+    head = build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
                       kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
                       h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha,
                       geom=configs.to_dict(d.geom) if d.geom is not None else None)
+    if d.centres_from_cache:  # start at the teacher's class means rather than at noise (a resume overwrites)
+        manifest = teacher_cache.CacheManifest.load(d.teacher_cache)
+        with torch.no_grad():
+            head.centres.copy_(teacher_cache.plain_class_means(d.teacher_cache, manifest, num_classes))
+    return head
 
 
 def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
     return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                  device=ctx.device, seed=cfg.seed, epoch=epoch, step=step,
-                                 augment=configs.to_dict(cfg.data.augment), backend=cfg.data.backend)
+                                 augment=configs.to_dict(cfg.data.augment), backend=cfg.data.backend,
+                                 with_flip=cfg.distill.teacher_cache is not None)  # the cache keys on the flip
 
 
 def _wrap(module: nn.Module, ctx, *, sync_buffers: bool) -> nn.Module:

@@ -3,8 +3,8 @@
 Every variant runs `distill.train.train_step` (student forward+backward through the AdaDistill margin
 head, teacher forward) for `--step-steps` timed steps per round, after one untimed step. They differ in
 where batches come from (the project's loader, or the insightface-style baseline), where the teacher's
-embeddings come from (the online teacher; issue 8 adds its embedding cache as one more TEACHERS entry,
-a variant and a pair), and how the step runs (the loop's device defaults, or the seed's fp32 eager).
+embeddings come from (the online teacher, or its embedding cache: issue 8's step_cache, whose cache is
+built untimed before the rounds), and how the step runs (the loop's device defaults, or the seed's fp32 eager).
 The data wait is the fraction of a round spent in `next(batches)`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bench.data import BenchData
 from bench.harness import Contender, Pair, Sample, compare, measure
 from bench.settings import BenchError, Settings
 from bench.stages.registry import register
-from bench.step_rig import StepOptions, StepRig, online_teacher
+from bench.step_rig import StepOptions, StepRig, cached_teacher, online_teacher
 
 
 @dataclass(frozen=True)
@@ -41,26 +41,37 @@ VARIANTS = (
                 loader="pipeline", teacher="online", seed_style=False),
     StepVariant("seed_step", "train_step fed by the insightface-style loader, online teacher, fp32 eager",
                 loader="baseline", teacher="online", seed_style=True),
+    StepVariant("step_cache", "train_step fed by pipeline.build_loader (DALI, with_flip), teacher embeddings "
+                "from the cache (distill.teacher_cache), loop defaults", loader="pipeline", teacher="cache",
+                seed_style=False),
 )
 # pipeline_supply vs step: the loader's img/s alone over the step's consumption (> 1: the data keeps up).
-PAIRS = (Pair("step", "seed_step"), Pair("pipeline_supply", "step"))
+# step_cache vs step: the same step without the teacher's forward pass (issue 8; goal >= 3x).
+PAIRS = (Pair("step", "seed_step"), Pair("pipeline_supply", "step"), Pair("step_cache", "step", goal=3.0))
 
 # teacher kind -> (settings, data, device, options) -> callable(batch) -> [B, D] teacher embeddings
 TEACHERS: Dict[str, Callable] = {
     "online": lambda settings, data, device, options: online_teacher(settings.teacher, device, options),
+    "cache": lambda settings, data, device, options: cached_teacher(
+        settings.teacher, str(data.jpeg_shards), str(settings.scratch / "step" / "teacher_cache"), device,
+        settings.progress),
 }
 
 
-def _pipeline_batches(data: BenchData, settings: Settings) -> Callable:
+def _pipeline_batches(data: BenchData, settings: Settings, with_flip: bool = False) -> Callable:
     import pipeline
 
     epochs = itertools.count()
     return lambda: pipeline.build_loader(data.jpeg_shards, settings.step_batch_size, device=settings.device,
-                                         seed=0, epoch=next(epochs), backend="dali")
+                                         seed=0, epoch=next(epochs), backend="dali", with_flip=with_flip)
 
 
-def _baseline_batches(data: BenchData, settings: Settings) -> Callable:
+def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = False) -> Callable:
     import pipeline
+
+    if with_flip:
+        raise BenchError("step stage: the insightface-style loader does not report its flips; a variant with "
+                         "the cached teacher needs loader='pipeline'")
 
     device = torch.device(settings.device)
     dataset = RecDataset(data.rec, data.idx, class_map_of(data.jpeg_shards))
@@ -108,7 +119,7 @@ def _contender(variant: StepVariant, settings: Settings, data: BenchData) -> Con
     rig = StepRig(student=settings.student, num_classes=data.classes, batch_size=settings.step_batch_size,
                   steps_per_epoch=data.images // settings.step_batch_size, device=device, options=options,
                   teacher=teacher, scratch=str(settings.scratch / "step" / variant.name))
-    make_batches = _LOADERS[variant.loader](data, settings)
+    make_batches = _LOADERS[variant.loader](data, settings, with_flip=variant.teacher == "cache")  # cache keys on it
     return Contender(variant.name, f"{variant.description}; {settings.student} student, {settings.teacher} "
                                    f"teacher, batch {settings.step_batch_size}",
                      lambda: rig.timed_steps(make_batches(), settings.step_steps))

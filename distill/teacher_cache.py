@@ -1,0 +1,193 @@
+"""The teacher embedding cache on disk: its manifest, its identity checks, and the loop's cached teacher.
+
+With the flip as the only augmentation, a sample's teacher embedding takes one of two values: that of
+the image (view 0) or of its mirror (view 1). `python -m distill cache-teacher` (distill/cache_build.py)
+computes both once; the loop then reads them by `batch.index` and `batch.flipped`.
+
+Layout of a cache directory:
+  embeddings.npy  float16 [num_samples, 2, D], raw (unnormalised) teacher outputs, row = global sample
+                  index; a plain .npy, memory-mapped with numpy (np.lib.format.open_memmap).
+  labels.npy      int64 [num_samples], each sample's label (for the class means).
+  manifest.json   format, teacher spec, teacher_sha256 (of its weights), shards_sha256 (of the shards'
+                  manifest.json), dtype, shape, chunk size, done ([start, stop) ranges), complete.
+
+Which hash proves the teacher: the sha256 of the teacher's state dict (see `weights_sha256`), not of a
+file. A spec may be a hub id, a directory or a run directory whose `latest` moves; the weights are what
+the embeddings came from. Checking it costs one load of the teacher on the CPU at start-up (~1 s for an
+IR50), which is cheap next to a training run and never wrong about a renamed or re-saved file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "adadistill-teacher-cache"
+VERSION = 1
+EMBEDDINGS = "embeddings.npy"
+LABELS = "labels.npy"                            # int64 [num_samples]: for class means
+MANIFEST = "manifest.json"
+PLAIN, MIRRORED = 0, 1
+
+
+class TeacherCacheError(ValueError):
+    """A cache that is missing, incomplete, or does not belong to the configured teacher and shards."""
+
+
+def weights_sha256(network: nn.Module) -> str:
+    """sha256 over the state dict in sorted key order: key, dtype, shape and the tensor's bytes.
+
+    Buffers count (BatchNorm statistics shape the output); the hash does not depend on the file format,
+    the device or the order in which a checkpoint happened to store its tensors."""
+    h = hashlib.sha256()
+    state = network.state_dict()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes of any dtype, 0-d included
+    return h.hexdigest()
+
+
+def shards_sha256(shards: Union[str, os.PathLike]) -> str:
+    """sha256 of the shards' manifest.json: it names every shard with its own sha256, so it names the data."""
+    path = Path(shards) / "manifest.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise TeacherCacheError(f"{path}: cannot read the shards' manifest ({e})") from e
+
+
+@dataclass(frozen=True)
+class CacheManifest:
+    teacher_spec: str
+    teacher_sha256: str
+    shards: str
+    shards_sha256: str
+    num_samples: int
+    embedding_size: int
+    chunk: int                                    # samples per resume unit
+    done: tuple[tuple[int, int], ...] = ()        # merged [start, stop) ranges written so far
+    complete: bool = False
+    dtype: str = "float16"
+    format: str = FORMAT
+    version: int = VERSION
+    shape: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.embedding_size < 1 or self.chunk < 1:
+            raise TeacherCacheError(f"cache manifest: expected num_samples, embedding_size and chunk >= 1, found "
+                                    f"{self.num_samples}, {self.embedding_size}, {self.chunk}")
+        object.__setattr__(self, "shape", (self.num_samples, 2, self.embedding_size))
+        object.__setattr__(self, "done", merge_ranges(self.done))
+
+    @classmethod
+    def load(cls, cache: Union[str, os.PathLike]) -> "CacheManifest":
+        path = Path(cache) / MANIFEST
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise TeacherCacheError(f"{path}: cannot read a teacher cache manifest ({e}); build the cache with "
+                                    f"`python -m distill cache-teacher`") from e
+        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            raise TeacherCacheError(f"{path}: expected format {FORMAT!r} version {VERSION}, found "
+                                    f"{raw.get('format')!r} version {raw.get('version')!r}")
+        try:
+            shape = tuple(raw.pop("shape"))
+            made = cls(**{**raw, "done": tuple(tuple(r) for r in raw.get("done", ()))})
+        except (KeyError, TypeError) as e:
+            raise TeacherCacheError(f"{path}: malformed manifest ({e})") from e
+        if shape != made.shape or made.dtype != "float16":
+            raise TeacherCacheError(f"{path}: shape {shape} / dtype {made.dtype} do not match num_samples "
+                                    f"{made.num_samples}, embedding_size {made.embedding_size}, float16")
+        return made
+
+    def save(self, cache: Union[str, os.PathLike]) -> None:
+        """Atomic: a reader sees the old manifest or the new one, never half of one."""
+        path = Path(cache) / MANIFEST
+        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def merge_ranges(ranges) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for start, stop in sorted((int(a), int(b)) for a, b in ranges if int(b) > int(a)):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], stop)
+        else:
+            out.append([start, stop])
+    return tuple((a, b) for a, b in out)
+
+
+def open_embeddings(cache: Union[str, os.PathLike], manifest: CacheManifest, mode: str = "r") -> np.ndarray:
+    path = Path(cache) / EMBEDDINGS
+    try:
+        arr = np.load(path, mmap_mode=mode)
+    except (OSError, ValueError) as e:
+        raise TeacherCacheError(f"{path}: cannot memory-map the embeddings ({e})") from e
+    if arr.shape != manifest.shape or arr.dtype != np.float16:
+        raise TeacherCacheError(f"{path}: expected float16 {manifest.shape}, found {arr.dtype} {arr.shape}")
+    return arr
+
+
+def check_matches(cache: Union[str, os.PathLike], manifest: CacheManifest, *, teacher_sha256: str,
+                  teacher_spec: str, shards: Union[str, os.PathLike]) -> None:
+    """Refuse a cache that is incomplete or was built from other shards or another teacher."""
+    where = Path(cache) / MANIFEST
+    if not manifest.complete:
+        raise TeacherCacheError(f"{where}: the cache is incomplete (done: {list(manifest.done)} of "
+                                f"{manifest.num_samples} samples); re-run `python -m distill cache-teacher` "
+                                "to finish it")
+    found = shards_sha256(shards)
+    if found != manifest.shards_sha256:
+        raise TeacherCacheError(
+            f"{where}: built from shards {manifest.shards!r} whose manifest.json has sha256 {manifest.shards_sha256}, "
+            f"but data.shards={str(shards)!r} has {found}; rebuild the cache for these shards")
+    if teacher_sha256 != manifest.teacher_sha256:
+        raise TeacherCacheError(
+            f"{where}: built from teacher {manifest.teacher_spec!r} with weights sha256 {manifest.teacher_sha256}, "
+            f"but teacher.spec={teacher_spec!r} has weights sha256 {teacher_sha256}; rebuild the cache with this "
+            f"teacher or set teacher.spec to the one it was built from")
+
+
+class CachedTeacher:
+    """Stands in for distill.teacher.TeacherSource: `__call__(batch) -> [B, D]` float32 on the device,
+    the cached view that matches each sample's flip. The batch must carry `flipped` (with_flip=True)."""
+
+    def __init__(self, cache: Union[str, os.PathLike], manifest: CacheManifest, device: torch.device) -> None:
+        self.path, self.manifest, self.device = Path(cache), manifest, device
+        self.embeddings = open_embeddings(cache, manifest)
+
+    def __call__(self, batch) -> torch.Tensor:
+        if batch.flipped is None:
+            raise TeacherCacheError("the teacher cache needs Batch.flipped: build the loader with with_flip=True")
+        index = batch.index.cpu().numpy()
+        views = batch.flipped.cpu().numpy().astype(np.int64)  # True -> MIRRORED (1)
+        rows = self.embeddings[index, views]  # one gather from the memory map: [B, D] float16
+        return torch.from_numpy(rows.astype(np.float32)).to(self.device, non_blocking=True)
+
+
+def plain_class_means(cache: Union[str, os.PathLike], manifest: CacheManifest, num_classes: int,
+                      block: int = 65536) -> torch.Tensor:
+    """[C, D] float32: per class, the mean of its samples' L2-normalised plain-view embeddings (the head
+    mixes normalised teacher embeddings into its centres, so the centres start in that space). A class
+    without samples keeps a zero row."""
+    emb = open_embeddings(cache, manifest)
+    labels = np.load(Path(cache) / LABELS, mmap_mode="r")
+    if labels.shape != (manifest.num_samples,):
+        raise TeacherCacheError(f"class means: expected {manifest.num_samples} labels, found {labels.shape}")
+    sums = torch.zeros(num_classes, manifest.embedding_size, dtype=torch.float64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for start in range(0, manifest.num_samples, block):
+        f = torch.nn.functional.normalize(torch.from_numpy(emb[start:start + block, PLAIN].astype(np.float32)), dim=1)
+        lab = torch.from_numpy(labels[start:start + block].astype(np.int64))
+        sums.index_add_(0, lab, f.double())
+        counts.index_add_(0, lab, torch.ones(len(lab), dtype=torch.float64))
+    return (sums / counts.clamp(min=1)[:, None]).float()
