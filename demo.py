@@ -26,12 +26,15 @@ import time
 from pathlib import Path
 
 OUT = Path(os.environ.get("DEMO_DIR", "demo"))
+# Passive OpenMP waiting for every step: spinning torch threads starve DALI's on a small CPU (README, Troubleshooting).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 PY = sys.executable
 TRAIN_IDENTITIES, PER_IDENTITY, HELD_OUT_IDENTITIES, PAIRS = 200, 20, 100, 1000
 
 RUNS = {  # name -> (config, extra overrides); the configs' own outputs and shards point under demo/
     "teacher": ("configs/synthetic_teacher.yaml", []),
-    "student_adadistill": ("configs/synthetic.yaml", [f"distill.teacher_cache={OUT}/teacher_cache"]),
+    "student_adadistill": ("configs/synthetic.yaml", [f"teacher.spec={OUT}/runs/teacher",
+                                                      f"distill.teacher_cache={OUT}/teacher_cache"]),
     "student_nokd": ("configs/synthetic_nokd.yaml", []),
 }
 

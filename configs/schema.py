@@ -23,9 +23,9 @@ def _check(ok: bool, key: str, expected: str, found: object) -> None:
 @dataclass(frozen=True)
 class AugmentConfig:
     """Per-sample probabilities of AdaFace's extra augmentations (0 = off); the flip is always on."""
-    crop: float = 0.0
-    low_res: float = 0.0
-    photometric: float = 0.0
+    crop: float = 0.0                             # random crop-and-resize back to the full size
+    low_res: float = 0.0                          # downscale then upscale (low-resolution faces)
+    photometric: float = 0.0                      # brightness, contrast and saturation jitter
 
     def __post_init__(self) -> None:
         for key in ("crop", "low_res", "photometric"):
@@ -36,7 +36,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     shards: str                                   # the converted directory (manifest.json + shards)
-    backend: Literal["auto", "dali", "torch"] = "auto"
+    backend: Literal["auto", "dali", "torch"] = "auto"# auto: DALI, or the torch loader (with a warning) where DALI cannot be imported
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -46,7 +46,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "mobilefacenet"                   # a name from models.names()
-    embedding_size: int = 512
+    embedding_size: int = 512                     # the embedding dimension D
 
     def __post_init__(self) -> None:
         _check(self.embedding_size > 0, "model.embedding_size", "> 0", self.embedding_size)
@@ -56,16 +56,16 @@ class ModelConfig:
 class TeacherConfig:
     # hf:<repo_id>[@rev], a local file or directory, or one of our run directories (its latest
     # checkpoint's backbone). None only with distill.mode: none.
-    spec: Optional[str] = None
+    spec: Optional[str] = None                    # hf:OWNER/NAME[@REV], a file or directory, or a run directory of ours
     network: Optional[str] = None                 # backbone name for a bare state dict (arcface_torch .pth)
 
 
 @dataclass(frozen=True)
 class GeomConfig:
     """The seed's geometry-aware AdaFace KD margin: z_hat += w_eff * k * ReLU(lambda - cos_st) * lambda."""
-    w: float = 1.0
-    k: float = 3.0
-    warmup_epochs: float = 1.0
+    w: float = 1.0                                # weight of the geometry term (reached after warmup_epochs)
+    k: float = 3.0                                # scale of ReLU(lambda - cos_st) * lambda
+    warmup_epochs: float = 1.0                    # w ramps linearly from 0 over these (fractional) epochs
 
     def __post_init__(self) -> None:
         _check(self.warmup_epochs >= 0, "distill.geom.warmup_epochs", ">= 0", self.warmup_epochs)
@@ -73,17 +73,17 @@ class GeomConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    mode: Literal["adadistill", "none"] = "adadistill"
-    loss: Literal["arcface", "cosface", "adaface"] = "arcface"
-    s: float = 64.0
-    m: float = 0.5
+    mode: Literal["adadistill", "none"] = "adadistill"# adadistill: teacher-driven class centres; none: a plain margin head (no teacher)
+    loss: Literal["arcface", "cosface", "adaface"] = "arcface"# the margin on the target logit
+    s: float = 64.0                               # logit scale
+    m: float = 0.5                                # margin (ArcFace: angle, CosFace: cosine, AdaFace: adaptive)
     h: float = 0.333                              # AdaFace only
     t_alpha: float = 0.01                         # AdaFace only
     alpha: Literal["weighted", "plain"] = "weighted"   # AdaDistill: alpha' = cos_st * lambda, or cos_st
     geom: Optional[GeomConfig] = None             # AdaFace + AdaDistill only; None = plain AdaFace KD
     # A directory written by `python -m distill cache-teacher`: the loop reads the teacher's embeddings
     # from it (flip is then the only augmentation allowed) and never builds the teacher network.
-    teacher_cache: Optional[str] = None
+    teacher_cache: Optional[str] = None           # directory from `python -m distill cache-teacher`; the teacher is then never run
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
 
     def __post_init__(self) -> None:
@@ -104,19 +104,19 @@ class DistillConfig:
 class TrainConfig:
     batch_size: int = 128                         # per rank
     lr: float = 0.1                               # at a global batch of lr_batch; scaled linearly
-    lr_batch: int = 512
-    momentum: float = 0.9
+    lr_batch: int = 512                           # the global batch at which train.lr applies
+    momentum: float = 0.9                         # SGD momentum
     weight_decay: float = 5e-4                    # on weights only; none on BatchNorm/PReLU and biases
-    epochs: int = 26
+    epochs: int = 26                              # length of the schedule
     warmup_epochs: float = 0.0                    # per-step linear warmup
-    schedule: Literal["multistep", "cosine"] = "multistep"
+    schedule: Literal["multistep", "cosine"] = "multistep"# lr decay after the warmup
     decay_epochs: tuple[float, ...] = (8, 14, 20, 25)   # multistep: lr *= decay_factor once past each
-    decay_factor: float = 0.1
+    decay_factor: float = 0.1                     # multistep: the factor at each decay epoch
     max_steps: int = 0                            # stop after this many steps in total; 0 = the schedule's length
-    log_every: int = 50
+    log_every: int = 50                           # steps between metrics.jsonl lines (rank 0)
     checkpoint_every: int = 2000                  # steps; also at every epoch's end and when the run stops
     keep_checkpoints: int = 2                     # newest mid-epoch checkpoints kept; epoch ends are all kept
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0                        # clip_grad_norm of the student and head (0 = off)
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Optional[bool] = None          # None: on CUDA only
@@ -136,8 +136,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     targets: tuple[str, ...] = ()                 # .bin verification sets, run on rank 0
-    every_epochs: int = 1
-    batch_size: int = 128
+    every_epochs: int = 1                         # verification every this many epochs
+    batch_size: int = 128                         # images per batch of the verification pass
 
     def __post_init__(self) -> None:
         _check(self.every_epochs > 0, "eval.every_epochs", "> 0", self.every_epochs)
@@ -147,13 +147,13 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     output: str                                   # the run directory
-    data: DataConfig
+    data: DataConfig                              # the shards and the loader
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
+    seed: int = 0                                 # seeds the data order, the initial weights and every RNG
     resume: str = "auto"                          # auto (newest checkpoint in output, if any), none, or a path
 
     def __post_init__(self) -> None:
