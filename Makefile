@@ -17,10 +17,10 @@ $(VENV)/installed: setup.cfg pyproject.toml
 install: $(VENV)/installed
 
 test: install
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 demo: install
-	$(PY) -m convert demo
+	$(PY) demo.py
 
 clean:
 	rm -rf $(VENV) demo
