@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .init import kaiming_fan_out_
 from .registry import register
 
 _WIDTHS = (64, 128, 256, 512)
@@ -72,15 +73,7 @@ class IR(nn.Module):
             nn.Linear(_WIDTHS[-1] * 7 * 7, embedding_size),
             nn.BatchNorm1d(embedding_size, affine=False),
         )
-        # CVLFace's initialisation: kaiming (fan_out) for conv and linear, BN at identity.
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_fan_out_(self)  # CVLFace's initialisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_layer(self.body(self.input_layer(x)))

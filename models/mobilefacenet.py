@@ -13,6 +13,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .init import kaiming_fan_out_
 from .registry import register
 
 Pair = Tuple[int, int]
@@ -106,15 +107,7 @@ class MobileFaceNet(nn.Module):
         self.conv_5 = Residual(c(128), 2, c(256))
         self.conv_6_sep = ConvBlock(c(128), c(512))
         self.output_layer = GDC(c(512), embedding_size)
-        # AdaDistill's initialisation: kaiming (fan_out) for conv and linear, BN at identity.
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_fan_out_(self)  # AdaDistill's initialisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_23(self.conv2_dw(self.conv1(x)))
