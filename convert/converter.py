@@ -7,7 +7,6 @@ the same command skips every shard whose checksum matches and writes the same by
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from convert.image_check import CorruptImageError
 from convert.manifest import EXTENSIONS, FILE_NAME, Manifest, ManifestError, ShardRecord, write_json_atomic
 from convert.sources import FolderSource, RecSource, SourceError
+from convert.verify_shards import sha256_file
 from convert.shard_jobs import ShardJob, run_jobs
 from convert.validation import Validated, validate_source
 
@@ -77,19 +77,11 @@ def convert_folder(src, out, **options) -> Manifest:
     return _convert(FolderSource(src), os.fspath(out), opts)
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _complete(out: str, rec: ShardRecord) -> bool:
     tar = os.path.join(out, rec.name)
     return (
         os.path.isfile(tar) and os.path.isfile(os.path.join(out, rec.index_name))
-        and os.path.getsize(tar) == rec.bytes and _sha256_file(tar) == rec.sha256
+        and os.path.getsize(tar) == rec.bytes and sha256_file(tar) == rec.sha256
     )
 
 

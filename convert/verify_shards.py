@@ -10,7 +10,8 @@ from convert.manifest import Manifest, ManifestError, ShardRecord
 from convert.shard_writer import INDEX_VERSION, key_name
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 8 MiB chunks (shards are hundreds of MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 * 2**20):
@@ -40,7 +41,7 @@ def _check_shard(directory: str, manifest: Manifest, rec: ShardRecord, first_key
     size = os.path.getsize(tar_path)
     if size != rec.bytes:
         problems.append(f"{where}: {size} bytes, manifest says {rec.bytes}")
-    digest = _sha256(tar_path)
+    digest = sha256_file(tar_path)
     if digest != rec.sha256:
         problems.append(f"{where}: sha256 {digest}, manifest says {rec.sha256}")
     try:
