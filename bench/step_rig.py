@@ -29,10 +29,9 @@ class StepOptions:
 
     @staticmethod
     def project_default(device: torch.device) -> "StepOptions":
-        """The loop's defaults (train.precision: auto, train.channels_last: null): bf16 autocast and
-        channels_last on CUDA, fp32 and contiguous on the CPU."""
-        cuda = device.type == "cuda"
-        return StepOptions(torch.bfloat16 if cuda else None, cuda)
+        """The loop's defaults (train.precision: auto, train.channels_last: true): bf16 autocast on CUDA,
+        fp32 on the CPU; channels_last on both."""
+        return StepOptions(torch.bfloat16 if device.type == "cuda" else None, True)
 
     @staticmethod
     def seed_style() -> "StepOptions":

@@ -119,7 +119,7 @@ class TrainConfig:
     grad_clip: float = 5.0                        # clip_grad_norm of the student and head (0 = off)
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Optional[bool] = None          # None: on CUDA only
+    channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):

@@ -63,7 +63,7 @@ def build_with(net: torch.nn.Module, teacher_spec: str, shards: str, out: str, *
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"--batch-size and --chunk: expected >= 1, found {batch_size}, {chunk}")
     index = open_index(shards)
-    net = net.to(device).eval()
+    net = net.to(device, memory_format=torch.channels_last).eval()  # as the loop's default: faster here
     with torch.no_grad():
         dim = int(net(torch.zeros(1, 3, index.image_size, index.image_size, device=device)).shape[1])
     wanted = CacheManifest(teacher_spec=teacher_spec, teacher_sha256=weights_sha256(net), shards=str(shards),
@@ -111,7 +111,7 @@ def _embed(net, reader: ShardReader, index, keys: np.ndarray, batch_size: int, d
     else:
         images = pipeline.decode_images(views, size=index.image_size, device=device, batch_size=batch_size)
     plain, mirrored = [], []
-    for x in images.split(batch_size):
+    for x in images.contiguous(memory_format=torch.channels_last).split(batch_size):
         plain.append(net(x).float().cpu())
         mirrored.append(net(x.flip(3)).float().cpu())
     return torch.cat(plain).half().numpy(), torch.cat(mirrored).half().numpy()

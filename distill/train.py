@@ -60,7 +60,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     resume_from = checkpoint.resolve_resume(cfg.resume, out)
     verify.check_targets(cfg.eval.targets)
     autocast_dtype = _autocast_dtype(cfg, ctx.device)
-    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else ctx.device.type == "cuda"
+    channels_last = cfg.train.channels_last
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
     first = _loader(cfg, ctx, epoch=0, step=0)
