@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks for a lent GPU machine, in one call: the GPU tests, the GPU benchmark, and issue 8's pair
+# (MobileFaceNet student, iresnet50 teacher). The GPU image has torch, numpy, Pillow, pyarrow, sklearn, pyyaml,
+# tqdm, safetensors and huggingface_hub, but no DALI, simplejpeg or webdataset, and cannot download anything.
+#
+#   here:   bash bench/gpu_check.sh prepare     # .whl/: simplejpeg, webdataset, braceexpand for CPython 3.12
+#           bash ../shared/tools/gpu-dali/prepare.sh   # .dali/c1..cN: DALI for CUDA 13, one part a call
+#   there:  calls 1..N-1 copy .dali/cK (see ../shared/tools/gpu-dali/README.md); the last call carries
+#           .dali/cN and .whl, installs DALI into /tmp/site, then runs `bash bench/gpu_check.sh run`.
+#
+# `run` writes to $OUT (or ./gpu-results): gpu_env.txt, gpu_tests.log, bench_gpu.json/.md, bench_step_ir50.json.
+# Each step has its own time limit, so one that hangs cannot take the others' device time.
+set -uo pipefail
+
+case "${1:-}" in
+prepare)
+  rm -rf .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl simplejpeg==1.9.0 webdataset==1.0.2 braceexpand==0.1.7 2>&1 | grep -v "is ignored" || true
+  ls .whl/simplejpeg-*.whl .whl/webdataset-*.whl .whl/braceexpand-*.whl >/dev/null || { echo "prepare: a wheel is missing" >&2; exit 1; }
+  du -sh .whl
+  ;;
+run)
+  out="${OUT:-gpu-results}"
+  mkdir -p "$out"
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  fi
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+  {
+    nvidia-smi -L 2>&1
+    python3 - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda available", torch.cuda.is_available())
+for name in ("nvidia.dali", "simplejpeg", "webdataset"):
+    try:
+        module = __import__(name, fromlist=["__version__"])
+        print(name, getattr(module, "__version__", "?"))
+    except ImportError as err:
+        print(name, "MISSING:", err)
+EOF
+  } 2>&1 | tee "$out/gpu_env.txt"
+  # The GPU tests say what they skipped (-rs) when DALI or CUDA is missing.
+  failed=0
+  timeout 150 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/pipeline 2>&1 | tee "$out/gpu_tests.log" || failed=1
+  timeout 220 python3 -m bench --device cuda --stages pipeline,step --repeats 3 --no-progress \
+    --json "$out/bench_gpu.json" --markdown "$out/bench_gpu.md" 2>&1 | tail -25 || failed=1
+  timeout 150 python3 -m bench --device cuda --stages step --student mobilefacenet --teacher iresnet50 \
+    --images 3000 --repeats 3 --no-progress --json "$out/bench_step_ir50.json" 2>&1 | tail -12 || failed=1
+  exit "$failed"
+  ;;
+*)
+  echo "usage: bash bench/gpu_check.sh prepare|run" >&2
+  exit 2
+  ;;
+esac
