@@ -8,7 +8,8 @@
 #   there:  calls 1..N-1 copy .dali/cK (see ../shared/tools/gpu-dali/README.md); the last call carries
 #           .dali/cN and .whl, installs DALI into /tmp/site, then runs `bash bench/gpu_check.sh run`.
 #
-# `run` writes to $OUT (or ./gpu-results): gpu_env.txt, gpu_tests.log, bench_gpu.json/.md, bench_step_ir50.json.
+# `run` writes to $OUT (or ./gpu-results): gpu_env.txt, gpu_tests.log, bench_gpu.json/.md, bench_step_ir50.json,
+# bench_convert.json.
 # Each step has its own time limit, so one that hangs cannot take the others' device time.
 set -uo pipefail
 
@@ -43,11 +44,14 @@ EOF
   } 2>&1 | tee "$out/gpu_env.txt"
   # The GPU tests say what they skipped (-rs) when DALI or CUDA is missing.
   failed=0
-  timeout 150 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/pipeline 2>&1 | tee "$out/gpu_tests.log" || failed=1
-  timeout 220 python3 -m bench --device cuda --stages pipeline,step --repeats 3 --no-progress \
+  timeout 100 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/pipeline 2>&1 | tee "$out/gpu_tests.log" || failed=1
+  timeout 200 python3 -m bench --device cuda --stages pipeline,step --repeats 3 --no-progress \
     --json "$out/bench_gpu.json" --markdown "$out/bench_gpu.md" 2>&1 | tail -25 || failed=1
   timeout 150 python3 -m bench --device cuda --stages step --student mobilefacenet --teacher iresnet50 \
     --images 3000 --repeats 3 --no-progress --json "$out/bench_step_ir50.json" 2>&1 | tail -12 || failed=1
+  # Issue 2 on a machine with more cores: conversion against copying the .rec (needs no GPU; last, as it matters least).
+  timeout 110 python3 -m bench --stages convert --images 50000 --repeats 2 --no-progress \
+    --json "$out/bench_convert.json" 2>&1 | tail -8 || failed=1
   exit "$failed"
   ;;
 *)
