@@ -8,8 +8,9 @@ DataLoader, `num_workers` processes (one per core), shuffled, the tail dropped.
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -79,3 +80,13 @@ def baseline_loader(rec: Path, idx: Path, batch_size: int, *, workers: int, seed
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True, pin_memory=pin_memory,
                                        generator=torch.Generator().manual_seed(seed))
+
+
+def epoch_loaders(rec: Path, idx: Path, shards: Path, batch_size: int, *, workers: int,
+                  pin_memory: bool) -> Callable[[], torch.utils.data.DataLoader]:
+    """Each call: the next epoch's loader (seeds 0, 1, 2, ...) over one dataset, labels mapped as in `shards`,
+    as a training run builds one loader per epoch."""
+    dataset = RecDataset(rec, idx, class_map_of(shards))
+    seeds = itertools.count()
+    return lambda: baseline_loader(rec, idx, batch_size, workers=workers, seed=next(seeds), dataset=dataset,
+                                   pin_memory=pin_memory)

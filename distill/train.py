@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -140,10 +140,11 @@ def train_step(batch, student: nn.Module, head: nn.Module, teacher, optimizer, p
                pos: Position, meter: Meter, cfg: RunConfig, ctx: distributed.DistContext,
                autocast_dtype: Optional[torch.dtype], channels_last: bool) -> None:
     set_lr(optimizer, plan.lr_at(pos.step))
+    if channels_last:  # one copy per step, shared by the student and the online teacher
+        batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
     teacher_emb = teacher(batch) if teacher is not None else None
-    images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
     with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        student_emb = student(images)
+        student_emb = student(batch.images)
     progress = pos.epoch + pos.epoch_step / plan.steps_per_epoch
     logits, stats = head(student_emb, batch.labels, teacher_emb, progress)
     loss = compute_loss(logits, batch.labels)

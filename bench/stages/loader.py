@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from bench.baseline_loader import RecDataset, baseline_loader, class_map_of
+from bench.baseline_loader import epoch_loaders
 from bench.ceiling import DecodeCeiling
 from bench.data import BenchData
 from bench.harness import Contender, Pair, Sample, compare, measure
@@ -57,15 +57,9 @@ def project_epochs(shards, settings: Settings, backend: str) -> Callable[[], Sam
 def baseline_epochs(data: BenchData, settings: Settings) -> Callable[[], Sample]:
     """Rounds of the insightface-style loader; on a GPU each batch is copied there (pinned, async)."""
     device = torch.device(settings.device)
-    dataset = RecDataset(data.rec, data.idx, class_map_of(data.jpeg_shards))
-    seeds = itertools.count()
-
-    def batches():
-        loader = baseline_loader(data.rec, data.idx, settings.batch_size, workers=settings.workers,
-                                 seed=next(seeds), dataset=dataset, pin_memory=device.type == "cuda")
-        return (images.to(device, non_blocking=True) for images, _, _ in loader)
-
-    return lambda: _epoch(batches, device)
+    loaders = epoch_loaders(data.rec, data.idx, data.jpeg_shards, settings.batch_size, workers=settings.workers,
+                            pin_memory=device.type == "cuda")
+    return lambda: _epoch(lambda: (images.to(device, non_blocking=True) for images, _, _ in loaders()), device)
 
 
 @register("pipeline")

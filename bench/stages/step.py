@@ -16,7 +16,7 @@ from typing import Callable, Dict
 
 import torch
 
-from bench.baseline_loader import RecDataset, baseline_loader, class_map_of
+from bench.baseline_loader import epoch_loaders
 from bench.data import BenchData
 from bench.harness import Contender, Pair, Sample, compare, measure
 from bench.settings import BenchError, Settings
@@ -74,13 +74,11 @@ def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = Fal
                          "the cached teacher needs loader='pipeline'")
 
     device = torch.device(settings.device)
-    dataset = RecDataset(data.rec, data.idx, class_map_of(data.jpeg_shards))
-    seeds = itertools.count()
+    loaders = epoch_loaders(data.rec, data.idx, data.jpeg_shards, settings.step_batch_size,
+                            workers=settings.workers, pin_memory=device.type == "cuda")
 
     def batches():
-        loader = baseline_loader(data.rec, data.idx, settings.step_batch_size, workers=settings.workers,
-                                 seed=next(seeds), dataset=dataset, pin_memory=device.type == "cuda")
-        for images, labels, keys in loader:  # as the seed's loop: .to(device) of each batch
+        for images, labels, keys in loaders():  # as the seed's loop: .to(device) of each batch
             yield pipeline.Batch(images=images.to(device, non_blocking=True), labels=labels.to(device),
                                  index=keys.to(device))
 
