@@ -102,21 +102,35 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The optimisation recipe. Its rules are the originals' (fdbtrs/AdaDistill, the AdaFace-KD code,
+    insightface's arcface_torch) unless a key says otherwise: `python -m distill plan` prints the result.
+
+    The lr schedule, stepped per step: the peak lr is train.lr / lr_batch * global batch. Multistep: each
+    decay epoch m counts epochs from 1, as the originals' `0.1 ** len([m for m in decay_epochs if m - 1 <=
+    epoch])` with a 0-based epoch: [8, 14, 20, 25] multiplies the lr by decay_factor from the first step of
+    the 8th, 14th, 20th and 25th epoch (after 7, 13, 19 and 24 complete epochs). A fractional m decays
+    after (m - 1) epochs' worth of steps. Warmup (while fewer than warmup_epochs epochs are done) replaces
+    the decayed lr: linear, lr * (step + 1) / warmup steps; or quadratic, the AdaFace-KD code's per-step
+    lr * ((epoch + batch / steps_per_epoch + 1) / (warmup_epochs + 1)) ** 2 (0.25x at the first step of a
+    one-epoch warmup).
+    """
     batch_size: int = 128                         # per rank
     lr: float = 0.1                               # at a global batch of lr_batch; scaled linearly
     lr_batch: int = 512                           # the global batch at which train.lr applies
     momentum: float = 0.9                         # SGD momentum
-    weight_decay: float = 5e-4                    # on weights only; none on BatchNorm/PReLU and biases
+    weight_decay: float = 5e-4                    # SGD weight decay, on the parameters weight_decay_on names
+    weight_decay_on: Literal["all", "weights"] = "all"   # all: every parameter, as the originals; weights: none on 1-D ones (BatchNorm, PReLU, biases)
     epochs: int = 26                              # length of the schedule
-    warmup_epochs: float = 0.0                    # per-step linear warmup
+    warmup_epochs: float = 0.0                    # per-step warmup over these (fractional) epochs; 0 = none
+    warmup: Literal["linear", "quadratic"] = "linear"    # warmup shape: linear from lr/steps, or the AdaFace-KD code's quadratic from lr/(warmup_epochs+1)^2
     schedule: Literal["multistep", "cosine"] = "multistep"# lr decay after the warmup
-    decay_epochs: tuple[float, ...] = (8, 14, 20, 25)   # multistep: lr *= decay_factor once past each
+    decay_epochs: tuple[float, ...] = (8, 14, 20, 25)   # multistep, 1-based as the originals: lr *= decay_factor from the first step of epoch m
     decay_factor: float = 0.1                     # multistep: the factor at each decay epoch
     max_steps: int = 0                            # stop after this many steps in total; 0 = the schedule's length
     log_every: int = 50                           # steps between metrics.jsonl lines (rank 0)
     checkpoint_every: int = 2000                  # steps; also at every epoch's end and when the run stops
     keep_checkpoints: int = 2                     # newest mid-epoch checkpoints kept; epoch ends are all kept
-    grad_clip: float = 5.0                        # clip_grad_norm of the student and head (0 = off)
+    grad_clip: float = 5.0                        # max L2 norm of the student's gradient (the head's is never clipped, as in the originals); 0 = off
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
@@ -131,6 +145,9 @@ class TrainConfig:
         _check(0 < self.decay_factor <= 1, "train.decay_factor", "in (0, 1]", self.decay_factor)
         _check(list(self.decay_epochs) == sorted(self.decay_epochs), "train.decay_epochs",
                "ascending epochs", self.decay_epochs)
+        _check(all(m >= 1 for m in self.decay_epochs), "train.decay_epochs",
+               "epochs >= 1 (1-based, as the originals: 8 decays from the first step of the 8th epoch)",
+               self.decay_epochs)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`python -m distill --config CFG [key=value ...]` (also under torchrun): train; `python -m distill
-cache-teacher --teacher SPEC --shards DIR --out CACHE`: precompute the teacher's embeddings. Errors exit
-non-zero."""
+cache-teacher --teacher SPEC --shards DIR --out CACHE`: precompute the teacher's embeddings; `python -m
+distill plan --config CFG --world-size W`: print the schedule without training. Errors exit non-zero."""
 import sys
 
 from distill.cli import run

@@ -4,7 +4,9 @@ Every sample exactly once, in index order: the training loader's epochs are shuf
 so the pass reads the samples by key through the shards' index and decodes them with
 `pipeline.decode_images` (the same DALI decoder and normalisation as training; raw shards are only
 normalised). The mirrored view is `images.flip(3)`: DALI's mirror in training is the same exact
-permutation of pixels. The teacher runs in float32; the cache stores float16.
+permutation of pixels. The teacher runs at the precision the training loop's online teacher would use
+(`--precision auto`: bf16 autocast on CUDA, fp32 on the CPU, as `train.precision: auto`), recorded in
+the manifest; the cache stores float16.
 
 Work is cut into chunks of `--chunk` samples (the unit of resume). Under torchrun the chunks still to do
 are split into one contiguous run per rank; each rank writes its rows of the shared memory-mapped file
@@ -40,35 +42,37 @@ def main(argv: Optional[Sequence[str]] = None) -> CacheManifest:
     try:
         device = ctx.device if args.device == "auto" else torch.device(args.device)
         return build(args.teacher, args.shards, args.out, network=args.network, batch_size=args.batch_size,
-                     chunk=args.chunk, device=device, ctx=ctx, progress=not args.no_progress)
+                     chunk=args.chunk, device=device, ctx=ctx, progress=not args.no_progress,
+                     precision=args.precision)
     finally:
         distributed.teardown(ctx)
 
 
 def build(teacher_spec: str, shards: str, out: str, *, network: Optional[str] = None, batch_size: int = 256,
           chunk: int = 4096, device: torch.device = torch.device("cpu"), ctx: distributed.DistContext,
-          progress: bool = True, stop_after: Optional[int] = None) -> CacheManifest:
+          progress: bool = True, stop_after: Optional[int] = None, precision: str = "auto") -> CacheManifest:
     """Build or finish the cache at `out` for the teacher named by `teacher_spec`; returns its manifest.
     `stop_after` (tests) ends this rank's pass after that many chunks, as an interruption would."""
     net = teachers.load_network(teacher_spec, network=network)
     return build_with(net, str(teacher_spec), shards, out, batch_size=batch_size, chunk=chunk, device=device,
-                      ctx=ctx, progress=progress, stop_after=stop_after)
+                      ctx=ctx, progress=progress, stop_after=stop_after, precision=precision)
 
 
 def build_with(net: torch.nn.Module, teacher_spec: str, shards: str, out: str, *, batch_size: int = 256,
                chunk: int = 4096, device: torch.device = torch.device("cpu"), ctx: distributed.DistContext,
-               progress: bool = True, stop_after: Optional[int] = None) -> CacheManifest:
+               progress: bool = True, stop_after: Optional[int] = None, precision: str = "auto") -> CacheManifest:
     """`build` for a teacher network already in hand (the benchmark's fresh one); `teacher_spec` is only
     recorded. The cache's identity is the hash of `net`'s weights."""
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"--batch-size and --chunk: expected >= 1, found {batch_size}, {chunk}")
     index = open_index(shards)
-    net = net.to(device, memory_format=torch.channels_last).eval()  # as the loop's default: faster here
-    with torch.no_grad():
-        dim = int(net(torch.zeros(1, 3, index.image_size, index.image_size, device=device)).shape[1])
-    wanted = CacheManifest(teacher_spec=teacher_spec, teacher_sha256=weights_sha256(net), shards=str(shards),
-                           shards_sha256=shards_sha256(shards), num_samples=index.num_samples,
-                           embedding_size=dim, chunk=chunk)
+    dtype = teachers.autocast_dtype(precision, device)
+    # channels_last as the loop's default: faster here.
+    source = teachers.TeacherSource(net, device=device, autocast_dtype=dtype, channels_last=True)
+    dim = int(source.embed(torch.zeros(1, 3, index.image_size, index.image_size, device=device)).shape[1])
+    wanted = CacheManifest(teacher_spec=teacher_spec, teacher_sha256=weights_sha256(source.network),
+                           shards=str(shards), shards_sha256=shards_sha256(shards), num_samples=index.num_samples,
+                           embedding_size=dim, chunk=chunk, precision=teachers.precision_name(dtype))
     cache = Path(out)
     if ctx.is_main:
         _prepare(cache, wanted)
@@ -86,7 +90,7 @@ def build_with(net: torch.nn.Module, teacher_spec: str, shards: str, out: str, *
         if stop_after is not None and len(done) >= stop_after:
             break
         keys = np.arange(start, stop, dtype=np.int64)
-        emb[start:stop, PLAIN], emb[start:stop, MIRRORED] = _embed(net, reader, index, keys, batch_size, device)
+        emb[start:stop, PLAIN], emb[start:stop, MIRRORED] = _embed(source, reader, index, keys, batch_size, device)
         labels[start:stop] = reader.labels(keys)
         emb.flush(), labels.flush()  # the rows are on disk before the progress file says so
         done.append((start, stop))
@@ -103,7 +107,8 @@ def build_with(net: torch.nn.Module, teacher_spec: str, shards: str, out: str, *
 
 
 @torch.no_grad()
-def _embed(net, reader: ShardReader, index, keys: np.ndarray, batch_size: int, device: torch.device):
+def _embed(source: teachers.TeacherSource, reader: ShardReader, index, keys: np.ndarray, batch_size: int,
+           device: torch.device):
     """float16 [n, D] plain and mirrored teacher embeddings of the samples `keys`."""
     views = reader.images(keys)
     if index.encoding == "raw":  # HWC uint8 pixels: nothing to decode
@@ -111,9 +116,9 @@ def _embed(net, reader: ShardReader, index, keys: np.ndarray, batch_size: int, d
     else:
         images = pipeline.decode_images(views, size=index.image_size, device=device, batch_size=batch_size)
     plain, mirrored = [], []
-    for x in images.contiguous(memory_format=torch.channels_last).split(batch_size):
-        plain.append(net(x).float().cpu())
-        mirrored.append(net(x.flip(3)).float().cpu())
+    for x in images.split(batch_size):
+        plain.append(source.embed(x).cpu())
+        mirrored.append(source.embed(x.flip(3)).cpu())
     return torch.cat(plain).half().numpy(), torch.cat(mirrored).half().numpy()
 
 
@@ -122,7 +127,7 @@ def _prepare(cache: Path, wanted: CacheManifest) -> None:
     if (cache / "manifest.json").is_file():
         have = CacheManifest.load(cache)
         # The chunk size is not identity: a resumed cache keeps the one it was started with.
-        for key in ("teacher_sha256", "shards_sha256", "num_samples", "embedding_size"):
+        for key in ("teacher_sha256", "shards_sha256", "num_samples", "embedding_size", "precision"):
             if getattr(have, key) != getattr(wanted, key):
                 raise TeacherCacheError(f"{cache}: holds a cache with {key}={getattr(have, key)!r}, this run would "
                                         f"write {key}={getattr(wanted, key)!r}; use another --out or delete it")
@@ -175,6 +180,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=4096,
                         help="samples per resume unit (default 4096; a resumed cache keeps its own)")
     parser.add_argument("--device", default="auto", help="auto (the rank's GPU, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the teacher's precision, as train.precision (auto: bf16 on CUDA, fp32 on the CPU); "
+                             "recorded in the manifest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for flag, value in (("--batch-size", args.batch_size), ("--chunk", args.chunk)):

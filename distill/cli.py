@@ -21,6 +21,8 @@ KNOWN_ERRORS = (ConfigError, CheckpointError, models.TeacherLoadError, models.Un
 def run(argv: Sequence[str]) -> int:
     if argv[:1] == ["cache-teacher"]:
         return run_cache(argv[1:])
+    if argv[:1] == ["plan"]:
+        return run_plan(argv[1:])
     from distill.train import TrainingDiverged, main
 
     try:
@@ -54,4 +56,16 @@ def run_cache(argv: Sequence[str]) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(f"teacher cache complete: {manifest.num_samples} samples x 2 views x {manifest.embedding_size} "
               f"(float16), teacher sha256 {manifest.teacher_sha256[:12]}")
+    return 0
+
+
+def run_plan(argv: Sequence[str]) -> int:
+    """`python -m distill plan ...`: print the schedule, weight decay and head memory of a config."""
+    from distill.preview import main
+
+    try:
+        main(argv)
+    except KNOWN_ERRORS as e:
+        print(f"python -m distill plan: error: {e}", file=sys.stderr)
+        return 1
     return 0

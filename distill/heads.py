@@ -199,3 +199,13 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
             raise ValueError(f"build_head: option geom (the geometry-aware margin) needs loss 'adaface', found {loss!r}")
         geom = Geometry.parse(geom)
     return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
+
+
+def head_from_config(cfg, num_classes: int) -> Head:
+    """The head a run's config (configs.RunConfig) describes, for `num_classes` classes."""
+    d = cfg.distill
+    adaface = d.loss == "adaface"
+    geom = None if d.geom is None else {"w": d.geom.w, "k": d.geom.k, "warmup_epochs": d.geom.warmup_epochs}
+    return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
+                      kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
+                      h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha, geom=geom)

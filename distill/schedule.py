@@ -1,4 +1,11 @@
-"""The run's derived numbers (global batch, scaled lr, steps) and the learning rate at every step."""
+"""The run's derived numbers (global batch, scaled lr, steps) and the learning rate at every step.
+
+The rules are the originals' (configs.schema.TrainConfig's docstring states them): the peak lr is
+`train.lr / lr_batch * global_batch` (their `cfg.lr / 512 * cfg.batch_size * world_size`, same order
+of operations, so the floats are equal); a multistep decay epoch m applies from the first step of the
+m-th epoch (their `m - 1 <= epoch`, 0-based); the quadratic warmup is the AdaFace-KD code's per-step
+`((epoch + batch / steps_per_epoch + 1) / (warmup_epochs + 1)) ** 2`.
+"""
 from __future__ import annotations
 
 import math
@@ -17,8 +24,10 @@ class Plan:
     global_batch: int
     steps_per_epoch: int
     epochs: int
-    lr: float                     # peak lr: train.lr * global_batch / train.lr_batch
-    warmup_steps: int
+    lr: float                     # peak lr: train.lr / train.lr_batch * global_batch
+    warmup: str                   # "linear" or "quadratic"
+    warmup_epochs: float
+    warmup_steps: int             # the steps whose progress (step / steps_per_epoch) is below warmup_epochs
     decay_steps: tuple[int, ...]  # multistep: the lr is multiplied by decay_factor from each of these steps
     decay_factor: float
     schedule: str
@@ -29,8 +38,11 @@ class Plan:
         return self.epochs * self.steps_per_epoch
 
     def lr_at(self, step: int) -> float:
-        """The lr for step `step` (0-based): linear warmup to the peak, then multistep or cosine decay."""
+        """The lr for step `step` (0-based): the warmup while it lasts, then multistep or cosine decay."""
         if step < self.warmup_steps:
+            if self.warmup == "quadratic":
+                epoch, batch = divmod(step, self.steps_per_epoch)
+                return self.lr * ((epoch + batch / self.steps_per_epoch + 1) / (self.warmup_epochs + 1)) ** 2
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "cosine":
             span = max(1, self.total_steps - self.warmup_steps)
@@ -39,9 +51,14 @@ class Plan:
         passed = sum(1 for d in self.decay_steps if step >= d)
         return self.lr * self.decay_factor ** passed
 
+    def epoch_start_lr(self) -> list[float]:
+        """The lr at the first step of every epoch."""
+        return [self.lr_at(e * self.steps_per_epoch) for e in range(self.epochs)]
+
     def state_dict(self) -> dict:
         """What the checkpoint's `scheduler` entry records (the lr itself is recomputed from the step)."""
-        return {"schedule": self.schedule, "lr": self.lr, "warmup_steps": self.warmup_steps,
+        return {"schedule": self.schedule, "lr": self.lr, "warmup": self.warmup,
+                "warmup_epochs": self.warmup_epochs, "warmup_steps": self.warmup_steps,
                 "decay_steps": list(self.decay_steps), "decay_factor": self.decay_factor,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
 
@@ -57,10 +74,23 @@ def plan(train: TrainConfig, *, world_size: int, steps_per_epoch: int) -> Plan:
         global_batch=global_batch,
         steps_per_epoch=steps_per_epoch,
         epochs=train.epochs,
-        lr=train.lr * global_batch / train.lr_batch,
-        warmup_steps=round(train.warmup_epochs * steps_per_epoch),
-        decay_steps=tuple(round(e * steps_per_epoch) for e in train.decay_epochs),
+        lr=train.lr / train.lr_batch * global_batch,
+        warmup=train.warmup,
+        warmup_epochs=train.warmup_epochs,
+        warmup_steps=_warmup_steps(train.warmup_epochs, steps_per_epoch),
+        decay_steps=tuple(round((m - 1) * steps_per_epoch) for m in train.decay_epochs),
         decay_factor=train.decay_factor,
         schedule=train.schedule,
         stop_step=stop,
     )
+
+
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """How many steps s have s / steps_per_epoch < warmup_epochs (the originals' `epoch < warmup_epoch`
+    for a whole number of epochs); the loop corrects ceil() where the product rounds up (0.2 * 55)."""
+    steps = math.ceil(warmup_epochs * steps_per_epoch)
+    while steps > 0 and (steps - 1) / steps_per_epoch >= warmup_epochs:
+        steps -= 1
+    while steps / steps_per_epoch < warmup_epochs:
+        steps += 1
+    return steps

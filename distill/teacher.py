@@ -30,12 +30,29 @@ class TeacherSource:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.device, self.autocast_dtype, self.channels_last = device, autocast_dtype, channels_last
 
-    @torch.no_grad()  # not inference_mode: the head keeps teacher tensors next to autograd tensors
     def __call__(self, batch) -> torch.Tensor:
-        images = batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+        return self.embed(batch.images)
+
+    @torch.no_grad()  # not inference_mode: the head keeps teacher tensors next to autograd tensors
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, D] float32 raw embeddings of normalised images [B, 3, H, W], at the source's precision."""
+        images = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             return self.network(images).float()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """`train.precision` on `device`: bf16 autocast for "bf16", and for "auto" on CUDA; None is fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision: expected auto, fp32 or bf16, found {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def build_source(cfg: RunConfig, device: torch.device, *, autocast_dtype: Optional[torch.dtype],

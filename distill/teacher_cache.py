@@ -9,7 +9,9 @@ Layout of a cache directory:
                   index; a plain .npy, memory-mapped with numpy (np.lib.format.open_memmap).
   labels.npy      int64 [num_samples], each sample's label (for the class means).
   manifest.json   format, teacher spec, teacher_sha256 (of its weights), shards_sha256 (of the shards'
-                  manifest.json), dtype, shape, chunk size, done ([start, stop) ranges), complete.
+                  manifest.json), dtype, shape, chunk size, done ([start, stop) ranges), complete, and
+                  precision: the teacher's compute precision (fp32, or bf16 autocast as the online
+                  teacher runs on CUDA); manifests written before it existed were fp32.
 
 Which hash proves the teacher: the sha256 of the teacher's state dict (see `weights_sha256`), not of a
 file. A spec may be a hub id, a directory or a run directory whose `latest` moves; the weights are what
@@ -74,6 +76,7 @@ class CacheManifest:
     embedding_size: int
     chunk: int                                    # samples per resume unit
     done: tuple[tuple[int, int], ...] = ()        # merged [start, stop) ranges written so far
+    precision: str = "fp32"                       # the teacher's precision when the cache was built (fp32, bf16)
     complete: bool = False
     dtype: str = "float16"
     format: str = FORMAT
@@ -164,6 +167,14 @@ class CachedTeacher:
     def __init__(self, cache: Union[str, os.PathLike], manifest: CacheManifest, device: torch.device) -> None:
         self.path, self.manifest, self.device = Path(cache), manifest, device
         self.embeddings = open_embeddings(cache, manifest)
+
+    def precision_note(self, online: str) -> str:
+        """One line for the run's log: the precision the cache was built at against the online teacher's."""
+        note = f"teacher cache {self.path}: built with the teacher at {self.manifest.precision}"
+        if self.manifest.precision == online:
+            return note + ", as the online teacher would run here"
+        return (note + f"; the online teacher would run at {online} here (train.precision): the embeddings differ "
+                f"by that rounding; rebuild with `cache-teacher --precision {online}` to match")
 
     def __call__(self, batch) -> torch.Tensor:
         if batch.flipped is None:

@@ -23,7 +23,7 @@ import models
 import pipeline
 from configs import RunConfig
 from distill import checkpoint, distributed, rng, schedule, teacher as teachers, teacher_cache, verify
-from distill.heads import build_head
+from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
 from distill.optim import build_optimizer, set_lr
 
@@ -59,7 +59,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     out = Path(cfg.output)
     resume_from = checkpoint.resolve_resume(cfg.resume, out)
     verify.check_targets(cfg.eval.targets)
-    autocast_dtype = _autocast_dtype(cfg, ctx.device)
+    autocast_dtype = teachers.autocast_dtype(cfg.train.precision, ctx.device)
     channels_last = cfg.train.channels_last
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
@@ -93,6 +93,8 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
+    if isinstance(teacher, teacher_cache.CachedTeacher):
+        log.message(teacher.precision_note(teachers.precision_name(autocast_dtype)))
     meter = Meter(ctx.device)
     last_saved = pos.step if resume_from is not None else -1
     loader = first if pos.epoch == 0 and pos.epoch_step == 0 else None
@@ -154,9 +156,9 @@ def train_step(batch, student: nn.Module, head: nn.Module, teacher, optimizer, p
     # GradScaler's inf check does).
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(_unwrap(student).parameters(), cfg.train.grad_clip)
-    head_params = [p for p in _unwrap(head).parameters() if p.grad is not None]
-    head_norm = nn.utils.clip_grad_norm_(head_params, float("inf")) if head_params else grad_norm.new_zeros(())
+    grad_norm = _clip_student(_unwrap(student), cfg.train.grad_clip)
+    head_grads = [p.grad for p in _unwrap(head).parameters() if p.grad is not None]
+    head_norm = nn.utils.get_total_norm(head_grads) if head_grads else grad_norm.new_zeros(())
     flags = ((~torch.isfinite(loss)).int() * _BAD_LOSS
              | (~torch.isfinite(grad_norm + head_norm)).int() * _BAD_GRAD)
     if teacher_emb is not None:
@@ -176,6 +178,14 @@ def train_step(batch, student: nn.Module, head: nn.Module, teacher, optimizer, p
     meter.steps += 1
     pos.step += 1
     pos.epoch_step += 1
+
+
+def _clip_student(student: nn.Module, max_norm: float) -> torch.Tensor:
+    """The student's gradient norm, clipped to `max_norm` as the originals do (`clip_grad_norm_(backbone
+    .parameters(), max_norm=5)`); 0 turns clipping off. The head's gradient is never clipped."""
+    if max_norm > 0:
+        return nn.utils.clip_grad_norm_(student.parameters(), max_norm)
+    return nn.utils.get_total_norm([p.grad for p in student.parameters() if p.grad is not None])
 
 
 def _diverged_message(cfg: RunConfig, plan: schedule.Plan, pos: Position, bad: int) -> str:
@@ -236,11 +246,7 @@ def _restore(path: Path, student, head, optimizer, ctx) -> Position:
 
 def _build_head(cfg: RunConfig, num_classes: int) -> nn.Module:
     d = cfg.distill
-    adaface = d.loss == "adaface"
-    head = build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
-                      kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
-                      h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha,
-                      geom=configs.to_dict(d.geom) if d.geom is not None else None)
+    head = head_from_config(cfg, num_classes)
     if d.centres_from_cache:  # start at the teacher's class means rather than at noise (a resume overwrites)
         manifest = teacher_cache.CacheManifest.load(d.teacher_cache)
         with torch.no_grad():
@@ -268,12 +274,6 @@ def _wrap(module: nn.Module, ctx, *, sync_buffers: bool) -> nn.Module:
 
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
-
-
-def _autocast_dtype(cfg: RunConfig, device: torch.device) -> Optional[torch.dtype]:
-    if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -1,11 +1,11 @@
-"""Align IJB loose crops to the 112x112 ArcFace template from five landmarks.
+"""Align IJB loose crops to the 112x112 ArcFace template from five landmarks, as insightface does.
 
-insightface's eval_ijbc.py estimates a similarity transform (skimage's SimilarityTransform, i.e.
-Umeyama's least squares without reflection) from the five points to the template below and warps
-with cv2.warpAffine (bilinear, black border). We estimate the same transform in numpy and warp with
-Pillow's affine transform (bilinear, black fill); the two resamplers can differ in the last grey level.
-The loose crops are whole JPEGs of varying size, which `pipeline.decode_images` (square output only)
-cannot return unresized, so Pillow decodes them here.
+insightface's `eval_ijbc.py` (arcface_torch): the image is read with `cv2.imread` (BGR), the landmarks
+are float32, `skimage.transform.SimilarityTransform` is estimated from the five points to the template
+(Umeyama's least squares without reflection), and `cv2.warpAffine` warps (bilinear, black border) before
+the BGR -> RGB conversion. We make the same calls with the same arguments, so IJB numbers compare with
+published ones: Pillow's affine samples half a pixel away (its pixel-centre convention differs), about
+12 grey levels on a test pattern.
 """
 
 from __future__ import annotations
@@ -14,61 +14,55 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
+from skimage import transform
 
-# insightface's ArcFace template for 112x112 (the 96x112 template shifted by 8 px in x).
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
-    """2x3 matrix M of the similarity (rotation, uniform scale, shift) that best maps src onto dst.
-
-    Umeyama (1991), "Least-squares estimation of transformation parameters between two point
-    patterns", eq. 40-42, with the reflection excluded as skimage does.
-    """
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.shape[1] != 2:
-        raise ValueError(f"landmarks must be [K, 2] like the template {dst.shape}, found {src.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    cov = d0.T @ s0 / src.shape[0]
-    d = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        d[1] = -1
-    u, sig, vt = np.linalg.svd(cov)
-    rot = u @ np.diag(d) @ vt
-    scale = (sig * d).sum() / s0.var(0).sum()
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
+# insightface's template: the 96x112 one in float32, shifted by 8 px in x for 112x112 (`src[:, 0] += 8.0`).
+ARCFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                             [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float32)
+ARCFACE_TEMPLATE[:, 0] += 8.0
 
 
-def align(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """uint8 [size, size, 3] RGB face aligned by `landmarks` [5, 2] (x, y in image pixels)."""
-    m = similarity_transform(landmarks)
-    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # Pillow maps output pixels back to input
-    out = image.convert("RGB").transform((size, size), Image.Transform.AFFINE, data=tuple(inv.ravel()),
-                                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
-    return np.asarray(out, dtype=np.uint8)
+def similarity_transform(landmarks: np.ndarray, template: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
+    """2x3 matrix M of the similarity (rotation, uniform scale, shift) that best maps `landmarks` [5, 2]
+    onto the template: skimage's estimate, as insightface calls it."""
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    if landmarks.shape != template.shape:
+        raise ValueError(f"landmarks must be [5, 2] like the template {template.shape}, found {landmarks.shape}")
+    if hasattr(transform.SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = transform.SimilarityTransform.from_estimate(landmarks, template)
+        if not tform:
+            raise ValueError(f"landmarks {landmarks.tolist()}: no similarity transform fits them")
+    else:
+        tform = transform.SimilarityTransform()
+        if not tform.estimate(landmarks, template):
+            raise ValueError(f"landmarks {landmarks.tolist()}: no similarity transform fits them")
+    return tform.params[0:2, :]
+
+
+def align(image_bgr: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """uint8 [size, size, 3] RGB face from a BGR image (as cv2.imread returns it) and its `landmarks`
+    [5, 2] (x, y in image pixels)."""
+    warped = cv2.warpAffine(image_bgr, similarity_transform(landmarks), (size, size), borderValue=0.0)
+    return cv2.cvtColor(warped, cv2.COLOR_BGR2RGB)
 
 
 def _load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR, as insightface reads it
+    if image is None:
+        raise ValueError(f"{path}: cannot read this loose crop (missing, or not an image OpenCV decodes)")
     try:
-        with Image.open(path) as im:
-            return align(im, landmarks)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read or align this loose crop: {err}") from err
+        return align(image, landmarks)
+    except (ValueError, cv2.error) as err:
+        raise ValueError(f"{path}: cannot align this loose crop: {err}") from err
 
 
 def aligned_batches(root: Path, names: Sequence[str], landmarks: np.ndarray, *, batch_size: int,
                     device: torch.device, workers: int = 8) -> Iterator[torch.Tensor]:
     """Normalised [b,3,112,112] batches of aligned crops, (x - 127.5) / 127.5 as training sees them."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL while decoding and warping
         for s in range(0, len(names), batch_size):
             faces = list(pool.map(_load_aligned, [root / n for n in names[s:s + batch_size]],
                                   landmarks[s:s + batch_size]))

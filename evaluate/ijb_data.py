@@ -132,7 +132,7 @@ def load_insightface(folder: Path, target: str) -> IJBProtocol:
         i = next((i for i, (a, b) in enumerate(zip(names, lmk_names)) if a != b), min(len(names), len(lmk_names)))
         raise ValueError(f"{meta}: {t}_face_tid_mid.txt and {t}_name_5pts_score.txt disagree at line {i + 1} "
                          f"({names[i] if i < len(names) else 'end'} vs {lmk_names[i] if i < len(lmk_names) else 'end'})")
-    landmarks = np.stack([c.to_numpy().astype(np.float64) for c in lmk_cols[1:11]], 1).reshape(-1, 5, 2)
+    landmarks = np.stack([c.to_numpy().astype(np.float32) for c in lmk_cols[1:11]], 1).reshape(-1, 5, 2)  # float32 as insightface
     galleries, probes, notes = [], None, []
     g_names = ("G1", "G2") if target == "IJBC" else ("S1", "S2")
     g_paths = [meta / f"{t}_1N_gallery_{g}.csv" for g in g_names]

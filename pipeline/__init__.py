@@ -7,8 +7,8 @@ from pipeline.batch import Batch
 from pipeline.decode import decode_images
 from pipeline.device import PipelineDeviceError
 from pipeline.loader import build_loader
-from pipeline.order import BatchSizeError
+from pipeline.order import BatchSizeError, steps_per_epoch
 from pipeline.shard_index import ShardError
 
 __all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError",
-           "UnknownAugmentationError", "build_loader", "decode_images"]
+           "UnknownAugmentationError", "build_loader", "decode_images", "steps_per_epoch"]

@@ -42,7 +42,8 @@ SHELL_SAMPLES = {"SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIS
 FIXED_PATHS = {"/data/faces_emore": "emore", "/data/my_identities": "identities", "/data/facerec_val": "empty"}
 PRODUCED = re.compile(r"(/data/shards|/data/cache|runs)/[\w.-]+")  # written by one README command, read by others
 FORMS = ("python -m convert rec|folder|verify ...", "python -m distill --config FILE key=value ...",
-         "python -m distill cache-teacher ...", "python -m evaluate [batch] ...", "python -m bench ...",
+         "python -m distill cache-teacher ...", "python -m distill plan ...", "python -m evaluate [batch] ...",
+         "python -m bench ...",
          "python -m configs.reference", "[srun] torchrun ... -m distill ...", "make TARGET ...",
          "huggingface-cli|hf download ...")
 
@@ -93,7 +94,8 @@ def kind(argv: tuple[str, ...]) -> Optional[str]:
     module, sub = (argv[2:3] or ("",))[0], (argv[3:4] or ("",))[0]
     if argv[:2] == ("python", "-m"):
         return {("convert", "rec"): "convert", ("convert", "folder"): "convert", ("convert", "verify"): "convert",
-                ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher"}.get(
+                ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher",
+                ("distill", "plan"): "plan"}.get(
             (module, sub), module if module in ("evaluate", "bench") else
             "reference" if argv[2:] == ("configs.reference",) else None)
     if argv[:1] == ("torchrun",) or argv[:2] == ("srun", "torchrun"):
@@ -285,6 +287,18 @@ def check_torchrun(w: World, c: Command) -> None:
         _ran_two_steps(out, c.line, world_size=2)
 
 
+def check_plan(w: World, c: Command) -> None:
+    """The schedule preview runs, and the README's ```text block after it is its output, verbatim."""
+    done = run([PY, "-m", "distill", *c.argv[3:]])
+    expect_ok(done, f"README.md:{c.line}: {c.text}")
+    lines = README.read_text().splitlines()
+    start = next((i for i in range(c.line, len(lines)) if lines[i].startswith("```text")), None)
+    assert start is not None, f"README.md:{c.line}: no ```text block with the output after `{c.text}`"
+    end = lines.index("```", start + 1)
+    assert "\n".join(lines[start + 1:end]) == done.stdout.rstrip("\n"), (
+        f"README.md:{start + 1}: the shown output differs from what `{c.text}` prints now:\n{done.stdout}")
+
+
 def check_make(w: World, c: Command) -> None:
     expect_ok(run(["make", "-n", *c.argv[1:]]), f"README.md:{c.line}: {c.text} (dry run)")
 
@@ -296,7 +310,7 @@ def check_hub(w: World, c: Command) -> None:
     expect_ok(run([Path(PY).parent / c.argv[0], "download", "--help"]), f"README.md:{c.line}: {c.text} (--help)")
 
 
-CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced,
+CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "plan": check_plan,
           "evaluate": check_evaluate, "bench": check_bench, "reference": check_reference,
           "torchrun": check_torchrun, "make": check_make, "hub": check_hub}
 

@@ -105,7 +105,7 @@ def test_file_errors_name_the_file_and_key(tmp_path):
 
 def test_schedule_warmup_multistep_and_cosine():
     train = configs.TrainConfig(batch_size=64, lr=0.1, lr_batch=512, epochs=4, warmup_epochs=1,
-                                decay_epochs=(2, 3), decay_factor=0.1)
+                                decay_epochs=(3, 4), decay_factor=0.1)  # 1-based
     plan = schedule.plan(train, world_size=2, steps_per_epoch=10)
     assert plan.lr == pytest.approx(0.025) and plan.stop_step == 40
     assert [plan.lr_at(s) for s in (0, 9)] == pytest.approx([0.0025, 0.025])

@@ -111,6 +111,32 @@ def test_steps_with_the_cache_give_the_online_teachers_losses(data, tmp_path, mo
     assert len(set(np.round(a, 4))) == STEPS  # the steps differ from each other
 
 
+def test_cache_is_built_at_the_online_teachers_precision_and_says_so(data, tmp_path, capsys):
+    """`--precision auto` follows train.precision's rule (fp32 on this CPU); bf16 is recorded, its rows are the
+    bf16-autocast teacher's, and a run whose online teacher would run at another precision is told so."""
+    assert teacher_cache.CacheManifest.load(data["cache"]).precision == "fp32"
+    argv = ["cache-teacher", "--teacher", str(data["teacher"]), "--shards", str(data["shards"]), "--out",
+            str(tmp_path / "bf16"), "--batch-size", "8", "--no-progress", "--precision", "bf16"]
+    assert cli.run(argv) == 0
+    manifest = teacher_cache.CacheManifest.load(tmp_path / "bf16")
+    assert manifest.precision == "bf16" and manifest.complete
+    fp32 = teacher_cache.open_embeddings(data["cache"], manifest).astype(np.float32)
+    bf16 = teacher_cache.open_embeddings(tmp_path / "bf16", manifest).astype(np.float32)
+    assert not np.array_equal(fp32, bf16)
+    cos = (fp32 * bf16).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(bf16, axis=-1)
+    assert cos.min() > 0.99  # the same teacher, rounded differently
+    argv[argv.index(str(tmp_path / "bf16"))] = str(data["cache"])
+    assert cli.run(argv) == 1  # an fp32 cache is not finished at bf16
+    assert "precision='fp32'" in capsys.readouterr().err
+
+    capsys.readouterr()
+    train.main(_config(tmp_path, data, "note", cache=True))
+    assert "built with the teacher at fp32, as the online teacher would run here" in capsys.readouterr().out
+    config = _config(tmp_path, data, "bf16_note", cache=True)
+    assert train.main(config + [f"distill.teacher_cache={tmp_path / 'bf16'}"]).step == STEPS
+    assert "the online teacher would run at fp32 here" in capsys.readouterr().out
+
+
 def test_other_teacher_or_shards_refused_naming_both_hashes(data, tmp_path, capsys):
     other = _teacher_run(tmp_path / "other_teacher", seed=2)
     argv = _config(tmp_path, {**data, "teacher": other}, "other", cache=True)

@@ -48,7 +48,7 @@ def teacher_run(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, shards: Path, teacher: Path | None, name: str, **train_keys) -> Path:
     train_cfg = {"batch_size": 8, "lr": 0.2, "lr_batch": 16, "epochs": 6, "warmup_epochs": 0.5,
-                 "decay_epochs": [4], "max_steps": STEPS, "log_every": 1, "checkpoint_every": 100,
+                 "decay_epochs": [5], "max_steps": STEPS, "log_every": 1, "checkpoint_every": 100,
                  "precision": "fp32", **train_keys}
     text = {
         "output": str(tmp_path / name), "seed": 3,
@@ -194,3 +194,14 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run_when_in_a_row(tm
         train.main(["--config", str(cfg)])
     message = str(info.value)
     assert "3 non-finite steps in a row" in message and "learning rate" in message and "teacher" in message
+
+
+def test_grad_clip_zero_turns_clipping_off(tmp_path, shards, monkeypatch, one_thread):
+    """`train.grad_clip: 0` is an unreachable clip (it zeroed every gradient once); a reachable one is not."""
+    _single_process(monkeypatch)
+    for name, clip in (("off", 0.0), ("unreachable", 1e9), ("tight", 1e-3)):
+        cfg = _config(tmp_path, shards, None, name, max_steps=4, batch_size=16, grad_clip=clip)
+        assert train.main(["--config", str(cfg)]).step == 4
+    off, unreachable, tight = (_losses(tmp_path / n) for n in ("off", "unreachable", "tight"))
+    assert off == unreachable and len(set(off.values())) == 4
+    assert tight[1] == off[1] and tight[4] != off[4]

@@ -1,6 +1,7 @@
 """End to end with a small backbone: .bin, TinyFace and IJB (both layouts) through the image pass."""
 import io
 
+import cv2
 import numpy as np
 import pytest
 import sklearn.preprocessing
@@ -120,7 +121,7 @@ def test_similarity_transform_recovers_a_known_one():
     lmk = []
     _loose_crop(rng, 0, lmk)
     m = face_align.similarity_transform(lmk[0])
-    np.testing.assert_allclose(np.c_[lmk[0], np.ones(5)] @ m.T, face_align.ARCFACE_TEMPLATE, atol=1e-9)
+    np.testing.assert_allclose(np.c_[lmk[0], np.ones(5)] @ m.T, face_align.ARCFACE_TEMPLATE, atol=1e-4)  # float32 points
 
 
 def test_ijb_insightface_layout_with_1n(tmp_path, tiny_model):
@@ -157,6 +158,6 @@ def test_ijb_insightface_layout_with_1n(tmp_path, tiny_model):
     assert r["1:N"]["S1"]["mated"] == 4 and r["1:N"]["S1"]["nonmated"] == 4
     assert set(r["1:N"]["S1"]) >= {"rank-1", "rank-5", "rank-10", "tpir@fpir=0.01", "tpir@fpir=0.1"}
     # the aligned crops are the original faces again (bilinear twice: a few grey levels apart)
-    aligned = [face_align.align(Image.open(root / "loose_crop" / n), l) for n, l in zip(names[:4], lmk[:4])]
+    aligned = [face_align.align(cv2.imread(str(root / "loose_crop" / n)), l) for n, l in zip(names[:4], lmk[:4])]
     err = np.abs(np.stack(aligned)[:, 8:-8, 8:-8].astype(np.float32) - np.stack(faces[:4])[:, 8:-8, 8:-8])
     assert err.mean() < 2.0, err.mean()

@@ -1,0 +1,143 @@
+"""`python -m distill plan`: the run's schedule, weight decay and head memory, before a GPU is spent.
+
+Nothing here builds real weights or touches a device: the student and the head are built on torch's
+"meta" device (shapes only) to count their parameters, and the dataset's size comes from its manifest
+or from `--num-samples/--num-classes`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Optional, Sequence
+
+import torch
+
+import configs
+import models
+import pipeline
+from configs import ConfigError, RunConfig
+from distill import schedule
+from distill.heads import head_from_config
+from distill.optim import decay_groups
+
+_FP32 = 4  # bytes
+
+
+def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: int) -> dict[str, Any]:
+    """The plan as one JSON-able dict (see the README's Training section for an example)."""
+    steps = pipeline.steps_per_epoch(num_samples, cfg.train.batch_size, world_size)
+    plan = schedule.plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
+    with torch.device("meta"):
+        student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
+        head = head_from_config(cfg, num_classes)
+    decayed, undecayed = decay_groups([student, head], cfg.train.weight_decay_on)
+    warmup_curve = [{"step": s, "lr": plan.lr_at(s)} for s in sorted({0, plan.warmup_steps // 4,
+                    plan.warmup_steps // 2, 3 * plan.warmup_steps // 4, plan.warmup_steps - 1})] if plan.warmup_steps else []
+    return {
+        "world_size": world_size,
+        "per_rank_batch": cfg.train.batch_size,
+        "global_batch": plan.global_batch,
+        "num_samples": num_samples,
+        "num_classes": num_classes,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": plan.epochs,
+        "total_steps": plan.total_steps,
+        "stop_step": min(plan.stop_step, plan.total_steps),
+        "peak_lr": plan.lr,
+        "schedule": plan.schedule,
+        "warmup": {"shape": plan.warmup, "epochs": plan.warmup_epochs, "steps": plan.warmup_steps,
+                   "curve": warmup_curve},
+        "decays": [{"epoch": e, "step": s, "lr": plan.lr_at(s)} for e, s in zip(cfg.train.decay_epochs, plan.decay_steps)]
+        if plan.schedule == "multistep" else [],
+        "epoch_start_lr": plan.epoch_start_lr(),
+        "weight_decay": {"value": cfg.train.weight_decay, "on": cfg.train.weight_decay_on,
+                         "decayed_params": sum(p.numel() for p in decayed),
+                         "undecayed_params": sum(p.numel() for p in undecayed)},
+        "grad_clip": cfg.train.grad_clip,
+        "head_bytes_per_rank": _head_bytes(cfg, num_classes),
+    }
+
+
+def _head_bytes(cfg: RunConfig, num_classes: int) -> dict[str, int]:
+    """fp32 bytes one rank holds for the head: every rank holds all C centres today (see the README)."""
+    centres = num_classes * cfg.model.embedding_size * _FP32
+    trained = cfg.distill.mode == "none"  # centres are parameters: a gradient and a momentum buffer each
+    return {
+        "centres": centres,
+        "optimizer_state": 2 * centres if trained else 0,
+        # each step: the normalised centres, and the [B, C] cosines, logits and their gradient
+        "step_working_set": centres + 3 * cfg.train.batch_size * num_classes * _FP32,
+        "total": centres * (4 if trained else 2) + 3 * cfg.train.batch_size * num_classes * _FP32,
+    }
+
+
+def format_text(p: dict[str, Any]) -> str:
+    lines = [
+        f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x {p['world_size']} rank(s)",
+        f"dataset          {p['num_samples']:,} samples, {p['num_classes']:,} classes",
+        f"steps            {p['steps_per_epoch']:,} per epoch x {p['epochs']} epochs = {p['total_steps']:,}"
+        + (f" (the run stops at {p['stop_step']:,}: train.max_steps)" if p["stop_step"] < p["total_steps"] else ""),
+        f"peak lr          {p['peak_lr']:.6g} ({p['schedule']})",
+    ]
+    w = p["warmup"]
+    if w["steps"]:
+        curve = ", ".join(f"step {c['step']}: {c['lr']:.4g}" for c in w["curve"])
+        lines.append(f"warmup           {w['shape']} over {w['epochs']:g} epoch(s) = {w['steps']:,} steps; {curve}")
+    else:
+        lines.append("warmup           none")
+    for d in p["decays"]:
+        lines.append(f"decay            from the first step of epoch {d['epoch']:g} (1-based; step {d['step']:,}): "
+                     f"lr {d['lr']:.4g}")
+    lines.append("lr at the start of each epoch (1-based):")
+    lrs = p["epoch_start_lr"]
+    lines += [("  " + "  ".join(f"{e + 1:>2}: {lr:<9.4g}" for e, lr in enumerate(lrs[i:i + 6], start=i))).rstrip()
+              for i in range(0, len(lrs), 6)]
+    wd = p["weight_decay"]
+    lines.append(f"weight decay     {wd['value']:g} on {wd['on']}: {wd['decayed_params']:,} parameters decayed, "
+                 f"{wd['undecayed_params']:,} not")
+    lines.append(f"gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
+    hb = p["head_bytes_per_rank"]
+    lines.append(f"head per rank    {_gib(hb['total'])} (centres {_gib(hb['centres'])}, optimizer state "
+                 f"{_gib(hb['optimizer_state'])}, per-step working set {_gib(hb['step_working_set'])}; fp32)")
+    return "\n".join(lines)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 27 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    args = _parse_args(argv)
+    cfg = configs.load(args.config, args.overrides)
+    if args.num_samples is not None:
+        num_samples, num_classes = args.num_samples, args.num_classes
+    else:
+        from convert.manifest import Manifest, ManifestError
+
+        try:
+            manifest = Manifest.load(cfg.data.shards)
+        except (OSError, ManifestError) as e:
+            raise ConfigError(f"data.shards={cfg.data.shards!r}: cannot read its manifest ({e}); convert the "
+                              f"dataset first, or give --num-samples N --num-classes C") from e
+        num_samples, num_classes = manifest.num_samples, manifest.num_classes
+    result = preview(cfg, world_size=args.world_size, num_samples=num_samples, num_classes=num_classes)
+    print(json.dumps(result, indent=1) if args.json else format_text(result))
+    return result
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m distill plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a YAML file in configs/")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for training")
+    parser.add_argument("--world-size", type=int, default=1, help="ranks (GPUs) of the run (default 1)")
+    parser.add_argument("--num-samples", type=int, help="dataset size (default: data.shards' manifest)")
+    parser.add_argument("--num-classes", type=int, help="class count; needed with --num-samples")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.world_size < 1:
+        parser.error(f"--world-size: expected >= 1, found {args.world_size}")
+    if (args.num_samples is None) != (args.num_classes is None):
+        parser.error("--num-samples and --num-classes go together")
+    if args.num_samples is not None and (args.num_samples < 1 or args.num_classes < 1):
+        parser.error(f"--num-samples/--num-classes: expected >= 1, found {args.num_samples}, {args.num_classes}")
+    return args
