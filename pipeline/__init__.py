@@ -5,10 +5,10 @@ Public API: build_loader, Batch, decode_images, Augment. The only package that i
 from pipeline.augment import Augment, UnknownAugmentationError
 from pipeline.batch import Batch
 from pipeline.decode import decode_images
-from pipeline.device import PipelineDeviceError
+from pipeline.device import PipelineDeviceError, resolve_device
 from pipeline.loader import build_loader
 from pipeline.order import BatchSizeError, steps_per_epoch
 from pipeline.shard_index import ShardError
 
 __all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError",
-           "UnknownAugmentationError", "build_loader", "decode_images", "steps_per_epoch"]
+           "UnknownAugmentationError", "build_loader", "decode_images", "resolve_device", "steps_per_epoch"]
