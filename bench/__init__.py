@@ -3,8 +3,21 @@
 Stages (bench/stages/): convert (.rec -> shards vs copying the file), read (shard bytes vs .rec bytes),
 decode (pipeline.decode_images vs libjpeg-turbo, one process per core), pipeline (build_loader batches
 vs the insightface-style DataLoader, the decode ceiling, raw vs JPEG shards), step (the distillation
-step fed by the pipeline vs the seed-style step, with the data wait). bench/harness.py times them
-interleaved after a warm-up; bench/report.py prints the table and writes JSON, Markdown and a plot.
+step fed by the pipeline vs the reference step: the original research code's fp32, eager step with an
+online teacher and the insightface-style loader, with the data wait).
+
+Modules:
+- cli.py: the command line; prepares the data, runs the chosen stages, prints and writes the reports.
+- settings.py: what one run measures with (sizes, rounds, device, models), and BenchError.
+- data.py: the benchmark's data, one .rec and its JPEG and raw shards, made once and cached.
+- environment.py: the hardware and software header of every report.
+- harness.py: interleaved timing of contenders after a warm-up, and the pairs compared.
+- report.py: the stdout table, JSON, Markdown and the optional plot.
+- baseline_loader.py: the insightface-style baseline, a torch DataLoader over the .rec with Pillow.
+- ceiling.py: the decode ceiling, libjpeg-turbo alone in one process per core.
+- step_rig.py: the training loop's step put together from distill's public pieces, to time it.
+- stages/: one module per stage, registered in data-flow order.
+- gpu_check.sh: the GPU tests and GPU benchmarks in one call on a machine lent with a GPU.
 
     python -m bench [--quick] [--device cpu|cuda] [--stages convert,read,decode,pipeline,step]
                     [--data DIR | --images N] [--json OUT] [--markdown OUT] [--plot OUT.png]

@@ -16,16 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convert.recordio import RecordReader, unpack
-
-
-def image_keys(reader: RecordReader) -> list:
-    """insightface's layout (record 0 = header whose label[0] ends the image keys) or every record."""
-    if 0 in reader:
-        header, payload = unpack(reader.read(0))
-        if header.flag > 0 and not payload:
-            return list(range(1, int(header.label[0])))
-    return list(reader.keys)
+from convert.recordio import RecordReader, image_keys, unpack
 
 
 class RecDataset(torch.utils.data.Dataset):

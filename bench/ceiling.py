@@ -6,13 +6,13 @@ on this machine without a faster decoder.
 """
 from __future__ import annotations
 
-import multiprocessing
 import time
 from typing import Sequence
 
 import simplejpeg
 
 from bench.harness import Sample
+from convert.worker_pool import spawn_pool
 
 _JPEGS: Sequence[bytes] = ()
 
@@ -40,9 +40,7 @@ class DecodeCeiling:
         self._pool = None
 
     def __enter__(self) -> "DecodeCeiling":
-        # spawn: the parent runs DALI and torch threads, and forking a threaded process is unsafe.
-        ctx = multiprocessing.get_context("spawn")
-        self._pool = ctx.Pool(self.processes, initializer=_load, initargs=(self.jpegs,))
+        self._pool = spawn_pool(self.processes, _load, (self.jpegs,))  # the parent runs DALI and torch threads
         return self
 
     def __exit__(self, *exc) -> None:

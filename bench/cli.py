@@ -90,7 +90,7 @@ def _models(args, device: str) -> tuple:
 
 
 def _settings(args, device: str, scratch: Path) -> Settings:
-    from pipeline.device import cpu_threads
+    from pipeline import cpu_threads
 
     q = args.quick
     student, teacher = _models(args, device)

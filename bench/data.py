@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.settings import BenchError
+from convert.manifest import MANIFEST_NAME
 
 PER_IDENTITY = 50  # synthetic images per identity (MS1MV2 averages ~100; smaller keeps --quick sets many-classed)
 
@@ -54,9 +55,9 @@ def prepare(data: Optional[Path], images: int, cache_dir: Path, progress: bool =
     if data is None:
         rec, idx, work, source = _synthetic(cache_dir, images, progress)
         jpeg = work / "shards-jpeg"
-    elif (data / "manifest.json").is_file():
+    elif (data / MANIFEST_NAME).is_file():
         jpeg, source = data, f"shards {data}"
-        work = cache_dir / f"shards-{_fingerprint(data / 'manifest.json')}"
+        work = cache_dir / f"shards-{_fingerprint(data / MANIFEST_NAME)}"
         rec, idx = _rec_from_shards(jpeg, work / "rec", progress)
     else:
         rec, idx = _rec_paths(data)
@@ -72,7 +73,7 @@ def prepare(data: Optional[Path], images: int, cache_dir: Path, progress: bool =
 
 
 def _synthetic(cache_dir: Path, images: int, progress: bool) -> tuple:
-    from convert.synth import write_synthetic
+    from convert.synthetic import write_synthetic
 
     if images < 1:
         raise BenchError(f"--images: expected >= 1, found {images}")
@@ -110,37 +111,33 @@ def _fingerprint(path: Path) -> str:
 
 def _rec_from_shards(shards: Path, rec_dir: Path, progress: bool) -> tuple:
     """An im2rec-layout .rec (key = shard key, label = contiguous class) of JPEG shards' images."""
+    from convert.files import atomic_path
     from convert.recordio import IRHeader, RecordWriter, pack
-    from pipeline.loader import open_index
-    from pipeline.shard_index import ShardReader
+    import pipeline
 
     rec, idx = rec_dir / "train.rec", rec_dir / "train.idx"
     if rec.is_file() and idx.is_file():
         return rec, idx
-    index = open_index(shards)
-    if index.encoding != "jpeg":
-        raise BenchError(f"--data {shards}: shards hold {index.encoding!r} images; the benchmark needs JPEG "
+    samples = pipeline.ShardSamples(shards)
+    if samples.encoding != "jpeg":
+        raise BenchError(f"--data {shards}: shards hold {samples.encoding!r} images; the benchmark needs JPEG "
                          f"shards (or the .rec), since its baselines decode JPEG")
-    rec_dir.mkdir(parents=True, exist_ok=True)
-    reader = ShardReader(index)
-    tmp_rec, tmp_idx = rec.with_suffix(".rec.tmp"), idx.with_suffix(".idx.tmp")
-    with RecordWriter(tmp_rec, tmp_idx) as writer:
-        for start in tqdm(range(0, index.num_samples, 1024), desc="bench: .rec from shards", unit="chunk",
+    # .idx renamed into place before .rec: a train.rec under its final name is complete.
+    with atomic_path(rec) as tmp_rec, atomic_path(idx) as tmp_idx, RecordWriter(tmp_rec, tmp_idx) as writer:
+        for start in tqdm(range(0, samples.num_samples, 1024), desc="bench: .rec from shards", unit="chunk",
                           disable=not progress):
-            keys = np.arange(start, min(start + 1024, index.num_samples))
-            for key, view, label in zip(keys.tolist(), reader.images(keys), reader.labels(keys).tolist()):
+            keys = np.arange(start, min(start + 1024, samples.num_samples))
+            for key, view, label in zip(keys.tolist(), samples.encoded(keys), samples.labels(keys).tolist()):
                 writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), view.tobytes()))
-    os.replace(tmp_idx, idx)
-    os.replace(tmp_rec, rec)
     return rec, idx
 
 
 def _describe(source: str, rec: Path, idx: Path, jpeg: Path, raw: Path) -> BenchData:
-    from pipeline.loader import open_index
+    import pipeline
 
-    index = open_index(jpeg)
-    if index.encoding != "jpeg":
-        raise BenchError(f"{jpeg}: expected JPEG shards, found {index.encoding!r}")
-    return BenchData(source=source, rec=rec, idx=idx, jpeg_shards=jpeg, raw_shards=raw, images=index.num_samples,
-                     classes=index.num_classes, image_size=index.image_size, rec_bytes=rec.stat().st_size,
-                     mean_image_bytes=float(index.table[:, 1].mean()))
+    samples = pipeline.ShardSamples(jpeg)
+    if samples.encoding != "jpeg":
+        raise BenchError(f"{jpeg}: expected JPEG shards, found {samples.encoding!r}")
+    return BenchData(source=source, rec=rec, idx=idx, jpeg_shards=jpeg, raw_shards=raw, images=samples.num_samples,
+                     classes=samples.num_classes, image_size=samples.image_size, rec_bytes=rec.stat().st_size,
+                     mean_image_bytes=samples.mean_member_bytes)

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks for a lent GPU machine, in one call: the GPU tests, the GPU benchmark, and issue 8's pair
-# (MobileFaceNet student, iresnet50 teacher). The GPU image has torch, numpy, Pillow, pyarrow, sklearn, pyyaml,
-# tqdm, safetensors and huggingface_hub, but no DALI, simplejpeg or webdataset, and cannot download anything.
+# The GPU checks for a machine lent with a GPU, in one call: the GPU tests, the GPU benchmark, and the step stage
+# with the paper's pair (MobileFaceNet student, iresnet50 teacher). Such a machine may have torch, numpy, Pillow,
+# pyarrow, sklearn, pyyaml, tqdm, safetensors and huggingface_hub, but no DALI, simplejpeg or webdataset, and
+# no way to download anything.
 #
 #   here:   bash bench/gpu_check.sh prepare     # .whl/: simplejpeg, webdataset, braceexpand for CPython 3.12
-#           bash ../shared/tools/gpu-dali/prepare.sh   # .dali/c1..cN: DALI for CUDA 13, one part a call
-#   there:  calls 1..N-1 copy .dali/cK (see ../shared/tools/gpu-dali/README.md); the last call carries
-#           .dali/cN and .whl, installs DALI into /tmp/site, then runs `bash bench/gpu_check.sh run`.
+#   there:  DALI_WHEELS=DIR bash bench/gpu_check.sh run
 #
-# `run` writes to $OUT (or ./gpu-results): gpu_env.txt, gpu_tests.log, bench_gpu.json/.md, bench_step_ir50.json,
-# bench_convert.json.
+# `run` reads these environment variables (all optional):
+#   DALI_WHEELS  a folder of wheels: DALI for the machine's CUDA and the wheels it needs. `run` installs them into
+#                SITE before anything else. DALI is too large for `prepare` to fetch with the small wheels: bring
+#                the folder to the machine beforehand. Without DALI_WHEELS, DALI must already be importable (for
+#                instance installed into SITE); where it is not, the GPU tests say that they skipped.
+#   SITE         where `run` installs the wheels, put first on PYTHONPATH (default /tmp/site).
+#   OUT          where `run` writes gpu_env.txt, gpu_tests.log, bench_gpu.json/.md, bench_step_ir50.json and
+#                bench_convert.json (default ./gpu-results).
 # Each step has its own time limit, so one that hangs cannot take the others' device time.
 set -uo pipefail
 
@@ -24,11 +29,16 @@ prepare)
   ;;
 run)
   out="${OUT:-gpu-results}"
+  site="${SITE:-/tmp/site}"
   mkdir -p "$out"
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  if [ -n "${DALI_WHEELS:-}" ]; then
+    compgen -G "$DALI_WHEELS/*.whl" >/dev/null || { echo "run: DALI_WHEELS=$DALI_WHEELS holds no .whl" >&2; exit 1; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$DALI_WHEELS"/*.whl || exit 1
   fi
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || exit 1
+  fi
+  export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
   {
     nvidia-smi -L 2>&1
     python3 - <<'EOF'
@@ -49,7 +59,8 @@ EOF
     --json "$out/bench_gpu.json" --markdown "$out/bench_gpu.md" 2>&1 | tail -25 || failed=1
   timeout 150 python3 -m bench --device cuda --stages step --student mobilefacenet --teacher iresnet50 \
     --images 3000 --repeats 3 --no-progress --json "$out/bench_step_ir50.json" 2>&1 | tail -12 || failed=1
-  # Issue 2 on a machine with more cores: conversion against copying the .rec (needs no GPU; last, as it matters least).
+  # The convert stage on a machine with more cores: conversion against copying the .rec (needs no GPU; last, as it
+  # matters least).
   timeout 110 python3 -m bench --stages convert --images 50000 --repeats 2 --no-progress \
     --json "$out/bench_convert.json" 2>&1 | tail -8 || failed=1
   exit "$failed"

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError
+from convert.files import atomic_path, write_atomic
 
 FORMAT = "adadistill-bench"
 VERSION = 1
@@ -107,19 +107,12 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, doc: dict) -> None:
-    _write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")  # keys in document order, not sorted
 
 
 def write_markdown(path: Path, doc: dict) -> None:
-    _write_atomic(path, markdown(doc).encode())
+    write_atomic(path, markdown(doc))
 
 
 def check_plot_available() -> Optional[str]:
@@ -161,9 +154,8 @@ def plot(path: Path, doc: dict) -> None:
     ax.set_title(f"AdaDistill bench on {env['device']}: {env['cpu_model']}, {env['gpu'] or 'no GPU'}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:  # savefig picks the format from the file name
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

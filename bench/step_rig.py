@@ -1,11 +1,11 @@
-"""One distillation step's parts, put together from distill's public pieces, to time `distill.train.train_step`.
+"""One distillation step, set up by the training loop's own `distill.train.build_run`, to time
+`distill.train.train_step`.
 
-The step itself is the training loop's own `train_step` (lr, teacher embeddings, student forward,
-AdaDistill margin head, loss, backward, clip, optimizer step). What the loop's `_train` builds around
-it is assembled here from the same public pieces: configs' dataclasses, models.build, distill.build_head,
-distill.optim.build_optimizer, distill.schedule.plan, distill.metrics.Meter. The teacher is a freshly
-initialised backbone: its weights change nothing in the step's cost, and a benchmark must not depend on
-a downloaded checkpoint.
+The step is the loop's `train_step` (lr, teacher embeddings, student forward, AdaDistill margin head,
+loss, backward, clip, optimizer step) on the loop's `Run`, built from a RunConfig by `build_run`: no
+second assembly of a training set-up. The teacher is a freshly initialised backbone handed to
+`build_run`: its weights change nothing in the step's cost, and a benchmark must not depend on a
+downloaded checkpoint.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class StepOptions:
         return StepOptions(torch.bfloat16 if device.type == "cuda" else None, True)
 
     @staticmethod
-    def seed_style() -> "StepOptions":
-        """The seed's step: fp32, eager, contiguous."""
+    def reference() -> "StepOptions":
+        """The original research code's step: fp32, eager, contiguous."""
         return StepOptions(None, False)
 
 
@@ -54,57 +54,45 @@ def cached_teacher(name: str, shards: str, cache_dir: str, device: torch.device,
     `online_teacher`, after building its cache over `shards` with `python -m distill cache-teacher`'s own
     code (untimed: a one-off cost per dataset and teacher; a cache already in `cache_dir` for the same
     weights and shards is reused)."""
-    import models
-    from distill.cache_build import build_with
+    from distill import teacher_cache
     from distill.distributed import DistContext
-    from distill.teacher_cache import CachedTeacher
 
-    torch.manual_seed(_STEP_SEED)
-    manifest = build_with(models.build(name), f"fresh-init {name} (benchmark)", shards, cache_dir, device=device,
-                          batch_size=64, ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
-                          progress=progress)
-    return CachedTeacher(cache_dir, manifest, device)
+    source = online_teacher(name, device, StepOptions.project_default(device))
+    manifest = teacher_cache.build(source, f"fresh-init {name} (benchmark)", shards, cache_dir, device=device,
+                                   batch_size=64, ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
+                                   progress=progress)
+    return teacher_cache.CachedTeacher(cache_dir, manifest, device)
 
 
 class StepRig:
-    """Student, AdaDistill head, optimizer and loop state for `train_step`, on `device`."""
+    """The loop's Run (student, AdaDistill head, optimizer, schedule) and position, for `train_step`."""
 
     def __init__(self, *, student: str, num_classes: int, batch_size: int, steps_per_epoch: int,
                  device: torch.device, options: StepOptions, teacher: Callable, scratch: str) -> None:
         import configs
-        import distill
-        import models
-        from distill import schedule
         from distill.distributed import DistContext
-        from distill.metrics import Meter
-        from distill.optim import build_optimizer
-        from distill.train import Position
+        from distill.train import Position, build_run
 
         precision = "bf16" if options.autocast_dtype == torch.bfloat16 else "fp32"
         # max_nonfinite: a fresh student and teacher may give non-finite steps; the loop skips their
         # update (at the same cost), and a benchmark must not stop for it.
-        self.cfg = configs.RunConfig(
-            output=scratch, data=configs.DataConfig(shards=scratch),
+        cfg = configs.RunConfig(
+            output=scratch, data=configs.DataConfig(shards=scratch), seed=_STEP_SEED,
             model=configs.ModelConfig(name=student), teacher=configs.TeacherConfig(spec="fresh-init (benchmark)"),
             distill=configs.DistillConfig(mode="adadistill", loss="arcface", m=0.45),
             train=configs.TrainConfig(batch_size=batch_size, precision=precision,
                                       channels_last=options.channels_last, max_nonfinite=1 << 30))
-        self.ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
-        self.options, self.teacher = options, teacher
-        torch.manual_seed(_STEP_SEED)
-        self.student = models.build(student).to(device)
-        if options.channels_last:
-            self.student = self.student.to(memory_format=torch.channels_last)
-        self.head = distill.build_head("arcface", num_classes, kd="adadistill", s=64.0, m=0.45).to(device)
-        self.plan = schedule.plan(self.cfg.train, world_size=1, steps_per_epoch=steps_per_epoch)
-        self.optimizer = build_optimizer([self.student, self.head], self.cfg.train, lr=self.plan.lr_at(0))
-        self.pos, self.meter = Position(), Meter(device)
+        ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+        self.run = build_run(cfg, ctx, num_classes=num_classes, steps_per_epoch=steps_per_epoch, teacher=teacher)
+        self.pos = Position()
 
     def step(self, batch) -> None:
+        """The loop's step, and its position advanced as the loop does (the lr follows the schedule)."""
         from distill.train import train_step
 
-        train_step(batch, self.student, self.head, self.teacher, self.optimizer, self.plan, self.pos, self.meter,
-                   self.cfg, self.ctx, self.options.autocast_dtype, self.options.channels_last)
+        train_step(self.run, batch, self.pos)
+        self.pos.step += 1
+        self.pos.epoch_step += 1
 
     def timed_steps(self, batches: Iterable, steps: int) -> Sample:
         """One untimed step (the loader's start, first allocations), then `steps` timed ones; the time spent

@@ -2,11 +2,14 @@
 
 Key names follow the research code where its users know them (`s`, `m`, `h`, `t_alpha`, `lr`,
 `momentum`, `weight_decay`, `batch_size`, `embedding_size`, `output`); the sections group them.
-Derived values (global batch, scaled lr, steps) are computed by `distill.schedule.plan`, never
-written back here.
+Derived values (global batch, scaled lr, steps) are computed by `distill.optim.plan`, never
+written back here. The sections are the contract types the parts take as they are: `AugmentConfig` is
+the pipeline's augmentation, `GeomConfig` the head's geometry term; `check_margin` is the one rule for
+a margin's hyper-parameters, used here and by the margins themselves.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -20,9 +23,26 @@ def _check(ok: bool, key: str, expected: str, found: object) -> None:
         raise ConfigError(f"{key}: expected {expected}, found {found!r}")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_margin(where: str, *, s: float, m: Optional[float], h: Optional[float] = None,
+                 t_alpha: Optional[float] = None) -> None:
+    """The one rule for a margin's hyper-parameters, for a config (`where` = "distill") and for a margin
+    built directly (`where` = its loss): s finite > 0, m in [0, pi/2) (None: the loss's default), h finite
+    >= 0 and t_alpha in (0, 1] (AdaFace)."""
+    _check(_number(s) and s > 0, f"{where}: option s", "a finite number > 0", s)
+    _check(m is None or (_number(m) and 0 <= m < math.pi / 2), f"{where}: option m", "a number in [0, pi/2)", m)
+    _check(h is None or (_number(h) and h >= 0), f"{where}: option h", "a finite number >= 0", h)
+    _check(t_alpha is None or (_number(t_alpha) and 0 < t_alpha <= 1), f"{where}: option t_alpha", "in (0, 1]",
+           t_alpha)
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Per-sample probabilities of AdaFace's extra augmentations (0 = off); the flip is always on."""
+    """Per-sample probabilities of AdaFace's extra augmentations (0 = off); the flip is always on.
+    The pipeline takes this type as it is (pipeline.Augment)."""
     crop: float = 0.0                             # random crop-and-resize back to the full size
     low_res: float = 0.0                          # downscale then upscale (low-resolution faces)
     photometric: float = 0.0                      # brightness, contrast and saturation jitter
@@ -30,7 +50,11 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for key in ("crop", "low_res", "photometric"):
             p = getattr(self, key)
-            _check(0.0 <= p <= 1.0, f"data.augment.{key}", "a probability in [0, 1]", p)
+            _check(_number(p) and 0.0 <= p <= 1.0, f"data.augment.{key}", "a probability in [0, 1]", p)
+
+    @property
+    def any(self) -> bool:
+        return self.crop > 0 or self.low_res > 0 or self.photometric > 0
 
 
 @dataclass(frozen=True)
@@ -62,13 +86,16 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class GeomConfig:
-    """The seed's geometry-aware AdaFace KD margin: z_hat += w_eff * k * ReLU(lambda - cos_st) * lambda."""
+    """AdaFace KD's geometry-aware margin: z_hat += w_eff * k * ReLU(lambda - cos_st) * lambda. The head
+    takes this type as it is (distill.heads)."""
     w: float = 1.0                                # weight of the geometry term (reached after warmup_epochs)
     k: float = 3.0                                # scale of ReLU(lambda - cos_st) * lambda
     warmup_epochs: float = 1.0                    # w ramps linearly from 0 over these (fractional) epochs
 
     def __post_init__(self) -> None:
-        _check(self.warmup_epochs >= 0, "distill.geom.warmup_epochs", ">= 0", self.warmup_epochs)
+        for key in ("w", "k", "warmup_epochs"):
+            value = getattr(self, key)
+            _check(_number(value) and value >= 0, f"distill.geom.{key}", "a finite number >= 0", value)
 
 
 @dataclass(frozen=True)
@@ -76,20 +103,18 @@ class DistillConfig:
     mode: Literal["adadistill", "none"] = "adadistill"# adadistill: teacher-driven class centres; none: a plain margin head (no teacher)
     loss: Literal["arcface", "cosface", "adaface"] = "arcface"# the margin on the target logit
     s: float = 64.0                               # logit scale
-    m: float = 0.5                                # margin (ArcFace: angle, CosFace: cosine, AdaFace: adaptive)
-    h: float = 0.333                              # AdaFace only
-    t_alpha: float = 0.01                         # AdaFace only
+    m: Optional[float] = None                     # margin; null: the loss's own (ArcFace 0.5 rad, CosFace 0.35, AdaFace 0.4)
+    h: float = 0.333                              # AdaFace only: the norm scaler's concentration
+    t_alpha: float = 0.01                         # AdaFace only: the norm statistics' EMA rate
     alpha: Literal["weighted", "plain"] = "weighted"   # AdaDistill: alpha' = cos_st * lambda, or cos_st
-    geom: Optional[GeomConfig] = None             # AdaFace + AdaDistill only; None = plain AdaFace KD
+    geom: Optional[GeomConfig] = None             # AdaFace + AdaDistill only; null = plain AdaFace KD
     # A directory written by `python -m distill cache-teacher`: the loop reads the teacher's embeddings
     # from it (flip is then the only augmentation allowed) and never builds the teacher network.
     teacher_cache: Optional[str] = None           # directory from `python -m distill cache-teacher`; the teacher is then never run
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
 
     def __post_init__(self) -> None:
-        _check(self.s > 0, "distill.s", "> 0", self.s)
-        _check(self.m >= 0, "distill.m", ">= 0", self.m)
-        _check(0 < self.t_alpha <= 1, "distill.t_alpha", "in (0, 1]", self.t_alpha)
+        check_margin("distill", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
         if self.centres_from_cache:
             _check(self.teacher_cache is not None and self.mode == "adadistill", "distill.centres_from_cache",
                    "false unless distill.teacher_cache is set and distill.mode is adadistill",

@@ -1,31 +1,26 @@
 """Turn a face dataset (.rec or identity folders) into verified, shuffled WebDataset shards, once.
 
-Public API (DESIGN.md, "concrete seams"): convert_rec, convert_folder, verify, ConvertOptions,
-convert.manifest.Manifest, convert.recordio, convert.synth.
+Public API (DESIGN.md, "concrete seams"): convert_rec, convert_folder, verify, ConvertOptions, Manifest,
+convert.recordio, convert.synthetic.
 
-Names are imported on first use: webdataset (hence torch) loads only where shards are written,
-not in the worker processes that decode images or render synthetic faces.
+Modules, in the order the data flows:
+- sources.py: read a source, an insightface/im2rec .rec or one folder of images per identity.
+- recordio.py: read and write MXNet RecordIO (.rec/.idx) without mxnet; find a .rec's image records.
+- image_check.py: decode an image to validate it, and turn it into a shard member (JPEG bytes or raw pixels).
+- validation.py: the first pass, every image decoded once in parallel, labels and sizes collected.
+- shard_jobs.py: the second pass, the planned shards written in parallel, one process per shard.
+- shard_writer.py: write one tar shard and its DALI index.
+- worker_pool.py: when worker processes pay off, and the spawned pool they run in.
+- manifest.py: the shard set's manifest.json, typed and validated.
+- converter.py: a conversion from start to end: both passes, the shuffle, resuming, the manifest.
+- verify_shards.py: re-read a shard directory and list where it disagrees with its manifest.
+- files.py: atomic writes and file checksums.
+- cli.py: the command line, `python -m convert rec|folder|verify|synth|synth-bin`.
+- synthetic/: synthetic face identities, a data source written as a .rec, folders or a .bin pair set.
 """
-import importlib
+from convert.converter import ConvertOptions, OutputError, convert_folder, convert_rec
+from convert.manifest import Manifest, ManifestError, ShardRecord
+from convert.verify_shards import verify
 
-_EXPORTS = {
-    "ConvertOptions": "convert.converter",
-    "OutputError": "convert.converter",
-    "convert_folder": "convert.converter",
-    "convert_rec": "convert.converter",
-    "Manifest": "convert.manifest",
-    "ManifestError": "convert.manifest",
-    "ShardRecord": "convert.manifest",
-    "verify": "convert.verify_shards",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'convert' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__ = ["ConvertOptions", "Manifest", "ManifestError", "OutputError", "ShardRecord", "convert_folder",
+           "convert_rec", "verify"]

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from convert.synth import write_synthetic
+    from convert.synthetic import write_synthetic
 
     write_synthetic(
         args.out, args.identities, args.per_identity, seed=args.seed, fmt=args.format,
@@ -19,7 +19,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _synth_bin(args: argparse.Namespace) -> int:
-    from convert.synth import write_pairs_bin
+    from convert.synthetic import write_pairs_bin
 
     write_pairs_bin(
         args.out, args.identities, args.per_identity, args.pairs, seed=args.seed,

@@ -15,11 +15,11 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from convert.files import remove_stale_temporaries, sha256_file, write_json_atomic
 from convert.image_check import CorruptImageError
-from convert.manifest import EXTENSIONS, FILE_NAME, Manifest, ManifestError, ShardRecord, write_json_atomic
-from convert.sources import FolderSource, RecSource, SourceError
-from convert.verify_shards import sha256_file
+from convert.manifest import EXTENSIONS, MANIFEST_NAME, Manifest, ManifestError, ShardRecord
 from convert.shard_jobs import ShardJob, run_jobs
+from convert.sources import FolderSource, RecSource, SourceError
 from convert.validation import Validated, validate_source
 
 STATE_NAME = ".convert-state.json"
@@ -95,7 +95,7 @@ def _remove_shards(out: str, records) -> None:
 
 def _previous_records(out: str, fingerprint: dict, overwrite: bool) -> dict:
     """Shard records of an earlier run of the same conversion in `out`; clears another conversion's files."""
-    manifest_path, state_path = os.path.join(out, FILE_NAME), os.path.join(out, STATE_NAME)
+    manifest_path, state_path = os.path.join(out, MANIFEST_NAME), os.path.join(out, STATE_NAME)
     records: dict = {}
     if os.path.exists(manifest_path):
         try:
@@ -128,7 +128,7 @@ def _previous_records(out: str, fingerprint: dict, overwrite: bool) -> dict:
 
 def _finished(out: str, fingerprint: dict) -> Optional[Manifest]:
     """The manifest of this very conversion when it already completed and every shard still checks out."""
-    if not os.path.exists(os.path.join(out, FILE_NAME)):
+    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
         return None
     manifest = Manifest.load(out)
     if manifest.extra.get("fingerprint") != fingerprint or not all(_complete(out, r) for r in manifest.shards):
@@ -160,6 +160,7 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
     workers = opts.workers or os.cpu_count() or 1
     fingerprint = {"source": source.describe(), "options": opts.affecting_output()}
     records = _previous_records(out, fingerprint, opts.overwrite)
+    remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
     finished = _finished(out, fingerprint)
     if finished is not None:
         return finished

@@ -6,12 +6,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from convert.files import write_json_atomic
+
 FORMAT = "adadistill-webdataset-shards"
 VERSION = 1
-FILE_NAME = "manifest.json"
-ENCODINGS = ("jpeg", "raw")
-# Member extension of each encoding (DESIGN.md, "Shards").
-EXTENSIONS = {"jpeg": "jpg", "raw": "raw"}
+MANIFEST_NAME = "manifest.json"
+# Member extension of each encoding (DESIGN.md, "Shards"), and the way back.
+EXTENSIONS = {"jpeg": "jpg", "raw": "raw"}  # encoding -> member extension
+ENCODINGS = {ext: encoding for encoding, ext in EXTENSIONS.items()}  # member extension -> encoding
 
 
 class ManifestError(ValueError):
@@ -69,8 +71,8 @@ class Manifest:
             raise ManifestError(f"manifest format must be {FORMAT!r}, found {self.format!r}")
         if self.version != VERSION:
             raise ManifestError(f"manifest version {VERSION} expected, found {self.version}")
-        if self.encoding not in ENCODINGS:
-            raise ManifestError(f"manifest encoding must be one of {ENCODINGS}, found {self.encoding!r}")
+        if self.encoding not in EXTENSIONS:
+            raise ManifestError(f"manifest encoding must be one of {tuple(EXTENSIONS)}, found {self.encoding!r}")
         if self.num_classes < 1 or self.num_samples < 1 or self.image_size < 1:
             raise ManifestError(
                 f"manifest needs num_samples, num_classes, image_size >= 1, found "
@@ -133,7 +135,7 @@ class Manifest:
         """Read `<shards_dir>/manifest.json` (or a manifest file path)."""
         path = os.fspath(shards_dir)
         if os.path.isdir(path):
-            path = os.path.join(path, FILE_NAME)
+            path = os.path.join(path, MANIFEST_NAME)
         if not os.path.isfile(path):
             raise ManifestError(f"{path}: no manifest (a shard directory without one holds no finished dataset)")
         try:
@@ -145,16 +147,6 @@ class Manifest:
 
     def save(self, shards_dir: Union[str, os.PathLike]) -> str:
         """Write manifest.json atomically (temp file, fsync, rename); returns its path."""
-        path = os.path.join(os.fspath(shards_dir), FILE_NAME)
+        path = os.path.join(os.fspath(shards_dir), MANIFEST_NAME)
         write_json_atomic(path, self.to_dict())
         return path
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

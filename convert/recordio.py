@@ -6,6 +6,7 @@ padded with zeros to 4 bytes. When the magic occurs at a 4-aligned position insi
 writer drops those 4 bytes and starts a new part there (cflag 1 = first, 2 = middle, 3 = last);
 the reader puts the magic back between parts. A record's payload starts with an IRHeader
 (struct 'IfQQ': flag, label, id, id2); when flag > 0, `flag` float32 labels follow it.
+`image_keys` finds a .rec's image records, by insightface's header record where there is one.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -260,3 +261,34 @@ class RecordReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def insightface_image_end(reader: RecordReader) -> Optional[int]:
+    """The key that ends the image records, as insightface's header record announces it, or None without one.
+
+    insightface's layout: record 0 has flag > 0, no payload, and label = (first identity-record key, end);
+    the images are keys 1..label[0]-1 and the identity records follow them. An im2rec .rec has no such
+    record: every record is an image.
+    """
+    if 0 not in reader:
+        return None
+    header, payload = unpack(reader.read(0))
+    if header.flag > 0 and not payload:
+        return int(header.label[0])
+    return None
+
+
+def image_keys(reader: RecordReader) -> list:
+    """The keys of a .rec's image records, in key order for insightface's layout, else every key in file order.
+
+    Raises RecordIOError naming the .idx when insightface's header announces a key that the index lacks."""
+    end = insightface_image_end(reader)
+    if end is None:
+        return list(reader.keys)
+    missing = [k for k in range(1, end) if k not in reader]
+    if missing:
+        raise RecordIOError(
+            f"{reader.path_idx or reader.path_rec}: header record says image keys 1..{end - 1}, "
+            f"but key {missing[0]} is not in the index ({len(missing)} missing)"
+        )
+    return list(range(1, end))

@@ -6,17 +6,16 @@ webdataset or torch: only numpy, simplejpeg, Pillow and this package.
 """
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
-from convert import validation
 from convert.image_check import to_member
 from convert.manifest import ShardRecord
 from convert.shard_writer import ShardWriter
+from convert.worker_pool import shared_counter, spawn_pool, worth_spawning
 
 _SOURCE = None  # the source, in each worker process
 _REPORT: Callable[[int], None] = lambda n: None  # counts samples written (to the bar, or a shared counter)
@@ -73,15 +72,14 @@ def write_shard(job: ShardJob) -> ShardRecord:
 def run_jobs(source, jobs: list, workers: int, on_progress: Callable[[int], None]) -> Iterator[tuple]:
     """Yield (job, record) as each shard completes; on_progress(samples) is called as samples are written."""
     total = sum(len(j.indices) for j in jobs)
-    if workers <= 1 or len(jobs) < 2 or total < validation.MIN_PARALLEL_IMAGES:
+    if not worth_spawning(workers, len(jobs), total):
         _init(source, on_progress)
         for job in jobs:
             yield job, write_shard(job)
         return
-    ctx = multiprocessing.get_context("spawn")
-    progress = ctx.Value("q", 0)
+    progress = shared_counter()
     seen = 0
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(source, progress)) as pool:
+    with spawn_pool(min(workers, len(jobs)), _init_worker, (source, progress)) as pool:
         pending = [(job, pool.apply_async(write_shard, (job,))) for job in jobs]
         while pending:
             time.sleep(0.1)

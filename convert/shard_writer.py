@@ -14,6 +14,7 @@ import os
 import tarfile
 from typing import Optional
 
+from convert.files import atomic_path, write_atomic
 from convert.manifest import ShardRecord
 
 _BLOCK = 512
@@ -63,7 +64,8 @@ class ShardWriter:
         self.tar_path = os.path.join(directory, name + ".tar")
         self.idx_path = os.path.join(directory, name + ".idx")
         self.ext = ext
-        self._f = open(self.tar_path + ".tmp", "wb", buffering=4 * 2**20)
+        self._tar = atomic_path(self.tar_path)
+        self._f = open(self._tar.tmp, "wb", buffering=4 * 2**20)
         self._sha = hashlib.sha256()
         self._lines = []
         self._offset = 0
@@ -95,27 +97,19 @@ class ShardWriter:
         """Finish the tar, write the index, rename both into place; returns the manifest record."""
         self._emit(bytes(2 * _BLOCK))
         self._emit(bytes(-self._offset % _RECORD))
-        self._f.flush()
-        os.fsync(self._f.fileno())
         self._f.close()
         if self.samples == 0:
-            os.remove(self.tar_path + ".tmp")
+            self._tar.discard()
             return None
-        tmp_idx = self.idx_path + ".tmp"
-        with open(tmp_idx, "w", encoding="ascii") as f:
-            f.write(f"{INDEX_VERSION} {self.samples}\n")
-            f.write("\n".join(self._lines))
-            f.write("\n")
-        os.replace(tmp_idx, self.idx_path)
-        os.replace(self.tar_path + ".tmp", self.tar_path)
+        # The index first: a tar under its final name always has its index beside it.
+        write_atomic(self.idx_path, f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._lines) + "\n")
+        self._tar.commit()
         return ShardRecord(
             name=os.path.basename(self.tar_path), samples=self.samples, bytes=self._offset,
             sha256=self._sha.hexdigest(),
         )
 
     def abort(self) -> None:
-        """Drop the temporary files (a failed conversion leaves no half shard under a final name)."""
+        """Drop the temporary file (a failed conversion leaves no half shard under a final name)."""
         self._f.close()
-        for p in (self.tar_path + ".tmp", self.idx_path + ".tmp"):
-            if os.path.exists(p):
-                os.remove(p)
+        self._tar.discard()

@@ -10,7 +10,7 @@ import os
 import warnings
 from typing import Optional
 
-from convert.recordio import RecordIOError, RecordReader, unpack
+from convert.recordio import RecordReader, image_keys, insightface_image_end, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -38,28 +38,13 @@ class RecSource:
         self.idx: Optional[str] = idx if os.path.isfile(idx) else None
         reader = RecordReader(self.rec, self.idx)
         try:
-            self.keys, self.layout = self._image_keys(reader)
+            self.keys = image_keys(reader)
+            self.layout = "im2rec" if insightface_image_end(reader) is None else "insightface"
         finally:
             reader.close()
         if not self.keys:
             raise SourceError(f"{self.rec}: holds no image records")
         self._reader: Optional[RecordReader] = None
-
-    def _image_keys(self, reader: RecordReader) -> tuple:
-        keys = list(reader.keys)
-        if 0 in reader:
-            header, payload = unpack(reader.read(0))
-            if header.flag > 0 and not payload:
-                # insightface: record 0 = (flag 2, label = [first identity-record key, end]).
-                end = int(header.label[0])
-                missing = [k for k in range(1, end) if k not in reader]
-                if missing:
-                    raise RecordIOError(
-                        f"{self.idx or self.rec}: header record says image keys 1..{end - 1}, "
-                        f"but key {missing[0]} is not in the index ({len(missing)} missing)"
-                    )
-                return list(range(1, end)), "insightface"
-        return keys, "im2rec"
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -1,19 +1,16 @@
 """First conversion pass: decode every source image once (in parallel) and collect labels and sizes."""
 from __future__ import annotations
 
-import multiprocessing
-import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
+from convert.files import atomic_path
 from convert.image_check import CorruptImageError, ImageSizeError, is_jpeg, validate
+from convert.worker_pool import spawn_pool, worth_spawning
 
 _SOURCE = None  # the source, in each worker process (set by _init)
-# Below this many images, starting worker processes (spawn: about a second) costs more than it saves.
-MIN_PARALLEL_IMAGES = 2048
 
 
 @dataclass(frozen=True)
@@ -30,12 +27,11 @@ class Validated:
     errors: tuple
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp.npz"
         where = np.array([i for i, _ in self.errors], dtype=np.int64)
         messages = np.array([m for _, m in self.errors], dtype=np.str_)
-        np.savez(tmp, labels=self.labels, ok=self.ok, transcode=self.transcode, nbytes=self.nbytes,
-                 error_index=where, error_message=messages)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:  # np.savez appends .npz to any other name
+            np.savez(tmp, labels=self.labels, ok=self.ok, transcode=self.transcode, nbytes=self.nbytes,
+                     error_index=where, error_message=messages)
 
     @classmethod
     def load(cls, path: str) -> "Validated":
@@ -93,15 +89,14 @@ def validate_source(source, encoding: str, size: int, resize: bool, workers: int
         bar.update(len(lab))
 
     try:
-        if workers <= 1 or len(tasks) < 2 or n < MIN_PARALLEL_IMAGES:
+        if worth_spawning(workers, len(tasks), n):
+            with spawn_pool(min(workers, len(tasks)), _init, (source,)) as pool:
+                for result in pool.imap_unordered(_check_range, tasks):
+                    collect(result)
+        else:
             _init(source)
             for task in tasks:
                 collect(_check_range(task))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks)), initializer=_init, initargs=(source,)) as pool:
-                for result in pool.imap_unordered(_check_range, tasks):
-                    collect(result)
     finally:
         bar.close()
     errors.sort()

@@ -1,22 +1,13 @@
 """Re-read a shard directory and list every way it disagrees with its manifest (checksums, counts, index, labels)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from typing import Union
 
+from convert.files import sha256_file
 from convert.manifest import Manifest, ManifestError, ShardRecord
 from convert.shard_writer import INDEX_VERSION, key_name
-
-
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file, read in 8 MiB chunks (shards are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tar_members(path: str) -> list:

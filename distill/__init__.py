@@ -1,4 +1,20 @@
-"""distill: margin heads and AdaDistill distillation losses (the training loop is `python -m distill`).
+"""distill: the margin heads, AdaDistill and AdaFace-KD distillation, and the DDP training loop
+(`python -m distill`).
+
+Modules:
+  margins.py        the margin logits (ArcFace, CosFace, AdaFace), registered by name
+  centres.py        AdaDistill's teacher-driven class centres: mixing coefficients and the update
+  heads.py          the head: centres, AdaFace norm statistics, the geometry-aware margin; build_head
+  optim.py          the recipe: the lr at every step (plan) and SGD with the originals' weight decay
+  teacher.py        where the teacher's embeddings come from: online (TeacherSource) or the cache
+  teacher_cache.py  the teacher embedding cache: its format on disk, its build, its reading in the loop
+  distributed.py    ranks: process-group setup from torchrun's environment, and the collectives
+  checkpoint.py     saving and resuming a run, and the RNG states that make a resume exact
+  metrics.py        rank 0's progress bar and metrics.jsonl
+  verify.py         the every-N-epochs verification on .bin sets (rank 0)
+  train.py          the loop: build_run, train_step, _train
+  preview.py        `python -m distill plan`: the schedule and the head's memory before a GPU is spent
+  cli.py            the command line (training, cache-teacher, plan) and its one-line errors
 
 Importing this package builds heads only; it never imports the loop, torch.distributed setup or DALI.
 """

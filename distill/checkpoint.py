@@ -1,30 +1,36 @@
-"""Run checkpoints on disk: `<output>/checkpoints/step-<9 digits>.pt` and the `latest` pointer.
+"""Saving and resuming a run: `<output>/checkpoints/step-<9 digits>.pt`, the `latest` pointer, and the
+random number generators' states that make a resume exact.
 
 A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts (docs/DESIGN.md, "The
 project's concrete seams"), so `torch.load(weights_only=True)` reads it and no code runs on load.
-Every file is written to a temporary name, flushed to disk and renamed into place, so a run killed at
-any moment leaves either the old or the new checkpoint, never a torn one.
+Every file is written atomically (convert.files), so a run killed at any moment leaves either the old
+or the new checkpoint, never a torn one. Reading a checkpoint's backbone for any other purpose (a
+teacher, the evaluator) is models.load_backbone's job; `models.newest_checkpoint` reads `latest`.
 """
 from __future__ import annotations
 
-import os
+import random
 import re
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+
+import models
+from convert.files import write_atomic
+from models import CHECKPOINTS_DIR, LATEST, CheckpointError
 
 REQUIRED_KEYS = ("student", "head", "optimizer", "scheduler", "scaler", "step", "epoch", "epoch_step", "rng",
                  "config")
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or the `latest` pointer is missing, unreadable or incomplete."""
+__all__ = ["CheckpointError", "REQUIRED_KEYS", "capture_rng", "directory", "file_name", "latest", "load",
+           "prune", "resolve_resume", "restore_rng", "save", "seed_all"]
 
 
 def directory(output: str | Path) -> Path:
-    return Path(output) / "checkpoints"
+    return Path(output) / CHECKPOINTS_DIR
 
 
 def file_name(step: int) -> str:
@@ -36,23 +42,15 @@ def save(output: str | Path, state: dict) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     assert not missing, f"checkpoint state lacks {missing}"
     folder = directory(output)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / file_name(int(state["step"]))
-    _atomic_write(path, lambda f: torch.save(state, f))
-    _atomic_write(folder / "latest", lambda f: f.write((path.name + "\n").encode()))
+    write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(folder / LATEST, path.name + "\n")
     return path
 
 
 def latest(output: str | Path) -> Optional[Path]:
     """The newest checkpoint of the run in `output`, or None when it has none yet."""
-    pointer = directory(output) / "latest"
-    if not pointer.exists():
-        return None
-    name = pointer.read_text().strip()
-    path = pointer.parent / name
-    if not _NAME.match(name) or not path.is_file():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint file in {pointer.parent}")
-    return path
+    return models.newest_checkpoint(Path(output))
 
 
 def load(path: str | Path) -> dict:
@@ -88,7 +86,7 @@ def resolve_resume(resume: str, output: str | Path) -> Optional[Path]:
     if path.is_dir():
         found = latest(path)
         if found is None:
-            raise CheckpointError(f"resume: {resume} is a directory without {directory(path)}/latest")
+            raise CheckpointError(f"resume: {resume} is a directory without {directory(path)}/{LATEST}")
         return found
     if not path.is_file():
         raise CheckpointError(f"resume: {resume} is neither auto, none, a checkpoint file nor a run directory")
@@ -110,17 +108,35 @@ def prune(output: str | Path, *, keep: int, steps_per_epoch: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+# The random number generators. The data order and flips do not depend on these (the pipeline derives
+# them from (seed, epoch, step)); these cover dropout and anything else drawn from torch, numpy or
+# Python's `random` during training. Stored as tensors, lists and numbers only (weights_only=True).
+
+def capture_rng() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

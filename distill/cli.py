@@ -1,21 +1,24 @@
-"""The command line of `python -m distill` (training) and `python -m distill cache-teacher`: known failures
-become one-line errors."""
+"""The command line of `python -m distill`: training, `cache-teacher` and `plan`; known failures become
+one-line errors."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
+
+import torch
 
 import models
 import pipeline
 from configs import ConfigError
-from distill.checkpoint import CheckpointError
-from distill.teacher_cache import TeacherCacheError
+from distill import distributed, teacher as teachers, teacher_cache
+from distill.teacher_cache import CacheManifest, TeacherCacheError
 
 # Failures whose message already says what, where and what was found: no traceback needed.
-KNOWN_ERRORS = (ConfigError, CheckpointError, models.TeacherLoadError, models.UnknownModelError,
-                pipeline.ShardError, pipeline.BatchSizeError, pipeline.PipelineDeviceError,
-                pipeline.UnknownAugmentationError, TeacherCacheError, FileNotFoundError)
+KNOWN_ERRORS = (ConfigError, models.CheckpointError, models.UnknownModelError, pipeline.ShardError,
+                pipeline.BatchSizeError, pipeline.PipelineDeviceError, pipeline.UnknownAugmentationError,
+                TeacherCacheError, FileNotFoundError)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -28,9 +31,7 @@ def run(argv: Sequence[str]) -> int:
     try:
         main(argv)
     except (*KNOWN_ERRORS, TrainingDiverged) as e:
-        rank = os.environ.get("RANK")
-        prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-        print(f"{prefix}python -m distill: error: {e}", file=sys.stderr)
+        print(f"{_rank_prefix()}python -m distill: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("python -m distill: interrupted; re-run the same command to resume from the newest checkpoint",
@@ -41,22 +42,34 @@ def run(argv: Sequence[str]) -> int:
 
 def run_cache(argv: Sequence[str]) -> int:
     """`python -m distill cache-teacher ...`: build (or finish) a teacher embedding cache."""
-    from distill.cache_build import main
-
     try:
-        manifest = main(argv)
+        manifest = cache_teacher(argv)
     except KNOWN_ERRORS as e:
-        rank = os.environ.get("RANK")
-        prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-        print(f"{prefix}python -m distill cache-teacher: error: {e}", file=sys.stderr)
+        print(f"{_rank_prefix()}python -m distill cache-teacher: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("python -m distill cache-teacher: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"teacher cache complete: {manifest.num_samples} samples x 2 views x {manifest.embedding_size} "
-              f"(float16), teacher sha256 {manifest.teacher_sha256[:12]}")
+              f"(float16), teacher sha256 {manifest.teacher_sha256[:12]}, {manifest.precision}")
     return 0
+
+
+def cache_teacher(argv: Optional[Sequence[str]] = None) -> CacheManifest:
+    """Load the teacher, run it at the loop's precision over every sample (distill.teacher_cache.build)."""
+    args = _cache_args(argv)
+    ctx = distributed.setup()
+    try:
+        device = ctx.device if args.device == "auto" else torch.device(args.device)
+        network = models.load_teacher(args.teacher, network=args.network)
+        # channels_last as the loop's default: faster here too.
+        source = teachers.TeacherSource(network, device=device, channels_last=True,
+                                        autocast_dtype=teachers.autocast_dtype(args.precision, device))
+        return teacher_cache.build(source, str(args.teacher), args.shards, args.out, ctx=ctx, device=device,
+                                   batch_size=args.batch_size, chunk=args.chunk, progress=not args.no_progress)
+    finally:
+        distributed.teardown(ctx)
 
 
 def run_plan(argv: Sequence[str]) -> int:
@@ -69,3 +82,30 @@ def run_plan(argv: Sequence[str]) -> int:
         print(f"python -m distill plan: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rank_prefix() -> str:
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] " if rank not in (None, "0") else ""
+
+
+def _cache_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m distill cache-teacher",
+                                     description="Run the teacher once over every sample, plain and mirrored.")
+    parser.add_argument("--teacher", required=True, help="teacher spec: hf:<repo>, a file or directory, a run dir")
+    parser.add_argument("--network", default=None, help="backbone name for a bare state dict (arcface_torch .pth)")
+    parser.add_argument("--shards", required=True, help="a directory written by `python -m convert`")
+    parser.add_argument("--out", required=True, help="the cache directory (created; an existing one is resumed)")
+    parser.add_argument("--batch-size", type=int, default=256, help="teacher batch size (default 256)")
+    parser.add_argument("--chunk", type=int, default=4096,
+                        help="samples per resume unit (default 4096; a resumed cache keeps its own)")
+    parser.add_argument("--device", default="auto", help="auto (the rank's GPU, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the teacher's precision, as train.precision (auto: bf16 on CUDA, fp32 on the CPU); "
+                             "recorded in the manifest")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--chunk", args.chunk)):
+        if value < 1:
+            parser.error(f"{flag}: expected >= 1, found {value}")
+    return args

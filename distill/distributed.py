@@ -1,4 +1,5 @@
-"""Process-group setup from torchrun's environment (or a single process without it), and teardown."""
+"""The ranks: process-group setup from torchrun's environment (or a single process without it), teardown,
+and the few collectives the loop and the head use."""
 from __future__ import annotations
 
 import os
@@ -71,6 +72,38 @@ def all_mean(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= ctx.world_size
     return values
+
+
+def world_size() -> int:
+    """Ranks of the default process group; 1 when torch.distributed is not initialised. For the head,
+    which is called without a DistContext (it also runs outside the loop)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+@torch.no_grad()
+def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For tensors sharing their first dimension (this rank's samples), the concatenation over ranks
+    0..W-1 of each, so every rank holds the same global batch in the same order.
+
+    Every rank holds the same number of rows: the loader gives each rank B samples a step by
+    construction (pipeline.order drops the tail), so no sizes are exchanged (an exchange would cost a
+    host sync per call). Without a process group (or with one rank) the tensors come back unchanged.
+    No autograd: callers gather detached values only."""
+    ws = world_size()
+    if ws == 1:
+        return tensors
+    n = tensors[0].shape[0]
+    for t in tensors[1:]:
+        if t.shape[0] != n:
+            raise ValueError(f"gather_rows: first dimensions differ: {[tuple(x.shape) for x in tensors]}")
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(ws)]
+        dist.all_gather(parts, t.contiguous())
+        out.append(torch.cat(parts))
+    return tuple(out)
 
 
 def gather_objects(ctx: DistContext, obj) -> list:

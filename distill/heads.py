@@ -3,54 +3,41 @@ constructor (`build_head`) and one call (`head(student_emb, labels, teacher_emb,
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from configs import GeomConfig
+
 from .centres import coefficients, update_centres
-from .collective import gather_rows
+from .distributed import gather_rows
 from .margins import MARGINS, clip_norms, norm_scaler
 
 KD_MODES = ("none", "adadistill")
 ALPHA_MODES = ("weighted", "plain")
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """AdaFace KD's geometry-aware margin (the seed's AdaptiveAAdaFace): z_hat gains
-    w_eff * k * ReLU(lambda - cos_st) * lambda, w_eff = w * min(1, epoch_progress / warmup_epochs),
-    so a sample whose student is further from its teacher than the teacher is from its class centre
-    gets a larger (harder) margin, ramped in over the warmup."""
+def geometry_weight(geom: GeomConfig, epoch_progress: float) -> float:
+    """w_eff of AdaFace KD's geometry-aware margin (the AdaptiveAAdaFace head of the AdaFace-KD code):
+    z_hat gains w_eff * k * ReLU(lambda - cos_st) * lambda, w_eff = w * min(1, epoch_progress /
+    warmup_epochs), so a sample whose student is further from its teacher than the teacher is from its
+    class centre gets a larger (harder) margin, ramped in over the warmup."""
+    if geom.warmup_epochs == 0:
+        return float(geom.w)
+    return float(geom.w) * min(1.0, max(0.0, float(epoch_progress)) / geom.warmup_epochs)
 
-    w: float = 1.0
-    k: float = 3.0
-    warmup_epochs: float = 1.0
 
-    def __post_init__(self) -> None:
-        for name in ("w", "k", "warmup_epochs"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"geom.{name} must be a finite number >= 0, found {value!r}")
-
-    def weight(self, epoch_progress: float) -> float:
-        if self.warmup_epochs == 0:
-            return float(self.w)
-        return float(self.w) * min(1.0, max(0.0, float(epoch_progress)) / self.warmup_epochs)
-
-    @staticmethod
-    def parse(value: Geometry | Mapping[str, Any]) -> Geometry:
-        if isinstance(value, Geometry):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"option geom must be None or a mapping with keys w, k, warmup_epochs; found {value!r}")
-        unknown = sorted(set(value) - {"w", "k", "warmup_epochs"})
-        if unknown:
-            raise ValueError(f"option geom: unknown keys {unknown}; known: w, k, warmup_epochs")
-        return Geometry(**value)
+def _geometry(value: GeomConfig | Mapping[str, Any]) -> GeomConfig:
+    if isinstance(value, GeomConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"option geom must be None or a mapping with keys w, k, warmup_epochs; found {value!r}")
+    unknown = sorted(set(value) - {"w", "k", "warmup_epochs"})
+    if unknown:
+        raise ValueError(f"option geom: unknown keys {unknown}; known: w, k, warmup_epochs")
+    return GeomConfig(**value)
 
 
 class Head(nn.Module):
@@ -59,7 +46,7 @@ class Head(nn.Module):
     kd="none": `centres` is an nn.Parameter, trained by the optimizer.
     kd="adadistill": `centres` is a buffer (no gradient, not in `parameters()`) that every training
     call first moves towards this step's teacher embeddings (distill.centres); the logits then use the
-    updated centres, as in the original and the seed.
+    updated centres, as in both original codes (AdaDistill and AdaFace KD).
 
     State changes (centres, AdaFace EMA) happen only in training mode; in eval mode the head computes
     logits from its current state. When torch.distributed runs with several ranks, the state updates
@@ -72,7 +59,7 @@ class Head(nn.Module):
     """
 
     def __init__(self, loss: str, num_classes: int, embedding_size: int, kd: str, margin,
-                 alpha: str, geom: Geometry | None) -> None:
+                 alpha: str, geom: GeomConfig | None) -> None:
         super().__init__()
         self.loss, self.kd, self.margin, self.alpha_mode, self.geom = loss, kd, margin, alpha, geom
         self.num_classes, self.embedding_size = num_classes, embedding_size
@@ -129,7 +116,7 @@ class Head(nn.Module):
             if self.geom is not None:
                 # geom uses the pre-update lambda (the one that weighted alpha), and cos_st.
                 geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
-                shift = self.geom.weight(epoch_progress) * geom
+                shift = geometry_weight(self.geom, epoch_progress) * geom
             z_hat = norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
             stats["margin_scaler"] = z_hat.mean()
         cos = f_s @ F.normalize(self.centres, dim=1).t()  # [B, C]
@@ -197,15 +184,15 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
     if geom is not None:
         if not margin_cls.uses_norms:
             raise ValueError(f"build_head: option geom (the geometry-aware margin) needs loss 'adaface', found {loss!r}")
-        geom = Geometry.parse(geom)
+        geom = _geometry(geom)
     return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
 
 
 def head_from_config(cfg, num_classes: int) -> Head:
-    """The head a run's config (configs.RunConfig) describes, for `num_classes` classes."""
+    """The head a run's config (configs.RunConfig) describes, for `num_classes` classes; a margin left
+    null (distill.m) takes its loss's default."""
     d = cfg.distill
     adaface = d.loss == "adaface"
-    geom = None if d.geom is None else {"w": d.geom.w, "k": d.geom.k, "warmup_epochs": d.geom.warmup_epochs}
     return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
                       kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
-                      h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha, geom=geom)
+                      h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha, geom=d.geom)

@@ -16,6 +16,8 @@ from typing import Callable, ClassVar, Protocol
 
 import torch
 
+from configs.schema import check_margin
+
 # eps of the clamps before acos and of AdaFace's std denominator, as in mk-minchul/AdaFace head.py.
 EPS = 1e-3
 
@@ -43,13 +45,6 @@ def register(name: str):
     return wrap
 
 
-def _check_scale_margin(name: str, s: float, m: float) -> None:
-    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-        raise ValueError(f"{name}: option s must be a finite number > 0, found {s!r}")
-    if not (isinstance(m, (int, float)) and math.isfinite(m) and 0 <= m < math.pi / 2):
-        raise ValueError(f"{name}: option m must be a number in [0, pi/2), found {m!r}")
-
-
 def _with_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """cos with column labels[i] of row i replaced by target[i] (out of place, so autograd sees both)."""
     return cos.scatter(1, labels[:, None], target[:, None])
@@ -66,7 +61,7 @@ class ArcFaceMargin:
     uses_norms: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _check_scale_margin("arcface", self.s, self.m)
+        check_margin("arcface", s=self.s, m=self.m)
 
     def logits(self, cos, labels, z_hat=None):
         target = cos.gather(1, labels[:, None]).squeeze(1)
@@ -87,7 +82,7 @@ class CosFaceMargin:
     uses_norms: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _check_scale_margin("cosface", self.s, self.m)
+        check_margin("cosface", s=self.s, m=self.m)
 
     def logits(self, cos, labels, z_hat=None):
         target = cos.gather(1, labels[:, None]).squeeze(1)
@@ -109,11 +104,7 @@ class AdaFaceMargin:
     uses_norms: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_scale_margin("adaface", self.s, self.m)
-        if not (isinstance(self.h, (int, float)) and math.isfinite(self.h) and self.h >= 0):
-            raise ValueError(f"adaface: option h must be a finite number >= 0, found {self.h!r}")
-        if not (isinstance(self.t_alpha, (int, float)) and 0 < self.t_alpha <= 1):
-            raise ValueError(f"adaface: option t_alpha must be in (0, 1], found {self.t_alpha!r}")
+        check_margin("adaface", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
 
     def logits(self, cos, labels, z_hat=None):
         if z_hat is None:

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from convert.files import write_atomic
 from distill.distributed import DistContext, all_mean
 
 
@@ -91,6 +92,4 @@ def _drop_records_after(path: Path, step: int) -> None:
     lines = path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        write_atomic(path, "".join(line + "\n" for line in kept))

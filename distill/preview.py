@@ -16,9 +16,8 @@ import configs
 import models
 import pipeline
 from configs import ConfigError, RunConfig
-from distill import schedule
 from distill.heads import head_from_config
-from distill.optim import decay_groups
+from distill.optim import decay_groups, plan as make_plan
 
 _FP32 = 4  # bytes
 
@@ -26,7 +25,7 @@ _FP32 = 4  # bytes
 def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: int) -> dict[str, Any]:
     """The plan as one JSON-able dict (see the README's Training section for an example)."""
     steps = pipeline.steps_per_epoch(num_samples, cfg.train.batch_size, world_size)
-    plan = schedule.plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
+    plan = make_plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
     with torch.device("meta"):
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
         head = head_from_config(cfg, num_classes)

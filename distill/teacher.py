@@ -1,45 +1,20 @@
-"""Where the loop's teacher embeddings come from: a frozen teacher resolved from `teacher.spec`.
+"""Where the loop's teacher embeddings come from: the frozen teacher run online, or its cache.
 
-`teacher.spec` is what models.load_teacher understands (hf:<repo>, a local file or directory), or one
-of our own run directories, meaning the backbone of its newest checkpoint. `TeacherSource(batch)` is
-the one call the training step makes for the teacher's embeddings; with `distill.teacher_cache` a
-`teacher_cache.CachedTeacher` stands in for it (same call), and the teacher network is loaded only to
-check the cache's weight hash, then dropped.
+`teacher.spec` is anything models.load_teacher understands (hf:<repo>, a local file or directory, one of
+our run directories). `TeacherSource(batch)` is the one call the training step makes for the teacher's
+embeddings; with `distill.teacher_cache` a `teacher_cache.CachedTeacher` stands in for it (same call),
+and the teacher network is loaded only to check the cache's weight hash, then dropped.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-import configs
 import models
 from configs import RunConfig
-from distill import checkpoint, teacher_cache
-
-
-class TeacherSource:
-    """The frozen teacher, run without autograd; `__call__(batch) -> [B, D]` raw embeddings (float32)."""
-
-    def __init__(self, network: nn.Module, *, device: torch.device, autocast_dtype: Optional[torch.dtype],
-                 channels_last: bool) -> None:
-        self.network = network.to(device).eval().requires_grad_(False)
-        if channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
-        self.device, self.autocast_dtype, self.channels_last = device, autocast_dtype, channels_last
-
-    def __call__(self, batch) -> torch.Tensor:
-        return self.embed(batch.images)
-
-    @torch.no_grad()  # not inference_mode: the head keeps teacher tensors next to autograd tensors
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, D] float32 raw embeddings of normalised images [B, 3, H, W], at the source's precision."""
-        images = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            return self.network(images).float()
+from distill import teacher_cache
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -55,13 +30,39 @@ def precision_name(dtype: Optional[torch.dtype]) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
+class TeacherSource:
+    """The frozen teacher, run without autograd; `__call__(batch) -> [B, D]` raw embeddings (float32)."""
+
+    def __init__(self, network: nn.Module, *, device: torch.device, autocast_dtype: Optional[torch.dtype],
+                 channels_last: bool) -> None:
+        self.network = network.to(device).eval().requires_grad_(False)
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.device, self.autocast_dtype, self.channels_last = device, autocast_dtype, channels_last
+        self.precision = precision_name(autocast_dtype)
+
+    def __call__(self, batch) -> torch.Tensor:
+        return self.embed(batch.images)
+
+    @torch.no_grad()  # not inference_mode: the head keeps teacher tensors next to autograd tensors
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, D] float32 raw embeddings of normalised images [B, 3, H, W], at the source's precision."""
+        images = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            return self.network(images).float()
+
+
+TeacherLike = Union[TeacherSource, teacher_cache.CachedTeacher]
+
+
 def build_source(cfg: RunConfig, device: torch.device, *, autocast_dtype: Optional[torch.dtype],
-                 channels_last: bool) -> Optional[TeacherSource]:
+                 channels_last: bool) -> Optional[TeacherLike]:
     """The teacher for `distill.mode: adadistill` (online, or from the cache), None for `none`; raises
-    models.TeacherLoadError or TeacherCacheError (naming the spec and why) before any training step."""
+    models.CheckpointError or TeacherCacheError (naming the spec and why) before any training step."""
     if cfg.distill.mode == "none":
         return None
-    network = load_network(cfg.teacher.spec, network=cfg.teacher.network)
+    network = models.load_teacher(cfg.teacher.spec, network=cfg.teacher.network)
     if cfg.distill.teacher_cache is not None:
         return open_cache(cfg, network, device)
     return TeacherSource(network, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
@@ -73,7 +74,8 @@ def open_cache(cfg: RunConfig, network: nn.Module, device: torch.device) -> teac
     from this teacher's weights (`network`, loaded once for the hash and then dropped). Raises
     teacher_cache.TeacherCacheError naming both hashes otherwise."""
     path = cfg.distill.teacher_cache
-    extra = {k: v for k, v in configs.to_dict(cfg.data.augment).items() if v}
+    augment = cfg.data.augment
+    extra = {k: getattr(augment, k) for k in ("crop", "low_res", "photometric") if getattr(augment, k)}
     if extra:
         raise teacher_cache.TeacherCacheError(
             f"distill.teacher_cache={path!r}: the cache holds the plain and mirrored view of each sample only, "
@@ -82,28 +84,3 @@ def open_cache(cfg: RunConfig, network: nn.Module, device: torch.device) -> teac
     teacher_cache.check_matches(path, manifest, teacher_sha256=teacher_cache.weights_sha256(network),
                                 teacher_spec=str(cfg.teacher.spec), shards=cfg.data.shards)
     return teacher_cache.CachedTeacher(path, manifest, device)
-
-
-def load_network(spec: str, *, network: Optional[str] = None) -> nn.Module:
-    """A frozen teacher backbone on the CPU, from any teacher spec including our run directories."""
-    run_dir = Path(spec)
-    if not spec.startswith("hf:") and (run_dir / "checkpoints" / "latest").is_file():
-        return _from_run(run_dir)
-    return models.load_teacher(spec, device="cpu", network=network)
-
-
-def _from_run(run_dir: Path) -> nn.Module:
-    try:
-        path = checkpoint.latest(run_dir)
-        state = checkpoint.load(path)
-        model_cfg = state["config"]["model"]
-        net = models.build(model_cfg["name"], embedding_size=int(model_cfg["embedding_size"]))
-        net.load_state_dict(state["student"], strict=True)
-    except (checkpoint.CheckpointError, KeyError, RuntimeError, ValueError) as e:
-        raise models.TeacherLoadError(f"teacher spec {str(run_dir)!r} (a run directory): cannot load its newest "
-                                      f"checkpoint's backbone: {type(e).__name__}: {e}") from e
-    for name, tensor in net.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise models.TeacherLoadError(f"teacher spec {str(run_dir)!r}: {path} holds non-finite values in "
-                                          f"{name}; that run diverged")
-    return net.eval().requires_grad_(False)

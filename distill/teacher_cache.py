@@ -1,8 +1,8 @@
-"""The teacher embedding cache on disk: its manifest, its identity checks, and the loop's cached teacher.
+"""The teacher embedding cache: its format on disk, its build, and its reading by the training loop.
 
 With the flip as the only augmentation, a sample's teacher embedding takes one of two values: that of
-the image (view 0) or of its mirror (view 1). `python -m distill cache-teacher` (distill/cache_build.py)
-computes both once; the loop then reads them by `batch.index` and `batch.flipped`.
+the image (view 0) or of its mirror (view 1). `build` (`python -m distill cache-teacher`) computes both
+once; the loop's `CachedTeacher` then reads them by `batch.index` and `batch.flipped`.
 
 Layout of a cache directory:
   embeddings.npy  float16 [num_samples, 2, D], raw (unnormalised) teacher outputs, row = global sample
@@ -17,6 +17,14 @@ Which hash proves the teacher: the sha256 of the teacher's state dict (see `weig
 file. A spec may be a hub id, a directory or a run directory whose `latest` moves; the weights are what
 the embeddings came from. Checking it costs one load of the teacher on the CPU at start-up (~1 s for an
 IR50), which is cheap next to a training run and never wrong about a renamed or re-saved file.
+
+The build reads every sample exactly once, in key order (the training loader's epochs are shuffled and
+drop a tail), through `pipeline.ShardSamples` (the training decoder and normalisation). The mirrored
+view is `images.flip(3)`: DALI's mirror in training is the same exact permutation of pixels. Work is cut
+into chunks of `chunk` samples (the unit of resume). Under torchrun the chunks still to do are split into
+one contiguous run per rank; each rank writes its rows of the shared memory-mapped file and, after each
+chunk, its own progress file (atomically); after a barrier rank 0 folds the progress into manifest.json.
+A re-run skips every chunk already done.
 """
 from __future__ import annotations
 
@@ -25,11 +33,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
+
+import pipeline
+from convert.files import write_atomic
+from distill import distributed
 
 FORMAT = "adadistill-teacher-cache"
 VERSION = 1
@@ -37,6 +50,7 @@ EMBEDDINGS = "embeddings.npy"
 LABELS = "labels.npy"                            # int64 [num_samples]: for class means
 MANIFEST = "manifest.json"
 PLAIN, MIRRORED = 0, 1
+_PROGRESS = "progress-rank{}.json"
 
 
 class TeacherCacheError(ValueError):
@@ -113,10 +127,7 @@ class CacheManifest:
 
     def save(self, cache: Union[str, os.PathLike]) -> None:
         """Atomic: a reader sees the old manifest or the new one, never half of one."""
-        path = Path(cache) / MANIFEST
-        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_atomic(Path(cache) / MANIFEST, json.dumps(asdict(self), indent=1) + "\n")
 
 
 def merge_ranges(ranges) -> tuple[tuple[int, int], ...]:
@@ -159,6 +170,118 @@ def check_matches(cache: Union[str, os.PathLike], manifest: CacheManifest, *, te
             f"but teacher.spec={teacher_spec!r} has weights sha256 {teacher_sha256}; rebuild the cache with this "
             f"teacher or set teacher.spec to the one it was built from")
 
+
+# --- building the cache -------------------------------------------------------------------------
+
+class OnlineTeacher(Protocol):
+    """What the build runs: distill.teacher.TeacherSource (the loop's online teacher) or the like."""
+
+    network: nn.Module  # its weights are the cache's identity
+    precision: str      # "fp32" or "bf16": recorded in the manifest
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def build(teacher: OnlineTeacher, teacher_spec: str, shards: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+          ctx: distributed.DistContext, device: torch.device, batch_size: int = 256, chunk: int = 4096,
+          progress: bool = True, stop_after: Optional[int] = None) -> CacheManifest:
+    """Build or finish the cache at `out` with `teacher` (spec `teacher_spec`, recorded only; the hash of
+    its weights is the cache's identity); returns its manifest. `stop_after` (tests) ends this rank's
+    pass after that many chunks, as an interruption would."""
+    if batch_size < 1 or chunk < 1:
+        raise ValueError(f"--batch-size and --chunk: expected >= 1, found {batch_size}, {chunk}")
+    samples = pipeline.ShardSamples(shards)
+    dim = int(teacher.embed(torch.zeros(1, 3, samples.image_size, samples.image_size, device=device)).shape[1])
+    wanted = CacheManifest(teacher_spec=teacher_spec, teacher_sha256=weights_sha256(teacher.network),
+                           shards=str(shards), shards_sha256=shards_sha256(shards), num_samples=samples.num_samples,
+                           embedding_size=dim, chunk=chunk, precision=teacher.precision)
+    cache = Path(out)
+    if ctx.is_main:
+        _prepare(cache, wanted)
+    distributed.barrier(ctx)
+    manifest = CacheManifest.load(cache)
+    emb = open_embeddings(cache, manifest, mode="r+")
+    labels = np.load(cache / LABELS, mmap_mode="r+")
+    todo = [c for c in _chunks(manifest) if not _covered(c, manifest.done)]
+    mine = [tuple(c) for c in np.array_split(np.array(todo, dtype=np.int64).reshape(-1, 2), ctx.world_size)[ctx.rank]]
+    done: list[tuple[int, int]] = []
+    bar = tqdm(total=sum(b - a for a, b in mine), unit="img", desc=f"teacher cache (rank {ctx.rank})",
+               disable=not (progress and ctx.is_main))
+    for start, stop in mine:
+        if stop_after is not None and len(done) >= stop_after:
+            break
+        keys = np.arange(start, stop, dtype=np.int64)
+        emb[start:stop, PLAIN], emb[start:stop, MIRRORED] = _embed(teacher, samples, keys, batch_size, device)
+        labels[start:stop] = samples.labels(keys)
+        emb.flush(), labels.flush()  # the rows are on disk before the progress file says so
+        done.append((start, stop))
+        write_atomic(cache / _PROGRESS.format(ctx.rank), json.dumps({"done": merge_ranges(done)}))
+        bar.update(stop - start)
+    bar.close()
+    if stop_after is not None:
+        return manifest
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        manifest = _fold_progress(cache, CacheManifest.load(cache))
+    distributed.barrier(ctx)
+    return CacheManifest.load(cache)
+
+
+@torch.no_grad()
+def _embed(teacher: OnlineTeacher, samples: pipeline.ShardSamples, keys: np.ndarray, batch_size: int,
+           device: torch.device):
+    """float16 [n, D] plain and mirrored teacher embeddings of the samples `keys`."""
+    images = samples.images(keys, device=device, batch_size=batch_size)
+    plain, mirrored = [], []
+    for x in images.split(batch_size):
+        plain.append(teacher.embed(x).cpu())
+        mirrored.append(teacher.embed(x.flip(3)).cpu())
+    return torch.cat(plain).half().numpy(), torch.cat(mirrored).half().numpy()
+
+
+def _prepare(cache: Path, wanted: CacheManifest) -> None:
+    """Rank 0: start a new cache, or check that the one there is the same job and fold in its progress."""
+    if (cache / "manifest.json").is_file():
+        have = CacheManifest.load(cache)
+        # The chunk size is not identity: a resumed cache keeps the one it was started with.
+        for key in ("teacher_sha256", "shards_sha256", "num_samples", "embedding_size", "precision"):
+            if getattr(have, key) != getattr(wanted, key):
+                raise TeacherCacheError(f"{cache}: holds a cache with {key}={getattr(have, key)!r}, this run would "
+                                        f"write {key}={getattr(wanted, key)!r}; use another --out or delete it")
+        _fold_progress(cache, have)
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    np.lib.format.open_memmap(cache / EMBEDDINGS, mode="w+", dtype=np.float16, shape=wanted.shape).flush()
+    np.lib.format.open_memmap(cache / LABELS, mode="w+", dtype=np.int64, shape=(wanted.num_samples,)).flush()
+    wanted.save(cache)  # written last: a manifest means the files it describes exist
+
+
+def _fold_progress(cache: Path, manifest: CacheManifest) -> CacheManifest:
+    ranges = list(manifest.done)
+    files = sorted(cache.glob(_PROGRESS.format("*")))
+    for path in files:
+        try:
+            ranges += [tuple(r) for r in json.loads(path.read_text())["done"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TeacherCacheError(f"{path}: unreadable progress file ({e}); delete it to redo its chunks") from e
+    done = merge_ranges(ranges)
+    folded = CacheManifest(**{**manifest.__dict__, "done": done, "complete": done == ((0, manifest.num_samples),)})
+    folded.save(cache)
+    for path in files:
+        path.unlink()
+    return folded
+
+
+def _chunks(manifest: CacheManifest) -> list[tuple[int, int]]:
+    n, c = manifest.num_samples, manifest.chunk
+    return [(a, min(a + c, n)) for a in range(0, n, c)]
+
+
+def _covered(chunk: tuple[int, int], done: tuple[tuple[int, int], ...]) -> bool:
+    return any(a <= chunk[0] and chunk[1] <= b for a, b in done)
+
+
+# --- reading it in the loop ---------------------------------------------------------------------
 
 class CachedTeacher:
     """Stands in for distill.teacher.TeacherSource: `__call__(batch) -> [B, D]` float32 on the device,

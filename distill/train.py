@@ -1,8 +1,9 @@
 """The training loop: `python -m distill --config CFG [key=value ...]`, with or without torchrun.
 
-main() reads top to bottom: config, distributed setup, data, teacher and student, head (the loss),
-optimizer and schedule, optional resume, the loop, the final save. `train_step` is one step: set the
-lr, teacher embeddings, student forward, head and loss, backward, clip, optimizer step.
+`_train` reads top to bottom: config and ranks, data, the run (teacher, student, head, optimizer and
+schedule: `build_run`), optional resume, the loop, the final save. The loop advances its own position
+and feeds its own meter; `train_step(run, batch, pos)` is one step (set the lr, teacher embeddings,
+student forward, head and loss, backward, clip, optimizer step) and says what happened in a StepResult.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import inspect
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,11 @@ import configs
 import models
 import pipeline
 from configs import RunConfig
-from distill import checkpoint, distributed, rng, schedule, teacher as teachers, teacher_cache, verify
+from convert.files import write_atomic
+from distill import checkpoint, distributed, teacher as teachers, teacher_cache, verify
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
-from distill.optim import build_optimizer, set_lr
+from distill.optim import Plan, build_optimizer, plan as make_plan, set_lr
 
 # Bits of the per-step health flag, OR-ed over ranks in one all-reduce.
 _BAD_LOSS, _BAD_GRAD, _BAD_TEACHER = 1, 2, 4
@@ -45,6 +47,35 @@ class Position:
     skipped_in_a_row: int = 0
 
 
+@dataclass
+class Run:
+    """Everything a training step touches, built once by `build_run`."""
+    cfg: RunConfig
+    ctx: distributed.DistContext
+    student: nn.Module                    # DDP-wrapped when distributed
+    head: nn.Module                       # DDP-wrapped when it has trained parameters (distill.mode: none)
+    teacher: Optional[Callable]           # batch -> [B, D] teacher embeddings (online or cached); None: no KD
+    optimizer: torch.optim.Optimizer
+    plan: Plan
+    autocast_dtype: Optional[torch.dtype]  # None: fp32
+
+    @property
+    def student_module(self) -> nn.Module:
+        return _unwrap(self.student)
+
+    @property
+    def head_module(self) -> nn.Module:
+        return _unwrap(self.head)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: torch.Tensor
+    stats: dict                           # the head's cos_st, alpha, margin_scaler (tensors or None)
+    grad_norm: torch.Tensor               # the student's, before clipping
+    bad: int                              # 0: the update was applied; else the _BAD_* bits, on some rank
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Position:
     args = _parse_args(argv)
     cfg = configs.load(args.config, args.overrides)
@@ -59,42 +90,25 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     out = Path(cfg.output)
     resume_from = checkpoint.resolve_resume(cfg.resume, out)
     verify.check_targets(cfg.eval.targets)
-    autocast_dtype = teachers.autocast_dtype(cfg.train.precision, ctx.device)
-    channels_last = cfg.train.channels_last
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
     first = _loader(cfg, ctx, epoch=0, step=0)
-    plan = schedule.plan(cfg.train, world_size=ctx.world_size, steps_per_epoch=len(first))
-
-    # Teacher (frozen, or its cache; fails here, before any step) and student, identically initialised on every rank.
-    teacher = teachers.build_source(cfg, ctx.device, autocast_dtype=autocast_dtype, channels_last=channels_last)
-    rng.seed_all(cfg.seed)
-    student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-
-    # Head: margin, class centres (AdaDistill: teacher-driven buffers; none: trained weights).
-    head = _build_head(cfg, first.num_classes).to(ctx.device)
-    distributed.broadcast_state(ctx, head)
-
-    optimizer = build_optimizer([student, head], cfg.train, lr=plan.lr_at(0))
+    run = build_run(cfg, ctx, num_classes=first.num_classes, steps_per_epoch=len(first))
+    plan = run.plan
 
     pos = Position()
     if resume_from is not None:
-        pos = _restore(resume_from, student, head, optimizer, ctx)
+        pos = _restore(resume_from, run)
     else:
-        rng.seed_all(cfg.seed + ctx.rank)  # per-rank streams (dropout) from here on
+        checkpoint.seed_all(cfg.seed + ctx.rank)  # per-rank streams (dropout) from here on
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(out / "config.yaml", configs.dump(cfg))
-    ddp_student = _wrap(student, ctx, sync_buffers=True)
-    ddp_head = _wrap(head, ctx, sync_buffers=False) if any(p.requires_grad for p in head.parameters()) else head
+        write_atomic(out / "config.yaml", configs.dump(cfg))
 
     log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
-    if isinstance(teacher, teacher_cache.CachedTeacher):
-        log.message(teacher.precision_note(teachers.precision_name(autocast_dtype)))
+    if isinstance(run.teacher, teacher_cache.CachedTeacher):
+        log.message(run.teacher.precision_note(teachers.precision_name(run.autocast_dtype)))
     meter = Meter(ctx.device)
     last_saved = pos.step if resume_from is not None else -1
     loader = first if pos.epoch == 0 and pos.epoch_step == 0 else None
@@ -109,23 +123,36 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
                 if batch is None:
                     break
                 meter.wait += time.perf_counter() - waited
-                train_step(batch, ddp_student, ddp_head, teacher, optimizer, plan, pos, meter, cfg, ctx,
-                           autocast_dtype, channels_last)
+
+                result = train_step(run, batch, pos)
+                if result.bad:
+                    pos.skipped += 1
+                    pos.skipped_in_a_row += 1
+                    if pos.skipped_in_a_row >= cfg.train.max_nonfinite:
+                        raise TrainingDiverged(_diverged_message(cfg, plan, pos, result.bad))
+                else:
+                    pos.skipped_in_a_row = 0
+                    meter.add(result.loss, result.stats)
+                meter.grad_norm = float("nan") if result.bad else result.grad_norm
+                meter.steps += 1
+                pos.step += 1
+                pos.epoch_step += 1
+
                 if pos.step % cfg.train.log_every == 0:
-                    _log(log, meter, ctx, plan, pos, optimizer)
+                    _log(log, meter, run, pos)
                 log.tick()
                 if pos.step % cfg.train.checkpoint_every == 0 and pos.epoch_step < plan.steps_per_epoch:
-                    last_saved = _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+                    last_saved = _save(out, run, pos)
             loader = None
             if pos.epoch_step == plan.steps_per_epoch:  # the epoch is complete
                 pos.epoch, pos.epoch_step = pos.epoch + 1, 0
-                last_saved = _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+                last_saved = _save(out, run, pos)
                 if pos.epoch % cfg.eval.every_epochs == 0:
-                    for record in verify.run(ctx, student, cfg.eval, step=pos.step, epoch=pos.epoch):
+                    for record in verify.run(ctx, run.student_module, cfg.eval, step=pos.step, epoch=pos.epoch):
                         log.write(record)
                         log.message(f"epoch {pos.epoch}: {record['target']} accuracy {record['accuracy']:.4f}")
         if last_saved != pos.step:
-            _save(out, cfg, plan, ctx, student, head, optimizer, pos)
+            _save(out, run, pos)
     finally:
         log.close()
     log.message(f"stopped at step {pos.step} (epoch {pos.epoch}); {pos.skipped} non-finite step(s) skipped; "
@@ -133,51 +160,73 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     return pos
 
 
+def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int, steps_per_epoch: int,
+              teacher: Optional[Callable] = None) -> Run:
+    """The teacher (frozen, or its cache: fails here, before any step, when it cannot be loaded), the
+    student (identically initialised on every rank), the head (margin and class centres: AdaDistill's
+    teacher-driven buffers, or trained weights with distill.mode: none), the optimizer and the schedule.
+    `teacher` replaces the one `teacher.spec` names (the benchmark's freshly initialised teacher)."""
+    autocast_dtype = teachers.autocast_dtype(cfg.train.precision, ctx.device)
+    plan = make_plan(cfg.train, world_size=ctx.world_size, steps_per_epoch=steps_per_epoch)
+    if cfg.distill.mode == "none":
+        teacher = None
+    elif teacher is None:
+        teacher = teachers.build_source(cfg, ctx.device, autocast_dtype=autocast_dtype,
+                                        channels_last=cfg.train.channels_last)
+
+    checkpoint.seed_all(cfg.seed)
+    student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
+    if cfg.train.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    head = head_from_config(cfg, num_classes)
+    if cfg.distill.centres_from_cache:  # start at the teacher's class means rather than at noise (a resume overwrites)
+        manifest = teacher_cache.CacheManifest.load(cfg.distill.teacher_cache)
+        with torch.no_grad():
+            head.centres.copy_(teacher_cache.plain_class_means(cfg.distill.teacher_cache, manifest, num_classes))
+    head = head.to(ctx.device)
+    distributed.broadcast_state(ctx, head)
+    optimizer = build_optimizer([student, head], cfg.train, lr=plan.lr_at(0))
+
+    wrapped_head = _wrap(head, ctx, sync_buffers=False) if any(p.requires_grad for p in head.parameters()) else head
+    return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype)
+
+
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the head's margin logits (a module-level function: tests inject NaNs here)."""
     return F.cross_entropy(logits, labels)
 
 
-def train_step(batch, student: nn.Module, head: nn.Module, teacher, optimizer, plan: schedule.Plan,
-               pos: Position, meter: Meter, cfg: RunConfig, ctx: distributed.DistContext,
-               autocast_dtype: Optional[torch.dtype], channels_last: bool) -> None:
-    set_lr(optimizer, plan.lr_at(pos.step))
-    if channels_last:  # one copy per step, shared by the student and the online teacher
+def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
+    """One step at position `pos` (read, not changed: the loop advances it)."""
+    set_lr(run.optimizer, run.plan.lr_at(pos.step))
+    if run.cfg.train.channels_last:  # one copy per step, shared by the student and the online teacher
         batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
-    teacher_emb = teacher(batch) if teacher is not None else None
-    with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        student_emb = student(batch.images)
-    progress = pos.epoch + pos.epoch_step / plan.steps_per_epoch
-    logits, stats = head(student_emb, batch.labels, teacher_emb, progress)
+    teacher_emb = run.teacher(batch) if run.teacher is not None else None
+    with torch.autocast(run.ctx.device.type, dtype=run.autocast_dtype or torch.float32,
+                        enabled=run.autocast_dtype is not None):
+        student_emb = run.student(batch.images)
+    progress = pos.epoch + pos.epoch_step / run.plan.steps_per_epoch
+    logits, stats = run.head(student_emb, batch.labels, teacher_emb, progress)
     loss = compute_loss(logits, batch.labels)
 
     # Backward always runs, so that DDP's all-reduce sees every rank; a non-finite loss or gradient on
     # any rank then skips the update on all of them (one small all-reduce and host sync per step, as
     # GradScaler's inf check does).
-    optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = _clip_student(_unwrap(student), cfg.train.grad_clip)
-    head_grads = [p.grad for p in _unwrap(head).parameters() if p.grad is not None]
+    grad_norm = _clip_student(run.student_module, run.cfg.train.grad_clip)
+    head_grads = [p.grad for p in run.head_module.parameters() if p.grad is not None]
     head_norm = nn.utils.get_total_norm(head_grads) if head_grads else grad_norm.new_zeros(())
     flags = ((~torch.isfinite(loss)).int() * _BAD_LOSS
              | (~torch.isfinite(grad_norm + head_norm)).int() * _BAD_GRAD)
     if teacher_emb is not None:
         flags = flags | (~torch.isfinite(teacher_emb).all()).int() * _BAD_TEACHER
-    bad = distributed.any_bits(ctx, flags)
+    bad = distributed.any_bits(run.ctx, flags)
     if bad:
-        optimizer.zero_grad(set_to_none=True)
-        pos.skipped += 1
-        pos.skipped_in_a_row += 1
-        if pos.skipped_in_a_row >= cfg.train.max_nonfinite:
-            raise TrainingDiverged(_diverged_message(cfg, plan, pos, bad))
+        run.optimizer.zero_grad(set_to_none=True)
     else:
-        optimizer.step()
-        pos.skipped_in_a_row = 0
-        meter.add(loss, stats)
-    meter.grad_norm = float("nan") if bad else grad_norm
-    meter.steps += 1
-    pos.step += 1
-    pos.epoch_step += 1
+        run.optimizer.step()
+    return StepResult(loss.detach(), stats, grad_norm, bad)
 
 
 def _clip_student(student: nn.Module, max_norm: float) -> torch.Tensor:
@@ -188,7 +237,7 @@ def _clip_student(student: nn.Module, max_norm: float) -> torch.Tensor:
     return nn.utils.get_total_norm([p.grad for p in student.parameters() if p.grad is not None])
 
 
-def _diverged_message(cfg: RunConfig, plan: schedule.Plan, pos: Position, bad: int) -> str:
+def _diverged_message(cfg: RunConfig, plan: Plan, pos: Position, bad: int) -> str:
     what = [name for bit, name in ((_BAD_LOSS, "loss"), (_BAD_GRAD, "gradients"), (_BAD_TEACHER, "teacher embeddings"))
             if bad & bit]
     return (f"{pos.skipped_in_a_row} non-finite steps in a row (train.max_nonfinite={cfg.train.max_nonfinite}), "
@@ -199,65 +248,55 @@ def _diverged_message(cfg: RunConfig, plan: schedule.Plan, pos: Position, bad: i
             f"(try train.precision=fp32). The last checkpoint in {checkpoint.directory(cfg.output)} is before this.")
 
 
-def _log(log: RunLog, meter: Meter, ctx, plan: schedule.Plan, pos: Position, optimizer) -> None:
-    means = meter.summary(ctx)  # collective: every rank calls it
+def _log(log: RunLog, meter: Meter, run: Run, pos: Position) -> None:
+    means = meter.summary(run.ctx)  # collective: every rank calls it
     elapsed = max(time.perf_counter() - meter.started, 1e-9)
     grad_norm = meter.grad_norm
-    log.write({"step": pos.step, "epoch": round(pos.epoch + pos.epoch_step / plan.steps_per_epoch, 4),
-               "loss": means["loss"], "lr": optimizer.param_groups[0]["lr"],
-               "images_per_s": meter.steps * plan.global_batch / elapsed, "data_wait": meter.wait / elapsed,
+    log.write({"step": pos.step, "epoch": round(pos.epoch + pos.epoch_step / run.plan.steps_per_epoch, 4),
+               "loss": means["loss"], "lr": run.optimizer.param_groups[0]["lr"],
+               "images_per_s": meter.steps * run.plan.global_batch / elapsed, "data_wait": meter.wait / elapsed,
                "grad_norm": float(grad_norm) if torch.is_tensor(grad_norm) else grad_norm,
                "cos_st": means["cos_st"], "alpha": means["alpha"], "margin_scaler": means["margin_scaler"],
                "skipped": pos.skipped})
     meter.reset()
 
 
-def _save(out: Path, cfg: RunConfig, plan: schedule.Plan, ctx, student, head, optimizer, pos: Position) -> int:
+def _save(out: Path, run: Run, pos: Position) -> int:
     """Collective (every rank hands in its RNG state); rank 0 writes the file."""
-    rng_states = distributed.gather_objects(ctx, rng.capture())
-    if ctx.is_main:
+    rng_states = distributed.gather_objects(run.ctx, checkpoint.capture_rng())
+    if run.ctx.is_main:
         checkpoint.save(out, {
-            "student": student.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": plan.state_dict(), "scaler": {}, "step": pos.step, "epoch": pos.epoch,
-            "epoch_step": pos.epoch_step, "rng": rng_states, "config": configs.to_dict(cfg),
-            "skipped": pos.skipped, "world_size": ctx.world_size})
-        checkpoint.prune(out, keep=cfg.train.keep_checkpoints, steps_per_epoch=plan.steps_per_epoch)
-    distributed.barrier(ctx)
+            "student": run.student_module.state_dict(), "head": run.head_module.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.plan.state_dict(), "scaler": {},
+            "step": pos.step, "epoch": pos.epoch, "epoch_step": pos.epoch_step, "rng": rng_states,
+            "config": configs.to_dict(run.cfg), "skipped": pos.skipped, "world_size": run.ctx.world_size})
+        checkpoint.prune(out, keep=run.cfg.train.keep_checkpoints, steps_per_epoch=run.plan.steps_per_epoch)
+    distributed.barrier(run.ctx)
     return pos.step
 
 
-def _restore(path: Path, student, head, optimizer, ctx) -> Position:
+def _restore(path: Path, run: Run) -> Position:
     state = checkpoint.load(path)
     try:
-        student.load_state_dict(state["student"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
+        run.student_module.load_state_dict(state["student"])
+        run.head_module.load_state_dict(state["head"])
+        run.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise checkpoint.CheckpointError(f"{path} does not fit this config (model {state['config']['model']}): "
                                          f"{e}") from e
     states = state["rng"]
-    if len(states) == ctx.world_size:
-        rng.restore(states[ctx.rank])
+    if len(states) == run.ctx.world_size:
+        checkpoint.restore_rng(states[run.ctx.rank])
     else:  # another world size: the data split differs anyway, so exactness is impossible; reseed per rank
-        rng.seed_all(int(state["step"]) * 1000 + ctx.rank)
+        checkpoint.seed_all(int(state["step"]) * 1000 + run.ctx.rank)
     return Position(step=int(state["step"]), epoch=int(state["epoch"]), epoch_step=int(state["epoch_step"]),
                     skipped=int(state.get("skipped", 0)))
 
 
-def _build_head(cfg: RunConfig, num_classes: int) -> nn.Module:
-    d = cfg.distill
-    head = head_from_config(cfg, num_classes)
-    if d.centres_from_cache:  # start at the teacher's class means rather than at noise (a resume overwrites)
-        manifest = teacher_cache.CacheManifest.load(d.teacher_cache)
-        with torch.no_grad():
-            head.centres.copy_(teacher_cache.plain_class_means(d.teacher_cache, manifest, num_classes))
-    return head
-
-
 def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
     return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
-                                 device=ctx.device, seed=cfg.seed, epoch=epoch, step=step,
-                                 augment=configs.to_dict(cfg.data.augment), backend=cfg.data.backend,
+                                 device=ctx.device, seed=cfg.seed, epoch=epoch, step=step, augment=cfg.data.augment,
+                                 backend=cfg.data.backend,
                                  with_flip=cfg.distill.teacher_cache is not None)  # the cache keys on the flip
 
 

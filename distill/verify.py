@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from configs import EvalConfig
-from distill import rng
+from distill.checkpoint import capture_rng, restore_rng
 from distill.distributed import DistContext, barrier
 
 
@@ -26,7 +26,7 @@ def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epo
     if ctx.is_main and cfg.targets:
         from evaluate import verification  # the evaluator is needed only here, on rank 0
 
-        saved = rng.capture()
+        saved = capture_rng()
         was_training = student.training
         try:
             for target in cfg.targets:
@@ -37,7 +37,7 @@ def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epo
                                 "xnorm": result["xnorm"], "pairs": result["pairs"]})
         finally:
             student.train(was_training)
-            rng.restore(saved)
+            restore_rng(saved)
             if ctx.device.type == "cuda":
                 torch.cuda.empty_cache()
     barrier(ctx)

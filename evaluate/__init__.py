@@ -1,7 +1,17 @@
-"""Evaluation: verification sets (.bin, CVLFace arrow), IJB-B/C 1:1 and 1:N, TinyFace; CLI in evaluate.cli.
+"""Evaluation: face verification and identification benchmarks for a backbone; `python -m evaluate`.
 
-Modules: verification (sets, image pass and insightface's metric), ijb (template scores, TAR@FAR),
-ijb_1n, ijb_data, ijb_run, face_align, tinyface, ranking, embed (image pass through
-pipeline.decode_images), checkpoint (backbone from a checkpoint), targets, report, safe_pickle,
-arrow_dataset. Importing this package imports none of them (the training loop picks what it needs).
+Modules, one job each:
+- cli: `python -m evaluate` (one checkpoint) and `python -m evaluate batch` (a folder of them); the
+  backbone comes from models.load_backbone (any checkpoint, run directory or bare state dict);
+  __main__ only calls cli.main.
+- targets: which benchmark sets exist under the data roots, and running one for a model.
+- embed: the image pass, encoded images through pipeline.decode_images and the backbone with its flip.
+- verification: pair sets (insightface .bin, CVLFace arrow) and insightface's 10-fold accuracy metric.
+- ijb: IJB-B/C 1:1 and 1:N (a sub-package; see evaluate.ijb).
+- tinyface: TinyFace identification, CMC over probes against matches plus distractors.
+- ranking: rank-k and TPIR at FPIR over probe x gallery scores (IJB 1:N and TinyFace).
+- readers: the sets' files read as data only (a restricted unpickler, arrow folders, metadata.pt).
+- report: the report as JSON, CSV rows and a printed table.
+
+Importing this package imports none of them (the training loop picks what it needs).
 """

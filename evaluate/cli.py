@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from tqdm import tqdm
 
+import models
+import pipeline
 from evaluate import report as rep
-from evaluate.checkpoint import CheckpointError, load_backbone
-from evaluate.embed import resolve_device
 from evaluate.targets import ALL_TARGETS, DataRoots, plan, run_target
 
 
@@ -59,19 +60,33 @@ def _parser_batch() -> argparse.ArgumentParser:
     return p
 
 
+def _model_section(config: Path) -> dict:
+    """`model.name` and `model.embedding_size` of a YAML run config: the backbone of a bare state dict."""
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise models.CheckpointError(f"{config}: cannot read the config: {err}") from err
+    section = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "name" not in section:
+        raise models.CheckpointError(f"{config}: expected a 'model' section with 'name'")
+    return section
+
+
 def evaluate_checkpoint(path: Path, args) -> dict:
     """Load, run every planned target and return the report (not yet written)."""
-    device = resolve_device(args.device)
+    device = pipeline.resolve_device(args.device)
     roots = DataRoots(args.val_data, args.ijb_root, args.tinyface_root)
     to_run, skipped = plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))
-    loaded = load_backbone(path, config=args.config, network=args.network, device=device)
+    given = _model_section(args.config) if args.config is not None else {}
+    loaded = models.load_backbone(path, network=args.network or given.get("name"),
+                                  embedding_size=given.get("embedding_size"), device=device)
     results = {}
     for target, data in to_run.items():
         t0 = time.perf_counter()
-        results[target] = run_target(loaded.model, target, data, device=device, batch_size=args.batch_size,
+        results[target] = run_target(loaded.net, target, data, device=device, batch_size=args.batch_size,
                                      progress=not args.quiet)
         results[target]["seconds"] = round(time.perf_counter() - t0, 2)
-    return {"checkpoint": str(loaded.path), "network": loaded.network, "embedding_size": loaded.embedding_size,
+    return {"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
             "step": loaded.step, "device": str(device), "results": results, "skipped": skipped,
             "protocols": {"verification": "insightface verification.evaluate (acc); VAL@FAR: largest threshold "
                                           "with training FAR <= 1e-3",
@@ -150,6 +165,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if argv[:1] == ["batch"]:
             return main_batch(argv[1:])
         return main_single(argv)
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
+    except (models.CheckpointError, pipeline.PipelineDeviceError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

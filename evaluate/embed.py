@@ -31,16 +31,21 @@ class Embeddings:
             raise ValueError(f"fused embeddings must be [N, D], found {self.fused.shape}")
 
 
-def resolve_device(device) -> torch.device:
-    """"auto" means cuda when present, else cpu; anything else is passed to torch.device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def pass_device(model: torch.nn.Module, device=None) -> torch.device:
+    """Where the image pass runs: `device` by `pipeline.resolve_device`, or the model's own when None.
+
+    The model must already be there; a model elsewhere is an error that says how to move it.
+    """
+    dev = model_device(model) if device is None else pipeline.resolve_device(device)
+    if model_device(model).type != dev.type:
+        raise ValueError(f"the model is on {model_device(model)} but the image pass was asked to run on {dev}; "
+                         f"move the model first (model.to({str(dev)!r}))")
+    return dev
 
 
 def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], *, total: int,
@@ -83,12 +88,9 @@ def embed_encoded(model: torch.nn.Module, encoded: Sequence[bytes], *, device=No
                   size: int = 112, desc: Optional[str] = None) -> Embeddings:
     """Decode with `pipeline.decode_images` (resized to size x size) and embed with flips.
 
-    device: where to decode and run; None means the model's device. The model must already be there.
+    device: where to decode and run (see `pass_device`); None means the model's device.
     """
-    dev = model_device(model) if device is None else resolve_device(device)
-    if model_device(model).type != dev.type:
-        raise ValueError(f"the model is on {model_device(model)} but the image pass was asked to run on {dev}; "
-                         f"move the model first (model.to({str(dev)!r}))")
+    dev = pass_device(model, device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, found {batch_size}")
     return embed_batches(model, _decoded_batches(encoded, dev, batch_size, size), total=len(encoded), desc=desc)

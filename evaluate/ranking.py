@@ -18,14 +18,15 @@ from typing import Sequence
 import numpy as np
 
 
-def _as_f32(x) -> np.ndarray:
+def as_float32(x) -> np.ndarray:
+    """A numpy or torch array as a C-contiguous float32 numpy array (torch tensors leave their device)."""
     return np.ascontiguousarray(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32))
 
 
 def mate_scores_and_ranks(probe_feats, probe_labels, gallery_feats, gallery_labels, *, chunk: int = 256):
     """Per probe: best mate score (nan when unmated), rank of that mate, best overall score."""
-    p = _as_f32(probe_feats)
-    g = _as_f32(gallery_feats)
+    p = as_float32(probe_feats)
+    g = as_float32(gallery_feats)
     pl = np.asarray(probe_labels)
     gl = np.asarray(gallery_labels)
     if p.ndim != 2 or g.ndim != 2 or p.shape[1] != g.shape[1]:

@@ -1,14 +1,17 @@
-"""Evaluation reports: JSON per checkpoint, flattened CSV rows, and a printed table."""
+"""Evaluation reports: JSON per checkpoint, flattened CSV rows, and a printed table.
+
+Files are written with `convert.files.write_atomic`, so a reader never sees half a report.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from convert.files import write_atomic
 
 
 def _key(k) -> str:
@@ -39,22 +42,8 @@ def flatten(obj, prefix: str = "") -> dict:
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | Path, report: Mapping) -> None:
-    atomic_write_text(path, json.dumps(jsonable(report), indent=2, sort_keys=False) + "\n")
+    write_atomic(path, json.dumps(jsonable(report), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
@@ -66,7 +55,7 @@ def write_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def table(results: Mapping) -> str:

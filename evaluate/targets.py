@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from evaluate import ijb_data, ijb_run, tinyface, verification
+from evaluate import tinyface, verification
+from evaluate.ijb import protocol as ijb_protocol
+from evaluate.ijb import run as ijb_run
 
 TINYFACE_FOLDERS = ("tinyface_aligned_pad_0.1",)
-ALL_TARGETS = (*verification.STANDARD_SETS, *ijb_data.TARGETS, "tinyface")
+ALL_TARGETS = (*verification.STANDARD_SETS, *ijb_protocol.TARGETS, "tinyface")
 
 
 class MissingDataError(FileNotFoundError):
@@ -24,7 +26,7 @@ class DataRoots:
 
 
 def kind(target: str) -> str:
-    if target in ijb_data.TARGETS:
+    if target in ijb_protocol.TARGETS:
         return "ijb"
     if target == "tinyface":
         return "tinyface"
@@ -44,7 +46,7 @@ def locate(target: str, roots: DataRoots) -> tuple[Optional[Path], str]:
     if k == "ijb":
         if roots.ijb_root is None:
             return None, "no --ijb-root given"
-        found = ijb_data.find(roots.ijb_root, target)
+        found = ijb_protocol.find(roots.ijb_root, target)
         return (found, "") if found else (None, f"no {target}_gt_aligned/metadata.pt or {target}/meta under {roots.ijb_root}")
     if roots.tinyface_root is None:
         return None, "no --tinyface-root given"
@@ -89,5 +91,5 @@ def run_target(model, target: str, path: Path, *, device=None, batch_size: int =
         return verification.test(model, verification.load_set(path), device=device, batch_size=batch_size,
                                  progress=progress)
     if k == "ijb":
-        return ijb_run.run(model, ijb_data.load(path, target), device=device, batch_size=batch_size, progress=progress)
+        return ijb_run.run(model, ijb_protocol.load(path, target), device=device, batch_size=batch_size, progress=progress)
     return tinyface.run(model, tinyface.load_tinyface(path), device=device, batch_size=batch_size, progress=progress)

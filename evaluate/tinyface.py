@@ -14,15 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
-from evaluate.arrow_dataset import image_column_bytes, load_metadata, read_dataset_folder
-from evaluate.ranking import identification
+from evaluate.ranking import as_float32, identification
+from evaluate.readers import load_metadata, read_image_folder
 
 DISTRACTOR_LABEL = -100
 DEFAULT_RANKS = (1, 5, 20)
 
 
 def _l2(x) -> np.ndarray:
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    x = as_float32(x)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -66,12 +66,9 @@ class TinyFaceSet:
 def load_tinyface(folder: str | Path) -> TinyFaceSet:
     """CVLFace's `tinyface_aligned_pad_0.1` folder: arrow (image, index, path) + metadata.pt."""
     folder = Path(folder)
-    table = read_dataset_folder(folder, columns=("image", "index", "path"))
+    table, order, images = read_image_folder(folder, columns=("path",))
     meta = load_metadata(folder / "metadata.pt")
-    order = np.argsort(np.asarray(table.column("index").to_numpy()), kind="stable")
-    images = image_column_bytes(table.column("image"), source=folder)
     paths = table.column("path").to_pylist()
-    images = tuple(images[i] for i in order)
     paths = [paths[i] for i in order]
     row_of = {}
     for i, p in enumerate(paths):

@@ -23,8 +23,7 @@ import numpy as np
 import sklearn.preprocessing
 from sklearn.model_selection import KFold
 
-from evaluate.arrow_dataset import read_dataset_folder, image_column_bytes
-from evaluate.safe_pickle import load_restricted
+from evaluate.readers import load_restricted, read_image_folder
 
 # Identical to insightface's np.arange calls: the grid values must match bit for bit.
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -55,7 +54,7 @@ class VerificationSet:
 def load_bin(path: str | Path) -> VerificationSet:
     """Read an insightface `.bin` verification set (a pickle of (bins, issame_list)).
 
-    The pickle is read with a data-only unpickler (see `evaluate.safe_pickle`); Python 2 strings
+    The pickle is read with a data-only unpickler (see `evaluate.readers`); Python 2 strings
     come back as bytes, which is what insightface's `encoding="bytes"` fallback does.
     """
     path = Path(path)
@@ -86,16 +85,14 @@ def load_arrow_set(folder: str | Path) -> VerificationSet:
     (CVLFace's `is_same[::2]`).
     """
     folder = Path(folder)
-    table = read_dataset_folder(folder, columns=("image", "index", "is_same"))
-    order = np.argsort(np.asarray(table.column("index").to_numpy()), kind="stable")
-    images = image_column_bytes(table.column("image"), source=folder)
+    table, order, images = read_image_folder(folder, columns=("is_same",))
     is_same = np.asarray(table.column("is_same").to_numpy(zero_copy_only=False), dtype=bool)[order]
     if len(images) % 2:
         raise ValueError(f"{folder}: a pair set needs an even number of rows, found {len(images)}")
     if not np.array_equal(is_same[0::2], is_same[1::2]):
         bad = int(np.flatnonzero(is_same[0::2] != is_same[1::2])[0])
         raise ValueError(f"{folder}: rows {2 * bad} and {2 * bad + 1} form a pair but disagree on is_same")
-    return VerificationSet(name=folder.name, images=tuple(images[i] for i in order), issame=is_same[0::2])
+    return VerificationSet(name=folder.name, images=images, issame=is_same[0::2])
 
 
 def load_set(path: str | Path) -> VerificationSet:

@@ -1,11 +1,22 @@
-"""Backbones by name (`build`, `names`) and frozen teachers from the hub or local files (`load_teacher`).
+"""Backbones by name, and the one path from weights to a backbone.
+
+Modules:
+  registry.py       `build(name, embedding_size)`, `names()`, `register`; the shared kaiming initialisation
+  iresnet.py        insightface's iresnet18/34/50/100 (arcface_torch key names) and the narrow iresnet_s
+  mobilefacenet.py  AdaDistill's MobileFaceNet and the narrow mobilefacenet_s
+  ir.py             CVLFace's IR family (ir18/50/101) with its checkpoints' key names
+  hub.py            fetch a CVLFace repository from the Hugging Face hub (weights and description only)
+  weights.py        read weights and their description from any file or folder, running no code;
+                    `newest_checkpoint`, the one reader of a run's `checkpoints/latest`
+  loading.py        `load_backbone(spec)`: weights -> a strictly loaded, frozen, RGB-fed net (teacher,
+                    teacher cache and evaluator alike); `load_teacher(spec)` is its net
 
 Every backbone takes RGB [B,3,112,112] in [-1,1] and returns the raw (unnormalised) embedding [B,D].
 """
 from . import ir, iresnet, mobilefacenet  # noqa: F401  (importing a module registers its builders)
-from .errors import TeacherLoadError
+from .loading import FrozenNet, LoadedBackbone, Spec, load_backbone, load_teacher
 from .registry import UnknownModelError, build, names, register
-from .teacher import Teacher, TeacherSpec, load_teacher
+from .weights import CHECKPOINTS_DIR, LATEST, CheckpointError, newest_checkpoint
 
-__all__ = ["Teacher", "TeacherLoadError", "TeacherSpec", "UnknownModelError", "build", "load_teacher", "names",
-           "register"]
+__all__ = ["CHECKPOINTS_DIR", "LATEST", "CheckpointError", "FrozenNet", "LoadedBackbone", "Spec", "UnknownModelError",
+           "build", "load_backbone", "load_teacher", "names", "newest_checkpoint", "register"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import TeacherLoadError
+from .weights import CheckpointError
 
 # Only what the loader reads. CVLFace repositories also ship wrapper.py, models/*.py and
 # pretrained_model/model.pt (the same weights again); none of it is fetched, and no code is run.
@@ -29,7 +29,7 @@ def snapshot(spec: str, repo_id: str, revision: Optional[str]) -> Path:
     try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(ALLOW_PATTERNS))
     except Exception as error:  # any failure of the hub client: re-raised as the one loader error
-        raise TeacherLoadError(
-            f"teacher {spec!r}: could not fetch {repo_id}@{revision or 'main'} from the Hugging Face hub "
+        raise CheckpointError(
+            f"{spec!r}: could not fetch {repo_id}@{revision or 'main'} from the Hugging Face hub "
             f"({type(error).__name__}: {error}); {download_hint(repo_id, revision)}") from error
     return Path(folder)

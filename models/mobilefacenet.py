@@ -13,8 +13,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .init import kaiming_fan_out_
-from .registry import register
+from .registry import kaiming_fan_out_, register
 
 Pair = Tuple[int, int]
 

@@ -1,4 +1,5 @@
-"""The backbone registry: a builder per name, looked up by `build(name, embedding_size)`."""
+"""The backbone registry: a builder per name, looked up by `build(name, embedding_size)`; and the weight
+initialisation the builders share."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List
@@ -41,3 +42,16 @@ def build(name: str, embedding_size: int = 512) -> nn.Module:
     if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size <= 0:
         raise ValueError(f"models.build({name!r}): embedding_size must be a positive int, found {embedding_size!r}")
     return _BUILDERS[name](embedding_size)
+
+
+def kaiming_fan_out_(model: nn.Module) -> None:
+    """Kaiming normal (fan_out) for conv and linear weights, zero biases, BatchNorm2d at identity: the
+    initialisation of CVLFace's IR nets and AdaDistill's MobileFaceNet."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

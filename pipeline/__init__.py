@@ -1,14 +1,29 @@
 """Shards to normalized batches on the device: DALI (GPU, or the same graph on CPU), or a torch fallback.
 
-Public API: build_loader, Batch, decode_images, Augment. The only package that imports DALI.
+Public API: build_loader, Batch, ShardSamples, decode_images, Augment, steps_per_epoch, resolve_device,
+cpu_threads. The only package that imports DALI.
+
+Modules:
+  loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
+                   samples by key, decoded as training sees them)
+  shard_index.py   where every sample's bytes and label live: the manifest, the .idx files, mmap'd reads
+  order.py         the order of an epoch: a function of (seed, epoch), split over ranks, tail dropped
+  augment.py       AdaFace's optional augmentations and their per-sample parameters
+  dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
+  dali_loader.py   the DALI backend: external source fed in the exact order, zero-copy to torch
+  torch_loader.py  the torch backend (no DALI): DataLoader workers, libjpeg-turbo decode, same order
+  decode.py        decode_images: encoded images to a normalised batch (the evaluator's, the cache's)
+  batch.py         the Batch contract
+  device.py        the device argument resolved, and the cores a rank may use
 """
 from pipeline.augment import Augment, UnknownAugmentationError
 from pipeline.batch import Batch
 from pipeline.decode import decode_images
-from pipeline.device import PipelineDeviceError, resolve_device
-from pipeline.loader import build_loader
+from pipeline.device import PipelineDeviceError, cpu_threads, resolve_device
+from pipeline.loader import ShardSamples, build_loader
 from pipeline.order import BatchSizeError, steps_per_epoch
 from pipeline.shard_index import ShardError
 
-__all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError",
-           "UnknownAugmentationError", "build_loader", "decode_images", "resolve_device", "steps_per_epoch"]
+__all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError", "ShardSamples",
+           "UnknownAugmentationError", "build_loader", "cpu_threads", "decode_images", "resolve_device",
+           "steps_per_epoch"]

@@ -16,6 +16,8 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from configs import AugmentConfig
+
 # AdaFace's ranges (their `augmenter.py`): RandomResizedCrop scale and ratio, downscale ratio, jitter.
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (0.75, 4.0 / 3.0)
@@ -27,23 +29,9 @@ class UnknownAugmentationError(ValueError):
     """An augmentation name that this pipeline does not offer."""
 
 
-@dataclass(frozen=True)
-class Augment:
-    """Probability that each augmentation is applied to a sample (0 = off)."""
-
-    crop: float = 0.0
-    low_res: float = 0.0
-    photometric: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            p = getattr(self, f.name)
-            if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-                raise ValueError(f"augment.{f.name}: expected a probability in [0, 1], found {p!r}")
-
-    @property
-    def any(self) -> bool:
-        return self.crop > 0 or self.low_res > 0 or self.photometric > 0
+# The probability that each augmentation is applied to a sample (0 = off): the run config's own section
+# type, taken as it is (one type, validated once, when the config or the mapping is read).
+Augment = AugmentConfig
 
 
 def parse_augment(augment: Union[None, Augment, Mapping[str, float]]) -> Augment:

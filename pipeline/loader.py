@@ -1,4 +1,5 @@
-"""build_loader: the one entry point from a shards directory to an epoch of Batches on the device."""
+"""The entry points from a shards directory: `build_loader` (an epoch of Batches on the device) and
+`ShardSamples` (any samples by key, for tables kept beside the shards such as the teacher cache)."""
 from __future__ import annotations
 
 import os
@@ -7,12 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Union
 
+import numpy as np
 import torch
 
 from pipeline.augment import Augment, parse_augment
 from pipeline.device import resolve_device
 from pipeline.order import plan_epoch
-from pipeline.shard_index import MANIFEST_NAME, ShardIndex
+from pipeline.decode import decode_images
+from pipeline.shard_index import MANIFEST_NAME, ShardIndex, ShardReader
 
 BACKENDS = ("auto", "dali", "torch")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -49,7 +52,7 @@ def _pick_backend(backend: str) -> str:
             raise ImportError(f"backend='dali': DALI cannot be imported ({err}); install nvidia-dali-cuda120 "
                               f"or pass backend='torch'") from err
         warnings.warn(f"pipeline: DALI cannot be imported ({err}); falling back to the torch backend "
-                      f"(webdataset shards, DataLoader workers, libjpeg-turbo decode)", RuntimeWarning, stacklevel=3)
+                      f"(DataLoader workers, libjpeg-turbo decode)", RuntimeWarning, stacklevel=3)
         return "torch"
     return "dali"
 
@@ -84,3 +87,37 @@ def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int 
     from pipeline.torch_loader import TorchLoader
 
     return TorchLoader(index, plan, **common)
+
+
+class ShardSamples:
+    """Random access to every sample of a shards directory by its global key (0..num_samples-1), decoded
+    and normalised as training sees them: what builds a per-sample table beside the shards."""
+
+    def __init__(self, shards: Union[str, os.PathLike]) -> None:
+        self._index = open_index(shards)  # parsed once per process, as the loader does
+        self._reader = ShardReader(self._index)
+        self.num_samples, self.num_classes = self._index.num_samples, self._index.num_classes
+        self.image_size, self.encoding = self._index.image_size, self._index.encoding
+
+    @property
+    def mean_member_bytes(self) -> float:
+        """The mean size of a sample's stored image (its JPEG, or its raw pixels)."""
+        return float(self._index.table[:, 1].mean())
+
+    def labels(self, keys: np.ndarray) -> np.ndarray:
+        """int64 [len(keys)]: each sample's label."""
+        return self._reader.labels(keys)
+
+    def encoded(self, keys: np.ndarray) -> list[np.ndarray]:
+        """Each sample's stored image bytes (JPEG, or raw HWC pixels), zero-copy views of the mapped tars."""
+        return self._reader.images(keys)
+
+    def images(self, keys: np.ndarray, *, device: Union[str, torch.device] = "auto",
+               batch_size: int = 256) -> torch.Tensor:
+        """float32 [len(keys), 3, S, S], RGB, (x - 127.5) / 127.5 on `device`: JPEG shards decoded by
+        `decode_images` (the training loader's DALI decoder), raw shards only normalised."""
+        views = self.encoded(keys)
+        if self.encoding == "raw":  # HWC uint8 pixels: nothing to decode
+            pixels = torch.from_numpy(np.stack(views)).to(resolve_device(device))
+            return pixels.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
+        return decode_images(views, size=self.image_size, device=device, batch_size=batch_size)

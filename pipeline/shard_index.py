@@ -17,20 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-MANIFEST_NAME = "manifest.json"
-ENCODINGS = {"jpg": "jpeg", "raw": "raw"}  # member extension -> encoding
+from convert.manifest import ENCODINGS, MANIFEST_NAME, Manifest
 
 
 class ShardError(RuntimeError):
     """The shards directory does not hold what its manifest promises."""
 
 
-def load_manifest(shards: Path) -> Any:
+def load_manifest(shards: Path) -> Manifest:
     """The converter's manifest (convert.manifest.Manifest), or an error naming the directory."""
     if not (shards / MANIFEST_NAME).is_file():
         raise ShardError(f"{shards}: no {MANIFEST_NAME}; is this a directory written by `python -m convert`?")
-    from convert.manifest import Manifest  # upstream package; imported late so `import pipeline` stays light
-
     return Manifest.load(shards)
 
 

@@ -5,8 +5,9 @@ written and fsync-ed, as the converter fsyncs every shard and the manifest, so b
 durability; both read the source from the page cache after the warm-up.
 
 A third contender times the converter's first pass alone (`convert.validation.validate_source`: every
-image decoded once, as issue 2 requires, in one process per core): no conversion can run faster than
-it, so its ratio to the copy is the best that convert_rec could reach against the copy on this machine.
+image decoded once, as the converter must to validate it, in one process per core): no conversion can run
+faster than it, so its ratio to the copy is the best that convert_rec could reach against the copy on this
+machine.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bench.harness import Contender, Pair, compare, measure, timed
 from bench.settings import Settings
 from bench.stages.registry import register
 
-GOAL = 1 / 3  # issue 7: conversion at a third of copy speed or better
+GOAL = 1 / 3  # the project's target: conversion at a third of copy speed or better
 
 
 def _convert(data: BenchData, out, workers: int) -> int:

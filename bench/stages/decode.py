@@ -19,17 +19,16 @@ from bench.stages.registry import register
 def shard_jpegs(data: BenchData) -> list:
     """Every image's JPEG bytes, in key order."""
     import numpy as np
-    from pipeline.loader import open_index
-    from pipeline.shard_index import ShardReader
+    import pipeline
 
-    index = open_index(data.jpeg_shards)
-    return [v.tobytes() for v in ShardReader(index).images(np.arange(index.num_samples))]
+    samples = pipeline.ShardSamples(data.jpeg_shards)
+    return [v.tobytes() for v in samples.encoded(np.arange(samples.num_samples))]
 
 
 def ceiling_processes() -> int:
-    from pipeline.device import cpu_threads  # the cores this process may use (affinity aware)
+    import pipeline
 
-    return cpu_threads()
+    return pipeline.cpu_threads()  # the cores this process may use (affinity aware)
 
 
 def _decode_images(jpegs: list, settings: Settings) -> Sample:

@@ -1,6 +1,6 @@
 """Stage read: every sample's bytes out of the shards (no decode), against the same images out of the .rec.
 
-Shards are read as the pipeline reads them (pipeline.shard_index.ShardReader over the memory-mapped
+Shards are read as the pipeline reads them (pipeline.ShardSamples over the memory-mapped
 tars, located by the DALI .idx files, image and label per sample), the .rec as insightface reads it
 (convert.recordio.RecordReader, one record by key, header unpacked). Both visit their samples in a
 seeded random order (a training epoch's access pattern) and copy each image's bytes out, so that the
@@ -21,23 +21,20 @@ CHUNK = 256  # keys per ShardReader call: a batch, as the loader asks for them
 
 
 def _read_shards(data: BenchData, seed: int) -> int:
-    from pipeline.loader import open_index
-    from pipeline.shard_index import ShardReader
+    import pipeline
 
-    index = open_index(data.jpeg_shards)  # parsed once per process, as the loader does
-    reader = ShardReader(index)
-    order = np.random.default_rng(seed).permutation(index.num_samples)
+    samples = pipeline.ShardSamples(data.jpeg_shards)
+    order = np.random.default_rng(seed).permutation(samples.num_samples)
     for start in range(0, len(order), CHUNK):
         keys = order[start:start + CHUNK]
-        reader.labels(keys)
-        for view in reader.images(keys):
+        samples.labels(keys)
+        for view in samples.encoded(keys):
             view.tobytes()
-    return index.num_samples
+    return samples.num_samples
 
 
 def _read_rec(data: BenchData, seed: int) -> int:
-    from bench.baseline_loader import image_keys
-    from convert.recordio import RecordReader, unpack
+    from convert.recordio import RecordReader, image_keys, unpack
 
     with RecordReader(data.rec, data.idx) as reader:
         keys = image_keys(reader)
@@ -51,7 +48,7 @@ def _read_rec(data: BenchData, seed: int) -> int:
 def run(settings: Settings, data: BenchData) -> list:
     rounds, rec_rounds = itertools.count(), itertools.count()  # a new order every round, alike for both
     contenders = [
-        Contender("shards", "pipeline ShardReader: mmap'd tars by .idx offset, image + label, random order",
+        Contender("shards", "pipeline.ShardSamples: mmap'd tars by .idx offset, image + label, random order",
                   timed(lambda: _read_shards(data, next(rounds)))),
         Contender("rec", "convert.recordio.RecordReader: .rec by .idx key, unpack, random order",
                   timed(lambda: _read_rec(data, next(rec_rounds)))),

@@ -1,11 +1,12 @@
-"""Stage step: the distillation step fed by the pipeline, against the seed-style step, with the data wait.
+"""Stage step: the distillation step fed by the pipeline, against the reference step, with the data wait.
 
 Every variant runs `distill.train.train_step` (student forward+backward through the AdaDistill margin
 head, teacher forward) for `--step-steps` timed steps per round, after one untimed step. They differ in
 where batches come from (the project's loader, or the insightface-style baseline), where the teacher's
-embeddings come from (the online teacher, or its embedding cache: issue 8's step_cache, whose cache is
-built untimed before the rounds), and how the step runs (the loop's device defaults, or the seed's fp32 eager).
-The data wait is the fraction of a round spent in `next(batches)`.
+embeddings come from (the online teacher, or its embedding cache: step_cache, whose cache is built untimed
+before the rounds), and how the step runs (the loop's device defaults, or fp32 eager as the original
+research code runs it). reference_step is that original step: fp32, eager, online teacher, fed by the
+insightface-style loader. The data wait is the fraction of a round spent in `next(batches)`.
 """
 from __future__ import annotations
 
@@ -26,28 +27,28 @@ from bench.step_rig import StepOptions, StepRig, cached_teacher, online_teacher
 
 @dataclass(frozen=True)
 class StepVariant:
-    """loader: "pipeline" or "baseline"; teacher: a TEACHERS key; seed_style: fp32 eager instead of the
-    loop's defaults on the device."""
+    """loader: "pipeline" or "baseline"; teacher: a TEACHERS key; reference_options: fp32 eager, as the
+    original research code runs the step, instead of the loop's defaults on the device."""
 
     name: str
     description: str
     loader: str
     teacher: str
-    seed_style: bool
+    reference_options: bool
 
 
 VARIANTS = (
     StepVariant("step", "train_step fed by pipeline.build_loader (DALI), online teacher, loop defaults",
-                loader="pipeline", teacher="online", seed_style=False),
-    StepVariant("seed_step", "train_step fed by the insightface-style loader, online teacher, fp32 eager",
-                loader="baseline", teacher="online", seed_style=True),
+                loader="pipeline", teacher="online", reference_options=False),
+    StepVariant("reference_step", "train_step fed by the insightface-style loader, online teacher, fp32 eager",
+                loader="baseline", teacher="online", reference_options=True),
     StepVariant("step_cache", "train_step fed by pipeline.build_loader (DALI, with_flip), teacher embeddings "
                 "from the cache (distill.teacher_cache), loop defaults", loader="pipeline", teacher="cache",
-                seed_style=False),
+                reference_options=False),
 )
 # pipeline_supply vs step: the loader's img/s alone over the step's consumption (> 1: the data keeps up).
-# step_cache vs step: the same step without the teacher's forward pass (issue 8; goal >= 3x).
-PAIRS = (Pair("step", "seed_step"), Pair("pipeline_supply", "step"), Pair("step_cache", "step", goal=3.0))
+# step_cache vs step: the same step without the teacher's forward pass (goal >= 3x).
+PAIRS = (Pair("step", "reference_step"), Pair("pipeline_supply", "step"), Pair("step_cache", "step", goal=3.0))
 
 # teacher kind -> (settings, data, device, options) -> callable(batch) -> [B, D] teacher embeddings
 TEACHERS: Dict[str, Callable] = {
@@ -78,7 +79,7 @@ def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = Fal
                             workers=settings.workers, pin_memory=device.type == "cuda")
 
     def batches():
-        for images, labels, keys in loaders():  # as the seed's loop: .to(device) of each batch
+        for images, labels, keys in loaders():  # as the original training loop: .to(device) of each batch
             yield pipeline.Batch(images=images.to(device, non_blocking=True), labels=labels.to(device),
                                  index=keys.to(device))
 
@@ -112,7 +113,7 @@ def _supply(data: BenchData, settings: Settings) -> Contender:
 
 def _contender(variant: StepVariant, settings: Settings, data: BenchData) -> Contender:
     device = torch.device(settings.device)
-    options = StepOptions.seed_style() if variant.seed_style else StepOptions.project_default(device)
+    options = StepOptions.reference() if variant.reference_options else StepOptions.project_default(device)
     teacher = TEACHERS[variant.teacher](settings, data, device, options)
     rig = StepRig(student=settings.student, num_classes=data.classes, batch_size=settings.step_batch_size,
                   steps_per_epoch=data.images // settings.step_batch_size, device=device, options=options,

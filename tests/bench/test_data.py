@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from bench import data as bench_data
-from bench.baseline_loader import RecDataset, image_keys
+from bench.baseline_loader import RecDataset
 from bench.settings import BenchError
 from convert import convert_rec
-from convert.recordio import RecordReader, unpack
-from convert.synth import write_synthetic
+from convert.recordio import RecordReader, image_keys, unpack
+from convert.synthetic import write_synthetic
 
 
 def _rec_images(rec, idx):
@@ -16,13 +16,11 @@ def _rec_images(rec, idx):
 
 
 def _shard_images(shards):
-    from pipeline.loader import open_index
-    from pipeline.shard_index import ShardReader
+    import pipeline
 
-    index = open_index(shards)
-    reader = ShardReader(index)
-    keys = np.arange(index.num_samples)
-    return sorted(zip((v.tobytes() for v in reader.images(keys)), reader.labels(keys).tolist()))
+    samples = pipeline.ShardSamples(shards)
+    keys = np.arange(samples.num_samples)
+    return sorted(zip((v.tobytes() for v in samples.encoded(keys)), samples.labels(keys).tolist()))
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_json_holds_every_stage_with_the_documented_keys(quick):
     assert ("pipeline", "pipeline_jpeg", "insightface_baseline") in pairs
     assert ("pipeline", "pipeline_jpeg", "decode_ceiling") in pairs
     assert ("pipeline", "pipeline_raw", "pipeline_jpeg") in pairs
-    assert ("convert", "convert_rec", "copy") in pairs and ("step", "step", "seed_step") in pairs
+    assert ("convert", "convert_rec", "copy") in pairs and ("step", "step", "reference_step") in pairs
     assert ("convert", "validation_pass", "copy") in pairs and ("convert", "convert_rec", "validation_pass") in pairs
     assert ("step", "pipeline_supply", "step") in pairs
     for r in doc["results"]:

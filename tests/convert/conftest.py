@@ -1,7 +1,7 @@
 """Tiny synthetic datasets shared by the convert tests (generated once per session)."""
 import pytest
 
-from convert.synth import write_synthetic
+from convert.synthetic import write_synthetic
 from tests.convert.datasets import IDENTITIES, PER_IDENTITY
 
 

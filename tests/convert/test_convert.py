@@ -9,7 +9,7 @@ import simplejpeg
 from PIL import Image
 
 import convert
-from convert import validation
+from convert import worker_pool
 from convert.manifest import Manifest
 from convert.recordio import RecordReader, unpack
 from tests.convert.datasets import IDENTITIES, PER_IDENTITY, read_shards, tree_bytes
@@ -120,7 +120,7 @@ def test_skip_corrupt_leaves_out_and_lists(synth_folder, tmp_path):
 
 @pytest.mark.parametrize("encoding", ["jpeg", "raw"])
 def test_worker_processes_give_the_same_bytes(synth_rec, tmp_path, monkeypatch, encoding):
-    monkeypatch.setattr(validation, "MIN_PARALLEL_IMAGES", 0)
+    monkeypatch.setattr(worker_pool, "MIN_PARALLEL_IMAGES", 0)
     for name, workers in (("one", 1), ("two", 2)):
         convert.convert_rec(synth_rec, tmp_path / name, encoding=encoding, samples_per_shard=25, workers=workers,
                             progress=False)

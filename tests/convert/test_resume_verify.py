@@ -37,7 +37,8 @@ def test_resume_after_kill_midway_is_byte_identical(synth_rec, tmp_path, monkeyp
         convert.convert_rec(synth_rec, tmp_path / "o", samples_per_shard=8, workers=1, progress=False)
     monkeypatch.undo()
     names = os.listdir(tmp_path / "o")
-    assert "manifest.json" not in names and "train-000003.tar.tmp" in names and "train-000003.tar" not in names
+    assert "manifest.json" not in names and f".train-000003.tar.{os.getpid()}.tmp" in names
+    assert "train-000003.tar" not in names
     state = json.load(open(tmp_path / "o" / converter.STATE_NAME))
     assert sorted(state["shards"]) == [f"train-{k:06d}.tar" for k in range(3)]
 

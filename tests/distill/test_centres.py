@@ -96,7 +96,7 @@ def test_rows_without_samples_stay_untouched():
 
 # ---- two gloo ranks -------------------------------------------------------------------------------
 
-SPLIT = 5  # rank 0 holds samples 0..4, rank 1 the 3 others: uneven on purpose
+SPLIT = 4  # rank 0 holds samples 0..3, rank 1 the 4 others: equal, as the loader gives every rank B samples
 LABELS = torch.tensor([2, 0, 2, 1, 3, 2, 0, 4])
 GEOM = {"w": 1.0, "k": 3.0, "warmup_epochs": 1.0}
 

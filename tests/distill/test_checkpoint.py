@@ -6,7 +6,7 @@ import torch
 
 import configs
 import models
-from distill import checkpoint, rng, teacher
+from distill import checkpoint
 
 
 def _state(step: int, epoch: int = 0, epoch_step: int = 0, student=None) -> dict:
@@ -16,7 +16,7 @@ def _state(step: int, epoch: int = 0, epoch_step: int = 0, student=None) -> dict
     return {"student": student if student is not None else {"w": torch.full((2,), float(step))},
             "head": {"centres": torch.zeros(3, 2)}, "optimizer": {"state": {}, "param_groups": []},
             "scheduler": {"lr": 0.1}, "scaler": {}, "step": step, "epoch": epoch, "epoch_step": epoch_step,
-            "rng": [rng.capture()], "config": configs.to_dict(cfg)}
+            "rng": [checkpoint.capture_rng()], "config": configs.to_dict(cfg)}
 
 
 def test_save_writes_the_documented_layout_and_latest(tmp_path):
@@ -74,12 +74,12 @@ def test_prune_keeps_epoch_ends_and_the_newest(tmp_path):
 def test_a_run_directory_is_a_teacher_spec(tmp_path):
     net = models.build("mobilefacenet_s", embedding_size=64)
     checkpoint.save(tmp_path, _state(20, student=net.state_dict()))
-    loaded = teacher.load_network(str(tmp_path))
+    loaded = models.load_teacher(str(tmp_path))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         assert torch.equal(loaded(x), net.eval()(x))
     bad = _state(21, student={"nonsense": torch.zeros(1)})
     checkpoint.save(tmp_path, bad)
-    with pytest.raises(models.TeacherLoadError, match="step-000000021.pt|run directory"):
-        teacher.load_network(str(tmp_path))
+    with pytest.raises(models.CheckpointError, match="step-000000021.pt|run directory"):
+        models.load_teacher(str(tmp_path))

@@ -8,7 +8,7 @@ import torch
 
 import configs
 from configs import ConfigError
-from distill import schedule
+from distill import optim as schedule
 
 CONFIG_DIR = Path(configs.__file__).parent
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -118,3 +118,16 @@ def test_schedule_warmup_multistep_and_cosine():
     values = [cosine.lr_at(s) for s in range(20)]
     assert values == sorted(values, reverse=True)
     assert torch.tensor(values).isfinite().all()
+
+
+@pytest.mark.parametrize("loss, default", [("arcface", 0.5), ("cosface", 0.35), ("adaface", 0.4)])
+def test_a_margin_left_unset_takes_its_losses_default(tmp_path, loss, default):
+    """distill.m: null (the schema's default) means the loss's own margin; a set one is used as it is."""
+    from distill.heads import head_from_config
+
+    cfg = configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.mode=none"])
+    assert cfg.distill.m is None and head_from_config(cfg, 3).margin.m == default
+    cfg = configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.mode=none", "distill.m=0.2"])
+    assert head_from_config(cfg, 3).margin.m == 0.2
+    with pytest.raises(ConfigError, match=r"distill: option m"):
+        configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.m=2.0"])

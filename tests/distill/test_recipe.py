@@ -11,7 +11,7 @@ import torch
 
 import configs
 import models
-from distill import cli, schedule
+from distill import cli, optim as schedule
 from distill.heads import head_from_config
 from distill.optim import build_optimizer
 
@@ -156,7 +156,7 @@ def test_plan_shows_the_originals_schedules(capsys):
 
 def test_plan_reads_the_dataset_from_the_shards_manifest(tmp_path, capsys):
     import convert
-    from convert.synth import write_synthetic
+    from convert.synthetic import write_synthetic
 
     write_synthetic(tmp_path / "rec", 4, 5, seed=0, workers=1)
     convert.convert_rec(tmp_path / "rec", tmp_path / "shards", workers=1, progress=False)

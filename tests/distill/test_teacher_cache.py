@@ -18,10 +18,9 @@ import torch.nn.functional as F
 import convert
 import models
 import pipeline
-from convert.synth import write_synthetic
-from distill import cache_build, checkpoint, cli, distributed, rng, teacher_cache, train
+from convert.synthetic import write_synthetic
+from distill import checkpoint, cli, distributed, teacher_cache, train
 from distill import teacher as teachers
-from distill.teacher import load_network
 
 IDENTITIES, PER_IDENTITY = 6, 8           # 48 images: 6 steps of 8, every sample in an epoch
 TEACHER, STUDENT, DIM = "iresnet_s", "mobilefacenet_s", 32
@@ -33,7 +32,7 @@ def _teacher_run(root: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     net = models.build(TEACHER, embedding_size=DIM)
     checkpoint.save(root, {"student": net.state_dict(), "head": {}, "optimizer": {}, "scheduler": {}, "scaler": {},
-                           "step": 1, "epoch": 0, "epoch_step": 1, "rng": [rng.capture()],
+                           "step": 1, "epoch": 0, "epoch_step": 1, "rng": [checkpoint.capture_rng()],
                            "config": {"model": {"name": TEACHER, "embedding_size": DIM}}})
     return root
 
@@ -48,6 +47,12 @@ def data(tmp_path_factory) -> dict:
             str(root / "tc"), "--batch-size", "8", "--chunk", str(CHUNK), "--no-progress"]
     assert cli.run(argv) == 0
     return {"root": root, "shards": root / "shards", "teacher": teacher, "cache": root / "tc"}
+
+
+def _online(spec) -> teachers.TeacherSource:
+    """The teacher as `python -m distill cache-teacher` runs it on the CPU: fp32, channels_last."""
+    return teachers.TeacherSource(models.load_teacher(str(spec)), device=torch.device("cpu"), autocast_dtype=None,
+                                  channels_last=True)
 
 
 def _config(tmp_path: Path, data: dict, name: str, *, cache: bool, **distill_keys) -> list[str]:
@@ -76,7 +81,7 @@ def test_entries_are_the_teachers_outputs_for_both_views(data):
     assert manifest.complete and manifest.done == ((0, IDENTITIES * PER_IDENTITY),)
     assert manifest.shape == (IDENTITIES * PER_IDENTITY, 2, DIM)
     emb = teacher_cache.open_embeddings(data["cache"], manifest)
-    net = load_network(str(data["teacher"]))
+    net = models.load_teacher(str(data["teacher"]))
     # The training loader's own batches: the cache must hold what the online teacher would compute.
     loader = pipeline.build_loader(data["shards"], 8, device="cpu", seed=5, with_flip=True)
     seen, mirrored = set(), 0
@@ -143,7 +148,7 @@ def test_other_teacher_or_shards_refused_naming_both_hashes(data, tmp_path, caps
     with pytest.raises(teacher_cache.TeacherCacheError) as err:
         train.main(argv)
     want = teacher_cache.CacheManifest.load(data["cache"]).teacher_sha256
-    found = teacher_cache.weights_sha256(load_network(str(other)))
+    found = teacher_cache.weights_sha256(models.load_teacher(str(other)))
     assert want in str(err.value) and found in str(err.value) and want != found
 
     reshuffled = tmp_path / "reshuffled"  # the same images in another order: every cached row is wrong
@@ -166,15 +171,15 @@ def test_interrupted_build_resumes_and_unfinished_cache_is_refused(data, tmp_pat
     out = tmp_path / "partial"
     ctx = distributed.setup()
     kwargs = dict(batch_size=8, chunk=CHUNK, device=torch.device("cpu"), ctx=ctx, progress=False)
-    cache_build.build(str(data["teacher"]), str(data["shards"]), str(out), stop_after=1, **kwargs)
+    teacher_cache.build(_online(data["teacher"]), str(data["teacher"]), data["shards"], out, stop_after=1, **kwargs)
     assert not teacher_cache.CacheManifest.load(out).complete
     with pytest.raises(teacher_cache.TeacherCacheError, match="incomplete"):
         train.main(_config(tmp_path, {**data, "cache": out}, "early", cache=True))
 
     calls = []
-    embed = cache_build._embed
-    monkeypatch.setattr(cache_build, "_embed", lambda *a: calls.append(a[3][0]) or embed(*a))
-    manifest = cache_build.build(str(data["teacher"]), str(data["shards"]), str(out), **kwargs)
+    embed = teacher_cache._embed
+    monkeypatch.setattr(teacher_cache, "_embed", lambda *a: calls.append(a[2][0]) or embed(*a))
+    manifest = teacher_cache.build(_online(data["teacher"]), str(data["teacher"]), data["shards"], out, **kwargs)
     assert calls == [CHUNK, 2 * CHUNK]  # the finished first chunk is not redone
     assert manifest.complete and not list(out.glob("progress-*"))
     # Equal up to float16 rounding: the two ranks run the teacher on other batch compositions, and
@@ -185,7 +190,7 @@ def test_interrupted_build_resumes_and_unfinished_cache_is_refused(data, tmp_pat
 
     other = _teacher_run(tmp_path / "other_teacher", seed=2)  # finishing with another teacher is refused
     with pytest.raises(teacher_cache.TeacherCacheError, match="teacher_sha256"):
-        cache_build.build(str(other), str(data["shards"]), str(out), **kwargs)
+        teacher_cache.build(_online(other), str(other), data["shards"], out, **kwargs)
 
 
 def test_centres_start_at_the_plain_views_class_means(data):
@@ -197,8 +202,9 @@ def test_centres_start_at_the_plain_views_class_means(data):
         torch.testing.assert_close(means[c], F.normalize(emb[labels == c], dim=1).mean(0))
     assert torch.equal(means[IDENTITIES], torch.zeros(DIM))  # a class without samples
     argv = _config(Path(data["root"]), data, "centres", cache=True, centres_from_cache=True)
-    head = train._build_head(train.configs.load(argv[1]), IDENTITIES + 1)  # the loop's head, from the config
-    assert torch.equal(head.centres, means)
+    ctx = distributed.setup()
+    run = train.build_run(train.configs.load(argv[1]), ctx, num_classes=IDENTITIES + 1, steps_per_epoch=1)
+    assert torch.equal(run.head_module.centres, means)  # the loop's head, from the config
 
 
 def _rank(rank: int, port: int, argv: list) -> None:
@@ -206,7 +212,7 @@ def _rank(rank: int, port: int, argv: list) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    cache_build.main(argv)
+    cli.cache_teacher(argv)
 
 
 def test_two_ranks_build_the_same_cache(data, tmp_path):

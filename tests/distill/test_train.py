@@ -3,7 +3,6 @@ killed run resumes bit-exactly, a missing teacher stops the run before any step,
 skipped and counted."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import socket
@@ -15,8 +14,8 @@ import torch.multiprocessing as mp
 
 import convert
 import models
-from distill import checkpoint, cli, rng, train
-from convert.synth import write_synthetic
+from distill import checkpoint, cli, train
+from convert.synthetic import write_synthetic
 
 IDENTITIES, PER_IDENTITY = 16, 8          # 128 images; 2 ranks x 8 = 16 a step -> 8 steps an epoch
 STEPS, CRASH_AFTER_CHECKPOINT = 20, 10
@@ -42,7 +41,7 @@ def teacher_run(tmp_path_factory) -> Path:
     net = models.build(STUDENT, embedding_size=DIM)
     config = {"model": {"name": STUDENT, "embedding_size": DIM}}
     checkpoint.save(run, {"student": net.state_dict(), "head": {}, "optimizer": {}, "scheduler": {}, "scaler": {},
-                          "step": 1, "epoch": 0, "epoch_step": 1, "rng": [rng.capture()], "config": config})
+                          "step": 1, "epoch": 0, "epoch_step": 1, "rng": [checkpoint.capture_rng()], "config": config})
     return run
 
 
@@ -80,18 +79,18 @@ def _worker(rank: int, world: int, port: int, argv: list, dump_at: int, kill_at:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     step_fn = train.train_step
-    signature = inspect.signature(step_fn)
 
-    def step_and_watch(*args, **kwargs):
-        step_fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs).arguments
-        pos, student, head = bound["pos"], train._unwrap(bound["student"]), train._unwrap(bound["head"])
-        if pos.step == dump_at:  # this rank's own state, to compare ranks
-            out = Path(train.configs.load(argv[1], argv[2:]).output)
-            torch.save({"student": student.state_dict(), "parameters": [n for n, _ in student.named_parameters()],
-                        "head": head.state_dict()}, out / f"rank{rank}.pt")
-        if pos.step == kill_at:
+    def step_and_watch(run, batch, pos):
+        result = step_fn(run, batch, pos)
+        done = pos.step + 1  # the loop advances the position after the step
+        if done == dump_at:  # this rank's own state, to compare ranks
+            out = Path(run.cfg.output)
+            torch.save({"student": run.student_module.state_dict(),
+                        "parameters": [n for n, _ in run.student_module.named_parameters()],
+                        "head": run.head_module.state_dict()}, out / f"rank{rank}.pt")
+        if done == kill_at:
             os._exit(17)  # a crash: no cleanup, no final checkpoint
+        return result
 
     train.train_step = step_and_watch
     train.main(argv)
@@ -162,7 +161,7 @@ def test_missing_teacher_fails_before_the_first_step(tmp_path, shards, monkeypat
     err = capsys.readouterr().err
     assert "no_such_teacher.pt" in err and "error" in err
     assert steps == [] and checkpoint.latest(tmp_path / "noteacher") is None
-    with pytest.raises(models.TeacherLoadError):
+    with pytest.raises(models.CheckpointError):
         train.main(["--config", str(cfg)])
 
 

@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+import pipeline
+
 
 TINY_NET = "mobilefacenet_s"
 TINY_EMB = 32
@@ -37,6 +39,15 @@ def pair_set(pairs: int, seed: int = 0, size: int = 112):
 def write_bin(path, images, issame) -> None:
     with open(path, "wb") as f:
         pickle.dump((images, issame), f, protocol=2)
+
+
+def manual_fused(model, images):
+    """(fused [N, D] numpy, xnorm) computed directly with pipeline.decode_images: the image pass's reference."""
+    x = pipeline.decode_images(list(images), size=112, device="cpu")
+    with torch.no_grad():
+        e, ef = model(x), model(torch.flip(x, dims=[3]))
+    norms = torch.cat([e.norm(dim=1), ef.norm(dim=1)]).double().mean().item()
+    return (e + ef).numpy(), norms
 
 
 class PoolNet(torch.nn.Module):

@@ -115,4 +115,12 @@ def test_module_entry_point_exits_nonzero_with_a_clear_error(tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("evaluate", run_name="__main__")
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "nope.pt" in err and "no such checkpoint" in err
+    assert exit_info.value.code == 2 and "nope.pt" in err and "no such file" in err
+
+
+def test_bad_device_is_a_one_line_error(tmp_path, val_data, capsys):
+    _checkpoint(tmp_path / "a.pt", 1)
+    code = cli.main(["--checkpoint", str(tmp_path / "a.pt"), "--val-data", str(val_data), "--device", "tpu:0",
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: device") and "'tpu:0'" in err and len(err.splitlines()) == 1

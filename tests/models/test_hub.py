@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import models
-from models import TeacherLoadError, hub
+from models import CheckpointError, hub
 
 from .conftest import write_hub_cache
 
@@ -80,7 +80,7 @@ def test_hf_spec_in_process_bgr_and_only_described_files_requested(offline_hub, 
 
 
 def test_nothing_cached_offline(offline_hub):
-    with pytest.raises(TeacherLoadError) as info:
+    with pytest.raises(CheckpointError) as info:
         models.load_teacher("hf:tester/absent")
     message = str(info.value)
     assert "hf:tester/absent" in message and "tester/absent@main" in message
@@ -92,7 +92,7 @@ def test_unknown_revision_offline(offline_hub, tmp_path):
     source.mkdir()
     (source / "config.json").write_text("{}")
     write_hub_cache(offline_hub, "tester/tiny", source, COMMIT)
-    with pytest.raises(TeacherLoadError, match=r"tester/tiny@v9.*--revision v9"):
+    with pytest.raises(CheckpointError, match=r"tester/tiny@v9.*--revision v9"):
         models.load_teacher("hf:tester/tiny@v9")
 
 
@@ -101,6 +101,6 @@ def test_cached_repo_that_is_not_a_cvlface_model(offline_hub, tmp_path):
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"model_type": "bert"}))
     write_hub_cache(offline_hub, "tester/other", source, COMMIT)
-    with pytest.raises(TeacherLoadError, match="not a CVLFace model directory") as info:
+    with pytest.raises(CheckpointError, match="not a CVLFace model directory") as info:
         models.load_teacher("hf:tester/other")
     assert str(Path(offline_hub)) in str(info.value)

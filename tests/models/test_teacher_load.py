@@ -1,5 +1,5 @@
 """load_teacher on local files and directories: every layout gives the saved module's outputs; every failure
-raises TeacherLoadError naming the spec, the file and the problem; no repository code runs."""
+raises CheckpointError naming the spec, the file and the problem; no repository code runs."""
 import sys
 import types
 
@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import save_file
 
 import models
-from models import TeacherLoadError
+from models import CheckpointError
 
 from .conftest import randomise_statistics, state_of
 
@@ -29,7 +29,7 @@ def assert_same_outputs(teacher, net, x, flip=False):
 
 
 def assert_frozen(teacher):
-    assert isinstance(teacher, models.Teacher)
+    assert isinstance(teacher, models.FrozenNet)
     assert not teacher.training and not any(m.training for m in teacher.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
     teacher.train()  # a parent's .train() must not unfreeze BatchNorm
@@ -156,7 +156,7 @@ def test_teacher_keeps_channels_last_and_bf16(tmp_path, small_net, faces):
 # ---- failures ---------------------------------------------------------------------------------------
 
 def load_error(spec, **kwargs) -> str:
-    with pytest.raises(TeacherLoadError) as info:
+    with pytest.raises(CheckpointError) as info:
         models.load_teacher(str(spec), **kwargs)
     message = str(info.value)
     assert str(spec) in message  # every message names the spec
@@ -170,7 +170,7 @@ def test_missing_path(tmp_path):
 
 @pytest.mark.parametrize("spec", ["", "hf:", "hf:noslash", "hf:a/b@", "hf:a/b/c"])
 def test_malformed_spec(spec):
-    with pytest.raises(TeacherLoadError, match="hf:<owner>/<name>|expected"):
+    with pytest.raises(CheckpointError, match="hf:<owner>/<name>|expected"):
         models.load_teacher(spec)
 
 

@@ -1,4 +1,4 @@
-"""Shards for the pipeline tests, written by the real converter (convert.synth + convert.convert_rec), so
+"""Shards for the pipeline tests, written by the real converter (convert.synthetic + convert.convert_rec), so
 that the shard contract is tested end to end; and an independent reading of what they hold."""
 import io
 import tarfile
@@ -10,7 +10,7 @@ from PIL import Image
 
 from convert import convert_rec
 from convert.recordio import RecordReader, unpack
-from convert.synth import write_synthetic
+from convert.synthetic import write_synthetic
 
 IDENTITIES, PER_IDENTITY = 24, 6  # 144 images: rendering costs ~25 ms an image on this machine
 

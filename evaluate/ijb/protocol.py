@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from evaluate.arrow_dataset import image_column_bytes, load_metadata, meta_array, read_dataset_folder
+from evaluate.readers import load_metadata, meta_array, read_image_folder
 
 TARGETS = ("IJBB", "IJBC")
 
@@ -87,14 +87,11 @@ def load(folder: str | Path, target: str) -> IJBProtocol:
 def load_cvlface(folder: Path, target: str) -> IJBProtocol:
     meta_path = folder / "metadata.pt"
     meta = load_metadata(meta_path)
-    table = read_dataset_folder(folder, columns=("image", "index"))
-    order = np.argsort(np.asarray(table.column("index").to_numpy()), kind="stable")
-    images = image_column_bytes(table.column("image"), source=folder)
+    _, _, images = read_image_folder(folder)
     get = lambda k, dt=None: meta_array(meta, k, source=meta_path, dtype=dt)  # noqa: E731
     return IJBProtocol(name=target, templates=get("templates", np.int64), medias=get("medias", np.int64),
                        faceness=get("faceness_scores", np.float32), p1=get("p1", np.int64),
-                       p2=get("p2", np.int64), labels=get("label", np.int64),
-                       images=tuple(images[i] for i in order),
+                       p2=get("p2", np.int64), labels=get("label", np.int64), images=images,
                        notes=("CVLFace layout: no 1:N gallery files",))
 
 

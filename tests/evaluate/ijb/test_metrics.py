@@ -4,7 +4,7 @@ import pytest
 import sklearn.preprocessing
 from sklearn.metrics import roc_curve
 
-from evaluate import ijb
+from evaluate.ijb import metrics
 
 
 def _tiny():
@@ -22,7 +22,7 @@ def _tiny():
 ])
 def test_template_scores_hand_computed(norm, det, expected):
     feats, faceness, templates, medias = _tiny()
-    s = ijb.template_scores(feats, faceness, templates, medias, np.array([1, 2]), np.array([2, 1]),
+    s = metrics.template_scores(feats, faceness, templates, medias, np.array([1, 2]), np.array([2, 1]),
                             norm=norm, det=det)
     np.testing.assert_allclose(s, [expected, expected], rtol=1e-6)
 
@@ -52,7 +52,7 @@ def _insightface_scores(img_feats, faceness, templates, medias, p1, p2, norm, de
     return np.sum(tf[t2id[p1]] * tf[t2id[p2]], -1).flatten()
 
 
-@pytest.mark.parametrize("norm,det", ijb.CONFIGS + ((False, False),))
+@pytest.mark.parametrize("norm,det", metrics.CONFIGS + ((False, False),))
 def test_template_scores_match_insightface_loop(norm, det):
     rng = np.random.default_rng(0)
     n = 400
@@ -62,7 +62,7 @@ def test_template_scores_match_insightface_loop(norm, det):
     medias = rng.integers(0, 8, n)
     used = np.unique(templates)
     p1, p2 = rng.choice(used, 500), rng.choice(used, 500)
-    ours = ijb.template_scores(feats, faceness, templates, medias, p1, p2, norm=norm, det=det)
+    ours = metrics.template_scores(feats, faceness, templates, medias, p1, p2, norm=norm, det=det)
     ref = _insightface_scores(feats, faceness, templates, medias, p1, p2, norm, det)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
@@ -70,7 +70,7 @@ def test_template_scores_match_insightface_loop(norm, det):
 def test_unknown_template_in_pairs_is_an_error():
     feats, faceness, templates, medias = _tiny()
     with pytest.raises(ValueError, match="template 7"):
-        ijb.template_scores(feats, faceness, templates, medias, np.array([1]), np.array([7]))
+        metrics.template_scores(feats, faceness, templates, medias, np.array([1]), np.array([7]))
 
 
 def test_tar_at_far_hand_computed():
@@ -80,7 +80,7 @@ def test_tar_at_far_hand_computed():
     pos = np.r_[np.full(10, 0.9), np.full(10, -0.5)]
     scores = np.r_[pos, neg]
     labels = np.r_[np.ones(20, int), np.zeros(1000, int)]
-    assert ijb.tar_at_far(scores, labels) == {f: 0.5 for f in ijb.DEFAULT_FARS}
+    assert metrics.tar_at_far(scores, labels) == {f: 0.5 for f in metrics.DEFAULT_FARS}
 
 
 def _insightface_pick(scores, labels, far):
@@ -94,7 +94,7 @@ def test_tar_at_far_matches_insightface_pick():
     rng = np.random.default_rng(3)
     labels = (rng.random(20000) < 0.05).astype(int)
     scores = rng.standard_normal(20000) + 2.0 * labels
-    ours = ijb.tar_at_far(scores, labels, fars=(1e-4, 1e-3, 1e-2, 1e-1))
+    ours = metrics.tar_at_far(scores, labels, fars=(1e-4, 1e-3, 1e-2, 1e-1))
     for far, tar in ours.items():
         assert tar == _insightface_pick(scores, labels, far)
 
@@ -111,7 +111,7 @@ def test_verify_11_reports_three_configs_and_headline():
     keep = p1 < p2
     p1, p2 = p1[keep], p2[keep]
     labels = (t_subject[p1] == t_subject[p2]).astype(int)
-    r = ijb.verify_11(feats, np.ones(120, np.float32), templates, medias, p1, p2, labels)
+    r = metrics.verify_11(feats, np.ones(120, np.float32), templates, medias, p1, p2, labels)
     assert set(r) == {"Norm:True_Det:True", "Norm:True_Det:False", "Norm:False_Det:True", "headline"}
     assert r["headline"]["config"] == "Norm:False_Det:True" and r["headline"]["far"] == 1e-4
     assert r["headline"]["tar"] == r["Norm:False_Det:True"][1e-4]["tar"] > 0.9

@@ -1,11 +1,12 @@
-"""Read a teacher's weights and description from a CVLFace directory or a checkpoint file, running no code.
+"""Read a backbone's weights and description from any file or folder a user points at, running no code.
 
-Layouts understood (each becomes a `TeacherWeights`):
+Layouts understood (each becomes a `Weights`):
 - CVLFace directory (also what the hub download gives): `pretrained_model/model.yaml` (or config.json's
   `conf`) names the net; weights in `model.safetensors` (`model.net.<key>`) or `pretrained_model/model.pt`
   (`net.<key>`).
-- Our own training checkpoint: {"student": state dict, "config": {"model": {"name", "embedding_size"}}},
-  or a run directory, whose `checkpoints/latest` names its newest checkpoint.
+- Our own training checkpoint: {"student": state dict, "step": n, "config": {"model": {"name",
+  "embedding_size"}}}, or a run directory (or its `checkpoints/` folder), whose `latest` names its newest
+  checkpoint: `newest_checkpoint` is the one reader of that pointer in the project.
 - AdaFace `.ckpt` (PyTorch Lightning): {"state_dict": {"model.<key>", "head.<key>", ...},
   "hyper_parameters": {"arch": "ir_50", ...}}; AdaFace trains on BGR input.
 - A plain state dict (arcface_torch `.pth`, AdaDistill's MobileFaceNet, ...) for the backbone named by
@@ -24,37 +25,49 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import yaml
 
-from .errors import TeacherLoadError
 from .ir import IR_UNITS
 from .registry import names
+
+# Our run directories: `<run>/checkpoints/<file>` and a `latest` text file naming the newest one.
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest"
+DEFAULT_EMBEDDING_SIZE = 512  # a bare state dict does not say; every reference backbone uses 512
+
+
+class CheckpointError(RuntimeError):
+    """A spec, file or run directory that cannot be read, or whose weights do not become the backbone
+    they name. The message names the spec, the file and what went wrong, and ends with a hint."""
+
 
 _WRAPPER_PREFIXES = ("module.", "model.net.", "net.", "model.")
 # AdaFace's `arch` hyper-parameter -> our registry name.
 _ADAFACE_ARCH = {"ir_18": "ir18", "ir_50": "ir50", "ir_101": "ir101"}
 # What a PyTorch Lightning checkpoint may name besides tensors (hyper-parameter and callback classes).
 _LIGHTNING_NAMESPACES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
-_NAME_HINT = "hint: name the backbone (network=..., the config's teacher network key)"
+_NAME_HINT = "hint: name the backbone (network=...: teacher.network in a config, --network for the evaluator)"
 
 
 @dataclass(frozen=True)
-class TeacherWeights:
-    """What a checkpoint says: which backbone, its embedding size, its input channel order, its weights."""
+class Weights:
+    """What a checkpoint says: which backbone, its embedding size, its input channel order, its weights,
+    and the training step it was saved at (our checkpoints only)."""
 
     name: str
     embedding_size: int
     color_space: str  # "RGB" or "BGR": the channel order the weights were trained on
     state_dict: Mapping[str, torch.Tensor]
     file: Path
+    step: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.color_space not in ("RGB", "BGR"):
-            raise ValueError(f"TeacherWeights.color_space: expected RGB or BGR, found {self.color_space!r}")
+            raise ValueError(f"Weights.color_space: expected RGB or BGR, found {self.color_space!r}")
         if self.embedding_size <= 0:
-            raise ValueError(f"TeacherWeights.embedding_size: expected > 0, found {self.embedding_size}")
+            raise ValueError(f"Weights.embedding_size: expected > 0, found {self.embedding_size}")
 
 
-def _fail(spec: str, file: Path, what: str, hint: str = "") -> TeacherLoadError:
-    return TeacherLoadError(f"teacher {spec!r}: {file}: {what}" + (f"; {hint}" if hint else ""))
+def fail(spec: str, file: Path, what: str, hint: str = "") -> CheckpointError:
+    return CheckpointError(f"{spec!r}: {file}: {what}" + (f"; {hint}" if hint else ""))
 
 
 def _sample(keys: Any, n: int = 5) -> str:
@@ -97,7 +110,7 @@ def read_tensors_file(spec: str, path: Path) -> Any:
                 raise
             return _load_lightning(path)
     except Exception as error:  # corrupt file, or pickled objects beyond tensors and plain containers
-        raise _fail(spec, path, f"cannot be read safely ({type(error).__name__}: {error})",
+        raise fail(spec, path, f"cannot be read safely ({type(error).__name__}: {error})",
                     "hint: weights are read with safetensors or torch.load(weights_only=True), never by "
                     "unpickling arbitrary objects; re-save the state dict alone (torch.save(model.state_dict()))"
                     ) from error
@@ -106,17 +119,17 @@ def read_tensors_file(spec: str, path: Path) -> Any:
 def _strip_prefix(spec: str, file: Path, tensors: Mapping[str, Any], prefix: str) -> Dict[str, torch.Tensor]:
     outside = [k for k in tensors if not k.startswith(prefix)]
     if outside:
-        raise _fail(spec, file, f"expected every key to start with {prefix!r}, found {len(outside)} that do not: "
+        raise fail(spec, file, f"expected every key to start with {prefix!r}, found {len(outside)} that do not: "
                     f"{_sample(outside)}")
     return _tensor_dict(spec, file, {k[len(prefix):]: v for k, v in tensors.items()})
 
 
 def _tensor_dict(spec: str, file: Path, obj: Any) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj:
-        raise _fail(spec, file, f"expected a non-empty state dict, found {type(obj).__name__}")
+        raise fail(spec, file, f"expected a non-empty state dict, found {type(obj).__name__}")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise _fail(spec, file, f"expected str -> tensor entries, found other values at {_sample(bad)}")
+        raise fail(spec, file, f"expected str -> tensor entries, found other values at {_sample(bad)}")
     return dict(obj)
 
 
@@ -131,33 +144,33 @@ def _cvlface_description(spec: str, directory: Path) -> tuple[Dict[str, Any], Pa
             if conf is not None:
                 return conf, config_path
     except (OSError, ValueError, yaml.YAMLError) as error:
-        raise _fail(spec, yaml_path if yaml_path.is_file() else config_path,
+        raise fail(spec, yaml_path if yaml_path.is_file() else config_path,
                     f"unreadable model description ({error})") from error
-    raise _fail(spec, directory, "not a CVLFace model directory: neither pretrained_model/model.yaml nor a "
+    raise fail(spec, directory, "not a CVLFace model directory: neither pretrained_model/model.yaml nor a "
                 "config.json with `conf` is there", "hint: pass a CVLFace directory, an hf:<repo_id> spec or "
                 "a checkpoint file")
 
 
-def read_directory(spec: str, directory: Path, network: Optional[str]) -> TeacherWeights:
+def read_directory(spec: str, directory: Path, network: Optional[str]) -> Weights:
     """A CVLFace model directory (a hub snapshot or a local copy)."""
     desc, desc_file = _cvlface_description(spec, directory)
     if not isinstance(desc, dict):
-        raise _fail(spec, desc_file, f"expected a mapping, found {type(desc).__name__}")
+        raise fail(spec, desc_file, f"expected a mapping, found {type(desc).__name__}")
     missing = [k for k in ("name", "output_dim", "input_size", "color_space") if k not in desc]
     if missing:
-        raise _fail(spec, desc_file, f"missing keys {missing} (found {sorted(desc)})")
+        raise fail(spec, desc_file, f"missing keys {missing} (found {sorted(desc)})")
     name, dim, size, color = desc["name"], desc["output_dim"], desc["input_size"], desc["color_space"]
     if name not in IR_UNITS:
-        raise _fail(spec, desc_file, f"name: unsupported CVLFace architecture {name!r}; supported: "
+        raise fail(spec, desc_file, f"name: unsupported CVLFace architecture {name!r}; supported: "
                     f"{', '.join(sorted(IR_UNITS))}")
     if network is not None and network != name:
-        raise _fail(spec, desc_file, f"name: the repository holds {name!r} but network={network!r} was asked for")
+        raise fail(spec, desc_file, f"name: the repository holds {name!r} but network={network!r} was asked for")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-        raise _fail(spec, desc_file, f"output_dim: expected a positive int, found {dim!r}")
+        raise fail(spec, desc_file, f"output_dim: expected a positive int, found {dim!r}")
     if not isinstance(size, (list, tuple)) or list(size[-2:]) != [112, 112]:
-        raise _fail(spec, desc_file, f"input_size: expected [3, 112, 112], found {size!r}")
+        raise fail(spec, desc_file, f"input_size: expected [3, 112, 112], found {size!r}")
     if not isinstance(color, str) or color.upper() not in ("RGB", "BGR"):
-        raise _fail(spec, desc_file, f"color_space: expected RGB or BGR, found {color!r}")
+        raise fail(spec, desc_file, f"color_space: expected RGB or BGR, found {color!r}")
     safetensors_file = directory / "model.safetensors"
     pt_file = directory / "pretrained_model" / "model.pt"
     if safetensors_file.is_file():
@@ -166,72 +179,81 @@ def read_directory(spec: str, directory: Path, network: Optional[str]) -> Teache
     elif pt_file.is_file():
         file, prefix = pt_file, "net."
     else:
-        raise _fail(spec, directory, "no weights: neither model.safetensors nor pretrained_model/model.pt is there",
+        raise fail(spec, directory, "no weights: neither model.safetensors nor pretrained_model/model.pt is there",
                     "hint: re-download the repository (it may be incomplete)")
     state = _strip_prefix(spec, file, _tensor_dict(spec, file, read_tensors_file(spec, file)), prefix)
-    return TeacherWeights(name, dim, color.upper(), state, file)
+    return Weights(name, dim, color.upper(), state, file)
 
 
-def _own_checkpoint(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str]) -> TeacherWeights:
+def _own_checkpoint(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str]) -> Weights:
     model_cfg = obj["config"].get("model") if isinstance(obj["config"], Mapping) else None
     if not isinstance(model_cfg, Mapping) or "name" not in model_cfg or "embedding_size" not in model_cfg:
-        raise _fail(spec, path, "checkpoint config lacks model.name / model.embedding_size")
+        raise fail(spec, path, "checkpoint config lacks model.name / model.embedding_size")
     name, dim = model_cfg["name"], model_cfg["embedding_size"]
     if network is not None and network != name:
-        raise _fail(spec, path, f"the checkpoint holds {name!r} but network={network!r} was asked for")
-    return TeacherWeights(name, int(dim), "RGB", _tensor_dict(spec, path, obj["student"]), path)
+        raise fail(spec, path, f"was trained as {name!r}, but network={network!r} was asked for")
+    step = obj.get("step")
+    return Weights(name, int(dim), "RGB", _tensor_dict(spec, path, obj["student"]), path,
+                   step=int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None)
 
 
-def _adaface_checkpoint(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str]) -> TeacherWeights:
+def _adaface_checkpoint(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str]) -> Weights:
     state = _tensor_dict(spec, path, obj["state_dict"])
     # Lightning saves the whole task: the backbone under `model.`, the margin head under `head.`.
     backbone = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if not backbone:
-        raise _fail(spec, path, f"state_dict has no `model.` keys (found {_sample(state)})")
+        raise fail(spec, path, f"state_dict has no `model.` keys (found {_sample(state)})")
     hparams = obj.get("hyper_parameters")
     arch = hparams.get("arch") if isinstance(hparams, Mapping) else None
     name = network
     if name is None and isinstance(arch, str):
         name = _ADAFACE_ARCH.get(arch)
     if name is None:
-        raise _fail(spec, path, f"cannot tell the backbone (hyper_parameters.arch = {arch!r}; known: "
+        raise fail(spec, path, f"cannot tell the backbone (hyper_parameters.arch = {arch!r}; known: "
                     f"{', '.join(sorted(_ADAFACE_ARCH))})", _NAME_HINT)
-    return TeacherWeights(name, 512, "BGR", backbone, path)
+    return Weights(name, DEFAULT_EMBEDDING_SIZE, "BGR", backbone, path)
 
 
-def _plain_state_dict(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str]) -> TeacherWeights:
+def _plain_state_dict(spec: str, path: Path, obj: Mapping[str, Any], network: Optional[str],
+                      embedding_size: Optional[int]) -> Weights:
     state = _tensor_dict(spec, path, obj)
     if network is None:
-        raise _fail(spec, path, "a bare state dict does not say which backbone it is for",
+        raise fail(spec, path, "a bare state dict does not say which backbone it is for",
                     f"{_NAME_HINT}; known: {', '.join(names())}")
     for prefix in _WRAPPER_PREFIXES:  # DDP / wrapper prefixes, removed only when every key has one
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
             break
-    return TeacherWeights(network, 512, "RGB", state, path)
+    return Weights(network, embedding_size or DEFAULT_EMBEDDING_SIZE, "RGB", state, path)
 
 
-def run_checkpoint(spec: str, directory: Path) -> Optional[Path]:
-    """The newest checkpoint of one of our run directories (`checkpoints/latest` names it), else None."""
-    pointer = directory / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    name = pointer.read_text().strip()
-    path = pointer.parent / name
-    if not name or "/" in name or not path.is_file():
-        raise _fail(spec, pointer, f"names {name!r}, which is not a checkpoint file in {pointer.parent}")
-    return path
+def newest_checkpoint(directory: Path, spec: Optional[str] = None) -> Optional[Path]:
+    """The checkpoint file that `latest` names in a run directory (`<run>/checkpoints/latest`) or in its
+    `checkpoints/` folder (`latest` right there); None where neither pointer exists."""
+    for folder in (directory / CHECKPOINTS_DIR, directory):
+        pointer = folder / LATEST
+        if pointer.is_file():
+            try:
+                name = pointer.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise fail(spec or str(directory), pointer, f"unreadable ({error})") from error
+            path = folder / name
+            if not name or "/" in name or not path.is_file():
+                raise fail(spec or str(directory), pointer,
+                           f"names {name!r}, which is not a checkpoint file in {folder}")
+            return path
+    return None
 
 
-def read_file(spec: str, path: Path, network: Optional[str]) -> TeacherWeights:
-    """A checkpoint file in any of the layouts above."""
+def read_file(spec: str, path: Path, network: Optional[str], embedding_size: Optional[int] = None) -> Weights:
+    """A checkpoint file in any of the layouts above; `embedding_size` is for a bare state dict."""
     obj = read_tensors_file(spec, path)
     if isinstance(obj, Mapping) and "student" in obj and "config" in obj:
         return _own_checkpoint(spec, path, obj, network)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         return _adaface_checkpoint(spec, path, obj, network)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return _plain_state_dict(spec, path, obj, network)
+        return _plain_state_dict(spec, path, obj, network, embedding_size)
     found = _sample(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-    raise _fail(spec, path, f"unrecognised checkpoint layout (top level: {found}); expected a state dict, our "
+    raise fail(spec, path, f"unrecognised checkpoint layout (top level: {found}); expected a state dict, our "
                 "checkpoint (student + config), an AdaFace .ckpt (state_dict) or a CVLFace directory")

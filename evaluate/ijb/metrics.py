@@ -1,6 +1,6 @@
-"""IJB-B / IJB-C 1:1 verification: image features to template scores, and TAR at FAR.
+"""IJB-B / IJB-C metrics from image features: template features, then 1:1 TAR at FAR and 1:N search.
 
-Protocol (insightface `recognition/arcface_torch/eval_ijbc.py`; CVLFace's `ijbbc/evaluate.py` is
+1:1 protocol (insightface `recognition/arcface_torch/eval_ijbc.py`; CVLFace's `ijbbc/evaluate.py` is
 the same code run for three configurations):
 - image feature = e(x) + e(flip(x));
 - Norm:False L2-normalises each image feature first (Norm:True keeps the raw norm as a quality
@@ -13,6 +13,11 @@ the same code run for three configurations):
 Ours is vectorised (grouped sums instead of a loop per template, block matrix products for the
 pairs) and holds media and template sums and scores in float64 (insightface: float32 media means,
 float64 template sums); the scores agree with its loop to about 1e-7.
+
+1:N: template features are built as for 1:1 with Norm:True and Det:True (insightface's
+`_evaluation_/ijb/ijb_1n.py` setting). Unlike that script, which searches G1 and G2 merged, each
+gallery is searched on its own, as the IJB-C protocol defines it: probes whose subject is in the
+other gallery are the non-mated searches. Rank-k and TPIR at FPIR follow `evaluate.ranking`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
+from evaluate.ranking import as_float32, identification
+
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # CVLFace's three configurations, in its order; the headline number is HEADLINE at FAR 1e-4.
 CONFIGS = ((True, True), (True, False), (False, True))
 HEADLINE = "Norm:False_Det:True"
 HEADLINE_FAR = 1e-4
 _CHUNK = 1 << 15  # images per index_add_ call
+# 1:N: ranks and FPIRs reported for each gallery
+RANKS = (1, 5, 10)
+FPIRS = (1e-2, 1e-1)
 
 
 def config_name(norm: bool, det: bool) -> str:
@@ -41,7 +51,7 @@ def template_features(features, faceness, templates, medias, *, norm: bool = Tru
     features: [N, D] (e + e_flip per image); faceness, templates, medias: [N].
     Returns (unique_templates [T] sorted, template_feats [T, D] float64 with unit rows).
     """
-    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float32)
+    x = as_float32(features)
     templates = np.asarray(templates).astype(np.int64, copy=False)
     medias = np.asarray(medias).astype(np.int64, copy=False)
     n = x.shape[0]
@@ -79,15 +89,16 @@ def template_features(features, faceness, templates, medias, *, norm: bool = Tru
     return unique_t, template_sum.numpy()
 
 
-def _template_rows(unique_templates: np.ndarray, ids: np.ndarray, which: str) -> np.ndarray:
-    rows = np.searchsorted(unique_templates, ids)
-    rows_c = np.minimum(rows, unique_templates.size - 1)
-    bad = unique_templates[rows_c] != ids
+def _template_rows(unique_templates: np.ndarray, ids: np.ndarray, which: str, unit: str) -> np.ndarray:
+    """Row of each template id in the sorted `unique_templates`; an id without images is an error
+    naming `which` (the protocol column or file) and counting the `unit`s (pairs, templates) affected."""
+    rows = np.minimum(np.searchsorted(unique_templates, ids), unique_templates.size - 1)
+    bad = unique_templates[rows] != ids
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{which}[{i}] names template {int(ids[i])}, which has no images "
-                         f"({int(bad.sum())} such pairs)")
-    return rows_c
+                         f"({int(bad.sum())} such {unit})")
+    return rows
 
 
 def pair_scores(unique_templates, template_feats, p1, p2, *, device="cpu", block: int = 1024):
@@ -102,8 +113,8 @@ def pair_scores(unique_templates, template_feats, p1, p2, *, device="cpu", block
     p2 = np.asarray(p2).astype(np.int64, copy=False)
     if p1.shape != p2.shape or p1.ndim != 1:
         raise ValueError(f"p1 and p2 must be 1-D of one length, found {p1.shape} and {p2.shape}")
-    r1 = _template_rows(unique_templates, p1, "p1")
-    r2 = _template_rows(unique_templates, p2, "p2")
+    r1 = _template_rows(unique_templates, p1, "p1", "pairs")
+    r2 = _template_rows(unique_templates, p2, "p2", "pairs")
     feats = torch.from_numpy(np.ascontiguousarray(template_feats, dtype=np.float64)).to(device)
     order = np.argsort(r1, kind="stable")
     r1s, r2s = r1[order], r2[order]
@@ -155,7 +166,7 @@ def tar_at_far(scores, labels, fars: Sequence[float] = DEFAULT_FARS) -> dict:
 
 def verify_11(features, faceness, templates, medias, p1, p2, labels, *, configs: Iterable = CONFIGS,
               fars: Sequence[float] = DEFAULT_FARS, device="cpu") -> dict:
-    """CVLFace's three configurations: {config name: {far: {"tar", "threshold"}}} plus the headline."""
+    """1:1, CVLFace's three configurations: {config name: {far: {"tar", "threshold"}}} plus the headline."""
     unique_t = None
     result = {}
     for norm, det in configs:
@@ -167,3 +178,21 @@ def verify_11(features, faceness, templates, medias, p1, p2, labels, *, configs:
         result["headline"] = {"config": HEADLINE, "far": HEADLINE_FAR,
                               "tar": result[HEADLINE][HEADLINE_FAR]["tar"]}
     return result
+
+
+def identify(features, faceness, templates, medias, galleries: Sequence, probes, *, norm: bool = True,
+             det: bool = True, ranks: Sequence[int] = RANKS, fpirs: Sequence[float] = FPIRS) -> dict:
+    """1:N: {gallery name: {"rank-1": f, ..., "tpir@fpir=0.01": f, ..., "mated", "nonmated"}} (fractions).
+
+    galleries, probes: objects with `name`, `templates` and `subjects` arrays (evaluate.ijb.protocol.Gallery).
+    """
+    unique, feats = template_features(features, faceness, templates, medias, norm=norm, det=det)
+    probe_feats = feats[_template_rows(unique, probes.templates, probes.name, "templates")]
+    out = {}
+    for g in galleries:
+        gallery_feats = feats[_template_rows(unique, g.templates, g.name, "templates")]
+        r = identification(probe_feats, probes.subjects, gallery_feats, g.subjects, ranks=ranks, fpirs=fpirs)
+        out[g.name] = ({f"rank-{k}": v for k, v in r["rank"].items()}
+                       | {f"tpir@fpir={f:g}": v for f, v in r["tpir"].items()}
+                       | {"mated": r["mated"], "nonmated": r["nonmated"]})
+    return out

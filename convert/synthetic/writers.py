@@ -1,12 +1,11 @@
 """Write the synthetic identity dataset: an insightface-layout .rec, identity folders, or a .bin pair set.
 
-Images come from `face_render.render`, encoded as JPEG quality 95, generated in parallel over
+Images come from `faces.render`, encoded as JPEG quality 95, generated in parallel over
 processes (one task per identity) and written in identity order, so the output depends only on
 the arguments, never on the number of workers.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 from typing import Iterator, Optional, Sequence, Union
@@ -15,8 +14,10 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from convert import face_render
+from convert.files import atomic_path, write_atomic
 from convert.recordio import IRHeader, RecordWriter, pack
+from convert.synthetic.faces import render
+from convert.worker_pool import spawn_pool
 
 JPEG_QUALITY = 95
 FORMATS = ("rec", "folder")
@@ -25,7 +26,7 @@ _PAIR_STREAM = 0x9A12
 
 def _encode_identity(task: tuple) -> list:
     seed, identity, images = task
-    pixels = face_render.render(seed, identity, images)
+    pixels = render(seed, identity, images)
     return [simplejpeg.encode_jpeg(p, quality=JPEG_QUALITY, colorspace="RGB") for p in pixels]
 
 
@@ -43,7 +44,7 @@ def _identity_images(
                 bar.update(len(out))
                 yield out
             return
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with spawn_pool(workers) as pool:
             for out in pool.imap(_encode_identity, jobs, chunksize=4):
                 bar.update(len(out))
                 yield out
@@ -52,12 +53,10 @@ def _identity_images(
 
 
 def _check_counts(identities: int, per_identity: int, first_identity: int) -> None:
-    if identities < 1:
-        raise ValueError(f"identities must be >= 1, found {identities}")
-    if per_identity < 1:
-        raise ValueError(f"per_identity must be >= 1, found {per_identity}")
-    if first_identity < 0:
-        raise ValueError(f"first_identity must be >= 0, found {first_identity}")
+    for name, value, least in (("identities", identities, 1), ("per_identity", per_identity, 1),
+                               ("first_identity", first_identity, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, found {value}")
 
 
 def write_synthetic(
@@ -92,27 +91,32 @@ def write_synthetic(
             folder = os.path.join(out, f"{identity:06d}")
             os.makedirs(folder, exist_ok=True)
             for n, jpeg in enumerate(jpegs):
-                _write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
+                write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
         return out
 
-    total = identities * per_identity
-    first_id_key = total + 1
-    tmp_rec, tmp_idx = os.path.join(out, "train.rec.tmp"), os.path.join(out, "train.idx.tmp")
-    with RecordWriter(tmp_rec, tmp_idx) as writer:
-        writer.write_idx(0, pack(IRHeader(2, (float(first_id_key), float(first_id_key + identities)), 0, 0), b""))
-        key = 1
-        for identity, jpegs in zip(ids, stream):
-            for jpeg in jpegs:
-                writer.write_idx(key, pack(IRHeader(0, float(identity), key, 0), jpeg))
-                key += 1
-        for i in range(identities):
-            start = 1 + i * per_identity
-            rng = (float(start), float(start + per_identity))
-            writer.write_idx(first_id_key + i, pack(IRHeader(2, rng, first_id_key + i, 0), b""))
-    _write_atomic(os.path.join(out, "property"), f"{identities},112,112".encode())
-    os.replace(tmp_idx, os.path.join(out, "train.idx"))
-    os.replace(tmp_rec, os.path.join(out, "train.rec"))
+    # Renamed into place last, .idx before .rec: a train.rec under its final name is complete.
+    rec, idx = atomic_path(os.path.join(out, "train.rec")), atomic_path(os.path.join(out, "train.idx"))
+    with rec as tmp_rec, idx as tmp_idx:
+        with RecordWriter(tmp_rec, tmp_idx) as writer:
+            _write_insightface_records(writer, ids, stream, per_identity)
+        write_atomic(os.path.join(out, "property"), f"{identities},112,112")
     return out
+
+
+def _write_insightface_records(writer: RecordWriter, ids: range, stream: Iterator[list], per_identity: int) -> None:
+    """Record 0 the header, the images at keys 1..K (identity as label), then one record per identity."""
+    identities = len(ids)
+    first_id_key = identities * per_identity + 1
+    writer.write_idx(0, pack(IRHeader(2, (float(first_id_key), float(first_id_key + identities)), 0, 0), b""))
+    key = 1
+    for identity, jpegs in zip(ids, stream):
+        for jpeg in jpegs:
+            writer.write_idx(key, pack(IRHeader(0, float(identity), key, 0), jpeg))
+            key += 1
+    for i in range(identities):
+        start = 1 + i * per_identity
+        rng = (float(start), float(start + per_identity))
+        writer.write_idx(first_id_key + i, pack(IRHeader(2, rng, first_id_key + i, 0), b""))
 
 
 def write_pairs_bin(
@@ -167,12 +171,5 @@ def write_pairs_bin(
         issame.append(bool(same))
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _write_atomic(path, pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
+    write_atomic(path, pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
     return path
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

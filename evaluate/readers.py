@@ -1,22 +1,80 @@
-"""Read CVLFace's evaluation sets, saved by Hugging Face `datasets`, with pyarrow alone.
+"""Read the evaluation sets' files, which come from outside, as data only: no code from them runs.
 
-`Dataset.save_to_disk` writes a folder holding `state.json` (which names the arrow files in order),
-`dataset_info.json` and `data-XXXXX-of-XXXXX.arrow` files in Arrow's IPC stream format. CVLFace puts
-a `metadata.pt` beside them (a `torch.save` of plain arrays and lists), read here without running
-any code from it.
+insightface's `.bin` sets are pickles, and a pickle can name any importable callable and run it on
+load; `RestrictedUnpickler` resolves only the few globals that numpy arrays need and refuses every
+other one before it is imported, so a crafted file fails instead of running code.
+
+CVLFace's sets are folders saved by Hugging Face `datasets` (`Dataset.save_to_disk`), read here with
+pyarrow alone: `state.json` (which names the arrow files in order), `dataset_info.json` and
+`data-XXXXX-of-XXXXX.arrow` files in Arrow's IPC stream format. CVLFace puts a `metadata.pt` beside
+them (a `torch.save` of plain arrays and lists), read with torch.load(weights_only=True) and the same
+numpy allowlist.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import pickle
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 _FILE_MAGIC = b"ARROW1"
+
+
+def _numpy_reconstruct():
+    # numpy 2 moved numpy.core to numpy._core; files written under numpy 1 name the old module.
+    from numpy._core import multiarray
+
+    return multiarray._reconstruct
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle named a global outside the data-only allowlist."""
+
+
+# (module, name) -> resolver. Each entry rebuilds data only: `_reconstruct`, `ndarray` and `dtype`
+# make an empty array of a dtype that `__setstate__` then fills from bytes; `_codecs.encode` is how
+# protocol-2 pickles spell a bytes literal (it only turns a str into bytes).
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals in `_ALLOWED`."""
+
+    def __init__(self, file: BinaryIO, *, source: str = "<stream>", encoding: str = "bytes"):
+        super().__init__(file, encoding=encoding)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        resolver = _ALLOWED.get((module, name))
+        if resolver is None:
+            allowed = ", ".join(f"{m}.{n}" for m, n in sorted(_ALLOWED))
+            raise UnsafePickleError(
+                f"{self._source}: the pickle asks for the global {module}.{name}, which a data file "
+                f"never needs; refusing to load it (allowed: {allowed})"
+            )
+        return resolver()
+
+
+def load_restricted(path: str | Path, *, encoding: str = "bytes") -> Any:
+    """Unpickle `path` with the data-only allowlist.
+
+    `encoding="bytes"` reads Python 2 `str` objects (insightface's encoded images) as bytes.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        return RestrictedUnpickler(f, source=str(path), encoding=encoding).load()
 
 
 def arrow_files(folder: str | Path) -> list[Path]:
@@ -72,14 +130,25 @@ def image_column_bytes(column, *, source: Path) -> list[bytes]:
     return out
 
 
+def read_image_folder(folder: str | Path, columns: Sequence[str] = ()) -> tuple[pa.Table, np.ndarray, tuple]:
+    """A CVLFace image set: (table, order, images).
+
+    The table holds the columns image, index and `columns` as stored; `order` is the row numbers
+    that sort it by `index` (a stable sort); `images` is the encoded bytes of each row in that order.
+    """
+    folder = Path(folder)
+    table = read_dataset_folder(folder, columns=("image", "index", *columns))
+    order = np.argsort(np.asarray(table.column("index").to_numpy()), kind="stable")
+    images = image_column_bytes(table.column("image"), source=folder)
+    return table, order, tuple(images[i] for i in order)
+
+
 def _numpy_safe_globals() -> list:
     """The globals a pickled numpy array needs, under its numpy 1 and numpy 2 module names."""
-    from numpy._core import multiarray
-
     dtype_classes = [type(np.dtype(c)) for c in "?bhilqBHILQefdgUSO"]
     return [
-        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-        multiarray._reconstruct,
+        (_numpy_reconstruct(), "numpy.core.multiarray._reconstruct"),
+        _numpy_reconstruct(),
         np.ndarray,
         np.dtype,
         *dtype_classes,
