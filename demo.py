@@ -70,7 +70,7 @@ def main() -> None:
     seconds["data"] = step(
         "1. synthetic identities (.rec) and held-out verification pairs (.bin)", marks / "data",
         [PY, "-m", "convert", "synth", str(synth), "--identities", str(TRAIN_IDENTITIES),
-         "--per-identity", str(PER_IDENTITY), "--seed", "0"],
+         "--per-identity", str(PER_IDENTITY), "--seed", "0", "--overwrite"],  # a rerun after a kill writes it again
         [PY, "-m", "convert", "synth-bin", str(val / "synthetic_heldout.bin"), "--identities",
          str(HELD_OUT_IDENTITIES), "--pairs", str(PAIRS), "--first-identity", str(TRAIN_IDENTITIES),
          "--seed", "0"])

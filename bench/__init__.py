@@ -8,7 +8,8 @@ online teacher and the insightface-style loader, with the data wait).
 
 Modules:
 - cli.py: the command line; prepares the data, runs the chosen stages, prints and writes the reports.
-- settings.py: what one run measures with (sizes, rounds, device, models), and BenchError.
+- settings.py: what one run measures with (sizes, rounds, device, models), and BenchError (an InputError:
+  `python -m bench: error: ...`, exit 2).
 - data.py: the benchmark's data, one .rec and its JPEG and raw shards, made once and cached.
 - environment.py: the hardware and software header of every report.
 - harness.py: interleaved timing of contenders after a warm-up, and the pairs compared.

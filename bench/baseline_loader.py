@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convert.recordio import RecordReader, image_keys, unpack
+from bench.settings import BenchError
+from convert.rec_layout import image_keys
+from convert.recordio import RecordReader, unpack
 
 
 class RecDataset(torch.utils.data.Dataset):
@@ -67,7 +69,8 @@ def baseline_loader(rec: Path, idx: Path, batch_size: int, *, workers: int, seed
     """One epoch of (images [B,3,H,W], labels [B], keys [B]) batches, shuffled by `seed`."""
     dataset = dataset or RecDataset(rec, idx, class_map)
     if len(dataset) < batch_size:
-        raise ValueError(f"{rec}: {len(dataset)} images do not fill one batch of {batch_size}")
+        raise BenchError(f"{rec}: {len(dataset)} images do not fill one batch of {batch_size}; pass a smaller "
+                         f"--batch-size")
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True, pin_memory=pin_memory,
                                        generator=torch.Generator().manual_seed(seed))

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError, Settings
+from convert.errors import run_command
+
+PROG = "python -m bench"
 
 # (full run, --quick): --quick must finish in under two minutes on 2 cores, data generation included.
 DEFAULTS = {
@@ -28,7 +31,7 @@ MODELS = {"cpu": ("mobilefacenet_s", "iresnet_s"), "cuda": ("mobilefacenet", "ir
 
 def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=PROG,
         description="Throughput of every stage of the data path and of the distillation step, each against its "
                     "baseline, measured interleaved in one run.")
     p.add_argument("--data", type=Path, help="a .rec folder (train.rec/train.idx), a .rec file, or a JPEG shards "
@@ -104,7 +107,8 @@ def _settings(args, device: str, scratch: Path) -> Settings:
 
 
 def _known_errors() -> tuple:
-    """The project's own errors about data and devices: reported as one line, not a traceback."""
+    """The project's own errors about data and devices: reported as one line, not a traceback (besides
+    convert.errors.InputError, which every one of them may derive from)."""
     from convert import ManifestError, OutputError
     from convert.recordio import RecordIOError
     from convert.sources import SourceError
@@ -119,11 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     known = stage_names()
     args = _parser(known).parse_args(argv)
-    try:
-        return _run(args, known, STAGES)
-    except _known_errors() as e:
-        print(f"python -m bench: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(PROG, lambda: _run(args, known, STAGES), known=_known_errors())
 
 
 def _run(args, known: Sequence[str], stages: dict) -> int:

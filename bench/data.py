@@ -85,7 +85,8 @@ def _synthetic(cache_dir: Path, images: int, progress: bool) -> tuple:
     if not (rec.is_file() and idx.is_file()):  # write_synthetic renames both into place when complete
         if progress:
             print(f"bench: generating {identities * per} synthetic images into {rec_dir} (once; cached)")
-        write_synthetic(rec_dir, identities, per, seed=0, fmt="rec")
+        # overwrite: the cache's own folder, where a killed run may have left train.idx without train.rec
+        write_synthetic(rec_dir, identities, per, seed=0, fmt="rec", overwrite=True)
     return rec, idx, work, f"synthetic: {identities} identities x {per} images, seed 0"
 
 

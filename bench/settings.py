@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from convert.errors import InputError
 
-class BenchError(RuntimeError):
+
+class BenchError(InputError, RuntimeError):
     """A benchmark that cannot run as asked; the message says what was asked and what was found."""
 
 

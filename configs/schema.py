@@ -27,16 +27,15 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_margin(where: str, *, s: float, m: Optional[float], h: Optional[float] = None,
+def check_margin(prefix: str, *, s: float, m: Optional[float], h: Optional[float] = None,
                  t_alpha: Optional[float] = None) -> None:
-    """The one rule for a margin's hyper-parameters, for a config (`where` = "distill") and for a margin
-    built directly (`where` = its loss): s finite > 0, m in [0, pi/2) (None: the loss's default), h finite
-    >= 0 and t_alpha in (0, 1] (AdaFace)."""
-    _check(_number(s) and s > 0, f"{where}: option s", "a finite number > 0", s)
-    _check(m is None or (_number(m) and 0 <= m < math.pi / 2), f"{where}: option m", "a number in [0, pi/2)", m)
-    _check(h is None or (_number(h) and h >= 0), f"{where}: option h", "a finite number >= 0", h)
-    _check(t_alpha is None or (_number(t_alpha) and 0 < t_alpha <= 1), f"{where}: option t_alpha", "in (0, 1]",
-           t_alpha)
+    """The one rule for a margin's hyper-parameters, for a config (`prefix` "distill.": keys distill.s, ...)
+    and for a margin built directly (`prefix` "arcface: option "): s finite > 0, m in [0, pi/2) (None: the
+    loss's default), h finite >= 0 and t_alpha in (0, 1] (AdaFace)."""
+    _check(_number(s) and s > 0, f"{prefix}s", "a finite number > 0", s)
+    _check(m is None or (_number(m) and 0 <= m < math.pi / 2), f"{prefix}m", "a number in [0, pi/2)", m)
+    _check(h is None or (_number(h) and h >= 0), f"{prefix}h", "a finite number >= 0", h)
+    _check(t_alpha is None or (_number(t_alpha) and 0 < t_alpha <= 1), f"{prefix}t_alpha", "in (0, 1]", t_alpha)
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class DistillConfig:
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
 
     def __post_init__(self) -> None:
-        check_margin("distill", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
+        check_margin("distill.", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
         if self.centres_from_cache:
             _check(self.teacher_cache is not None and self.mode == "adadistill", "distill.centres_from_cache",
                    "false unless distill.teacher_cache is set and distill.mode is adadistill",
@@ -161,6 +160,9 @@ class TrainConfig:
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
 
     def __post_init__(self) -> None:
+        for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "decay_factor", "grad_clip"):
+            _check(_number(getattr(self, key)), f"train.{key}", "a finite number", getattr(self, key))
+        _check(all(_number(m) for m in self.decay_epochs), "train.decay_epochs", "finite epochs", self.decay_epochs)
         for key in ("batch_size", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
             _check(getattr(self, key) > 0, f"train.{key}", "> 0", getattr(self, key))
         for key in ("max_steps", "keep_checkpoints", "weight_decay", "warmup_epochs", "grad_clip"):
@@ -197,6 +199,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0                                 # seeds the data order, the initial weights and every RNG
     resume: str = "auto"                          # auto (newest checkpoint in output, if any), none, or a path
+    resume_changes: Literal["refuse", "allow"] = "refuse"  # a resume that changes the recipe: refuse it, or allow it (recorded in metrics.jsonl)
 
     def __post_init__(self) -> None:
         _check(bool(self.output), "output", "a directory", self.output)

@@ -1,4 +1,10 @@
-"""Command line of the convert package: synth, synth-bin, rec, folder, verify."""
+"""Command line of the convert package: synth, synth-bin, rec, folder, verify.
+
+A bad input or a refused action (an output folder another job holds, files that would be overwritten
+without --overwrite) ends the command with one line, `python -m convert: error: <file>: <what>`, and exit
+status 2 (convert.errors.run_command). `verify` finding problems lists them and exits 1: a report, not an
+error.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +12,18 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from convert.errors import run_command
+from convert.image_check import DEFAULT_MAX_PIXELS
+
+PROG = "python -m convert"
+
 
 def _synth(args: argparse.Namespace) -> int:
     from convert.synthetic import write_synthetic
 
     write_synthetic(
         args.out, args.identities, args.per_identity, seed=args.seed, fmt=args.format,
-        first_identity=args.first_identity, workers=args.workers,
+        first_identity=args.first_identity, workers=args.workers, overwrite=args.overwrite,
     )
     print(f"wrote {args.identities} identities x {args.per_identity} images ({args.format}) to {args.out}")
     return 0
@@ -37,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
     m = fn(
         args.src, args.out, samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
         encoding=args.encoding, image_size=args.image_size, resize=args.resize, skip_corrupt=args.skip_corrupt,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, max_pixels=args.max_pixels,
     )
     seconds = time.perf_counter() - start
     total = sum(s.bytes for s in m.shards)
@@ -62,7 +73,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the synthetic identity dataset (.rec or folders)")
@@ -73,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("rec", "folder"), default="rec")
     p.add_argument("--first-identity", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the train.rec/train.idx/property (or identity folders) already in OUT")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("synth-bin", help="write a synthetic verification pair set (insightface .bin)")
@@ -98,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image-size", type=int, default=112)
         p.add_argument("--resize", action="store_true", help="resize images that are not image-size square")
         p.add_argument("--skip-corrupt", action="store_true", help="leave out images that do not decode")
-        p.add_argument("--overwrite", action="store_true", help="replace another dataset's shards in OUT")
+        p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help="refuse source images of more than N pixels, read from the image header before "
+                            f"decoding (default {DEFAULT_MAX_PIXELS}, Pillow's own limit: about 256 MiB of "
+                            "RGB pixels; Pillow still refuses non-JPEG images above twice that)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace another dataset's shards in OUT, or shard files no conversion of SRC wrote")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=_convert)
 
@@ -110,8 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # OSError as well: a folder that cannot be created or read (no permission, no such path) is bad input too,
+    # and its message names the path.
+    return run_command(PROG, lambda: args.func(args), known=(OSError,))

@@ -3,11 +3,14 @@
 Two passes: `validation` decodes every image once (in parallel) and yields labels; then the
 samples, in a permutation drawn from the seed, are written shard by shard, in order. Progress is
 kept in OUT/.convert-state.json (and the validation in .convert-validated.npz), so a second run of
-the same command skips every shard whose checksum matches and writes the same bytes for the rest.
+the same command skips every shard whose checksum matches and writes the same bytes for the rest
+(convert/output_folder.py reads what an earlier run left).
+
+One job writes an output folder at a time: the conversion holds files.output_lock on OUT from start to
+end, and a second one stops at once naming the holder.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -15,20 +18,22 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from convert.files import remove_stale_temporaries, sha256_file, write_json_atomic
-from convert.image_check import CorruptImageError
-from convert.manifest import EXTENSIONS, MANIFEST_NAME, Manifest, ManifestError, ShardRecord
+from convert.errors import InputError
+from convert.files import output_lock, remove_stale_temporaries, write_json_atomic
+from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError
+from convert.manifest import EXTENSIONS, Manifest
+from convert.output_folder import (STATE_NAME, VALIDATED_NAME, OutputError, complete, finished, load_validated,
+                                   previous_records, sealed)
 from convert.shard_jobs import ShardJob, run_jobs
 from convert.sources import FolderSource, RecSource, SourceError
 from convert.validation import Validated, validate_source
 
-STATE_NAME = ".convert-state.json"
-VALIDATED_NAME = ".convert-validated.npz"
 TARGET_SHARD_BYTES = 384 * 2**20  # DESIGN.md: shards of about 256-512 MB
 
 
-class OutputError(ValueError):
-    """An output path that cannot receive the shards; the message names it."""
+class OptionError(InputError, ValueError):
+    """A conversion option out of its range; the message names the option and the value."""
+
 
 
 @dataclass(frozen=True)
@@ -43,24 +48,27 @@ class ConvertOptions:
     overwrite: bool = False
     prefix: str = "train"
     progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger source images are refused before they are decoded
 
     def __post_init__(self) -> None:
         if self.encoding not in EXTENSIONS:
-            raise ValueError(f"encoding must be one of {sorted(EXTENSIONS)}, found {self.encoding!r}")
+            raise OptionError(f"encoding must be one of {sorted(EXTENSIONS)}, found {self.encoding!r}")
         if self.samples_per_shard is not None and self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, found {self.samples_per_shard}")
+            raise OptionError(f"samples_per_shard must be >= 1, found {self.samples_per_shard}")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, found {self.workers}")
+            raise OptionError(f"workers must be >= 1, found {self.workers}")
         if self.image_size < 1:
-            raise ValueError(f"image_size must be >= 1, found {self.image_size}")
+            raise OptionError(f"image_size must be >= 1, found {self.image_size}")
+        if self.max_pixels < 1:
+            raise OptionError(f"max_pixels must be >= 1, found {self.max_pixels}")
         if not self.prefix or "/" in self.prefix or "." in self.prefix:
-            raise ValueError(f"prefix must be a plain name without '/' or '.', found {self.prefix!r}")
+            raise OptionError(f"prefix must be a plain name without '/' or '.', found {self.prefix!r}")
 
     def affecting_output(self) -> dict:
         """The options that change the shards' bytes (workers, progress, overwrite do not; skip_corrupt
-        does not either: with a corrupt image and without it, no shard is written)."""
+        and max_pixels do not either: with an image they refuse, no shard is written)."""
         d = asdict(self)
-        for k in ("workers", "progress", "overwrite", "skip_corrupt"):
+        for k in ("workers", "progress", "overwrite", "skip_corrupt", "max_pixels"):
             d.pop(k)
         return d
 
@@ -75,65 +83,6 @@ def convert_folder(src, out, **options) -> Manifest:
     """Convert one-sub-folder-per-identity images (classes in sorted folder order) into shards in `out`."""
     opts = ConvertOptions(**options)
     return _convert(FolderSource(src), os.fspath(out), opts)
-
-
-def _complete(out: str, rec: ShardRecord) -> bool:
-    tar = os.path.join(out, rec.name)
-    return (
-        os.path.isfile(tar) and os.path.isfile(os.path.join(out, rec.index_name))
-        and os.path.getsize(tar) == rec.bytes and sha256_file(tar) == rec.sha256
-    )
-
-
-def _remove_shards(out: str, records) -> None:
-    for rec in records:
-        for name in (rec.name, rec.index_name):
-            path = os.path.join(out, name)
-            if os.path.exists(path):
-                os.remove(path)
-
-
-def _previous_records(out: str, fingerprint: dict, overwrite: bool) -> dict:
-    """Shard records of an earlier run of the same conversion in `out`; clears another conversion's files."""
-    manifest_path, state_path = os.path.join(out, MANIFEST_NAME), os.path.join(out, STATE_NAME)
-    records: dict = {}
-    if os.path.exists(manifest_path):
-        try:
-            old = Manifest.load(out)
-        except ManifestError:
-            old = None
-        if old is not None and old.extra.get("fingerprint") == fingerprint:
-            records = {r.name: r for r in old.shards}
-        elif not overwrite:
-            what = f"source {old.source.get('path')}" if old is not None else "an unreadable manifest"
-            raise OutputError(f"{out}: holds another dataset's manifest ({what}); pass --overwrite to replace it")
-        else:
-            os.remove(manifest_path)
-            if old is not None:
-                _remove_shards(out, old.shards)
-    if os.path.exists(state_path):
-        with open(state_path, "r", encoding="utf-8") as f:
-            state = json.load(f)
-        if state.get("fingerprint") == fingerprint:
-            records.update({name: ShardRecord(**r) for name, r in state["shards"].items()})
-        elif state.get("shards") and not overwrite:
-            raise OutputError(f"{out}: holds an unfinished conversion of another source; pass --overwrite to replace it")
-        else:
-            _remove_shards(out, [ShardRecord(**r) for r in state["shards"].values()])
-            os.remove(state_path)
-            if os.path.exists(os.path.join(out, VALIDATED_NAME)):
-                os.remove(os.path.join(out, VALIDATED_NAME))
-    return records
-
-
-def _finished(out: str, fingerprint: dict) -> Optional[Manifest]:
-    """The manifest of this very conversion when it already completed and every shard still checks out."""
-    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
-        return None
-    manifest = Manifest.load(out)
-    if manifest.extra.get("fingerprint") != fingerprint or not all(_complete(out, r) for r in manifest.shards):
-        return None
-    return manifest
 
 
 def _class_labels(source, validated: Validated) -> tuple:
@@ -156,22 +105,29 @@ def _class_labels(source, validated: Validated) -> tuple:
 def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"{out}: output path is a file, expected a directory")
-    os.makedirs(out, exist_ok=True)
+    path = source.rec if source.kind == "rec" else source.root
+    with output_lock(out, f"python -m convert {source.kind} {path} {out}"):
+        return _convert_locked(source, out, opts)
+
+
+def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
+    """Both passes, the shuffle and the manifest, while this process holds the lock on `out`."""
     workers = opts.workers or os.cpu_count() or 1
     fingerprint = {"source": source.describe(), "options": opts.affecting_output()}
-    records = _previous_records(out, fingerprint, opts.overwrite)
+    records = previous_records(out, fingerprint, opts.overwrite, opts.prefix)
     remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
-    finished = _finished(out, fingerprint)
-    if finished is not None:
-        return finished
+    done_before = finished(out, fingerprint)
+    if done_before is not None:
+        return done_before
     state_path, validated_path = os.path.join(out, STATE_NAME), os.path.join(out, VALIDATED_NAME)
 
     if records or (os.path.exists(state_path) and os.path.exists(validated_path)):
-        validated = Validated.load(validated_path) if os.path.exists(validated_path) else None
+        validated = load_validated(validated_path)
     else:
         validated = None
     if validated is None or len(validated.ok) != len(source):
-        validated = validate_source(source, opts.encoding, opts.image_size, opts.resize, workers, opts.progress)
+        validated = validate_source(source, opts.encoding, opts.image_size, opts.resize, workers, opts.progress,
+                                    opts.max_pixels)
         validated.save(validated_path)
     write_json_atomic(state_path, {"fingerprint": fingerprint, "shards": {n: asdict(r) for n, r in records.items()}})
     if validated.errors and not opts.skip_corrupt:
@@ -189,7 +145,7 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
     starts = list(range(0, len(order), per_shard))
     names = [f"{opts.prefix}-{k:06d}" for k in range(len(starts))]
 
-    done = {n: records[n + ".tar"] for n in names if n + ".tar" in records and _complete(out, records[n + ".tar"])}
+    done = {n: records[n + ".tar"] for n in names if n + ".tar" in records and complete(out, records[n + ".tar"])}
     todo = [k for k, n in enumerate(names) if n not in done]
     ext = EXTENSIONS[opts.encoding]
     jobs = []
@@ -198,7 +154,7 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
         indices = order[starts[k] : stop]
         jobs.append(ShardJob(out, names[k], starts[k], indices, labels[starts[k] : stop],
                              bool(validated.transcode[indices].any()), opts.encoding, ext, opts.image_size,
-                             opts.resize))
+                             opts.resize, opts.max_pixels))
     bar = tqdm(total=sum(len(j.indices) for j in jobs), desc="write", unit="img", disable=not opts.progress,
                smoothing=0.1)
     try:
@@ -209,13 +165,13 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
     finally:
         bar.close()
 
-    manifest = Manifest(
+    manifest = sealed(Manifest(
         num_samples=len(order), num_classes=int(labels.max()) + 1, image_size=opts.image_size,
         encoding=opts.encoding, seed=opts.seed, shards=tuple(done[n] for n in names),
         source=fingerprint["source"], class_map=class_map,
         skipped=tuple(source.where(i) for i, _ in validated.errors),
         extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
-    )
+    ))
     manifest.save(out)
     os.remove(state_path)
     os.remove(validated_path)

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from convert.errors import InputError
 from convert.files import write_json_atomic
 
 FORMAT = "adadistill-webdataset-shards"
@@ -16,7 +17,7 @@ EXTENSIONS = {"jpeg": "jpg", "raw": "raw"}  # encoding -> member extension
 ENCODINGS = {ext: encoding for encoding, ext in EXTENSIONS.items()}  # member extension -> encoding
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest that is missing, unreadable, or holds impossible values; the message names the file and key."""
 
 

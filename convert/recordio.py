@@ -6,7 +6,7 @@ padded with zeros to 4 bytes. When the magic occurs at a 4-aligned position insi
 writer drops those 4 bytes and starts a new part there (cflag 1 = first, 2 = middle, 3 = last);
 the reader puts the magic back between parts. A record's payload starts with an IRHeader
 (struct 'IfQQ': flag, label, id, id2); when flag > 0, `flag` float32 labels follow it.
-`image_keys` finds a .rec's image records, by insightface's header record where there is one.
+Which records of a .rec are images is convert/rec_layout.py's job.
 """
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
+
+from convert.errors import InputError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -24,9 +26,10 @@ _IR_FORMAT = "<IfQQ"
 IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
 _MAX_LENGTH = (1 << 29) - 1
 _READ_AHEAD = 16 * 1024
+_MAX_INDEX_LINE = 4096  # a key<TAB>offset line is about 20 bytes; a longer one means the file is no index
 
 
-class RecordIOError(ValueError):
+class RecordIOError(InputError, ValueError):
     """A .rec or .idx file that does not hold what RecordIO promises; the message names file and offset."""
 
 
@@ -140,26 +143,45 @@ class RecordWriter:
         self.close()
 
 
+def _index_lines(path_idx: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of an .idx, read as bytes so that binary garbage is an error naming the line."""
+    with open(path_idx, "rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(_MAX_INDEX_LINE), b""), 1):
+            if len(raw) == _MAX_INDEX_LINE and not raw.endswith(b"\n"):
+                raise RecordIOError(f"{path_idx}:{lineno}: line longer than {_MAX_INDEX_LINE} bytes; "
+                                    f"expected 'key<TAB>offset' lines (is this an .idx file?)")
+            try:
+                yield lineno, raw.decode("ascii")
+            except UnicodeDecodeError as e:
+                raise RecordIOError(f"{path_idx}:{lineno}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not "
+                                    f"text; expected 'key<TAB>offset' lines (is this an .idx file?)") from None
+
+
 def _read_index(path_idx: str, rec_size: int) -> dict:
     offsets: dict = {}
-    with open(path_idx, "r") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise RecordIOError(f"{path_idx}:{lineno}: expected 'key<TAB>offset', found {line.rstrip()!r}")
-            try:
-                key, offset = int(parts[0]), int(parts[1])
-            except ValueError:
-                raise RecordIOError(f"{path_idx}:{lineno}: expected integers, found {line.rstrip()!r}") from None
-            if offset < 0 or offset + 8 > rec_size:
-                raise RecordIOError(
-                    f"{path_idx}:{lineno}: key {key} at offset {offset} lies past the end of the .rec ({rec_size} bytes)"
-                )
-            if key in offsets:
-                raise RecordIOError(f"{path_idx}:{lineno}: key {key} appears twice")
-            offsets[key] = offset
+    owner: dict = {}  # offset -> (key, line number): two keys at one offset would read one record twice
+    for lineno, line in _index_lines(path_idx):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise RecordIOError(f"{path_idx}:{lineno}: expected 'key<TAB>offset', found {line.rstrip()!r}")
+        try:
+            key, offset = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise RecordIOError(f"{path_idx}:{lineno}: expected integers, found {line.rstrip()!r}") from None
+        if offset < 0 or offset + 8 > rec_size:
+            raise RecordIOError(
+                f"{path_idx}:{lineno}: key {key} at offset {offset} lies past the end of the .rec ({rec_size} bytes)"
+            )
+        if key in offsets:
+            raise RecordIOError(f"{path_idx}:{lineno}: key {key} appears twice")
+        if offset in owner:
+            other, other_line = owner[offset]
+            raise RecordIOError(f"{path_idx}:{lineno}: key {key} has offset {offset}, the offset of key {other} "
+                                f"(line {other_line}) too: one record would be read twice and another never")
+        offsets[key] = offset
+        owner[offset] = (key, lineno)
     return offsets
 
 
@@ -261,34 +283,3 @@ class RecordReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def insightface_image_end(reader: RecordReader) -> Optional[int]:
-    """The key that ends the image records, as insightface's header record announces it, or None without one.
-
-    insightface's layout: record 0 has flag > 0, no payload, and label = (first identity-record key, end);
-    the images are keys 1..label[0]-1 and the identity records follow them. An im2rec .rec has no such
-    record: every record is an image.
-    """
-    if 0 not in reader:
-        return None
-    header, payload = unpack(reader.read(0))
-    if header.flag > 0 and not payload:
-        return int(header.label[0])
-    return None
-
-
-def image_keys(reader: RecordReader) -> list:
-    """The keys of a .rec's image records, in key order for insightface's layout, else every key in file order.
-
-    Raises RecordIOError naming the .idx when insightface's header announces a key that the index lacks."""
-    end = insightface_image_end(reader)
-    if end is None:
-        return list(reader.keys)
-    missing = [k for k in range(1, end) if k not in reader]
-    if missing:
-        raise RecordIOError(
-            f"{reader.path_idx or reader.path_rec}: header record says image keys 1..{end - 1}, "
-            f"but key {missing[0]} is not in the index ({len(missing)} missing)"
-        )
-    return list(range(1, end))

@@ -36,6 +36,7 @@ class ShardJob:
     ext: str
     size: int
     resize: bool
+    max_pixels: int
 
 
 def _init(source, report: Callable[[int], None]) -> None:
@@ -58,7 +59,7 @@ def write_shard(job: ShardJob) -> ShardRecord:
         for j, (i, label) in enumerate(zip(job.indices.tolist(), job.labels.tolist())):
             data = _SOURCE.read(i)[1]
             if job.transcode:
-                data = to_member(data, job.encoding, job.size, job.resize, _SOURCE.where(i))
+                data = to_member(data, job.encoding, job.size, job.resize, _SOURCE.where(i), job.max_pixels)
             writer.write(job.first_key + j, data, label)
             if (j + 1) % _REPORT_EVERY == 0:
                 _REPORT(_REPORT_EVERY)

@@ -6,6 +6,10 @@ are filled in from a template here: TarWriter goes through tarfile's generic hea
 70 us a sample, which made it the slowest step of a conversion, slower than decoding the image.
 The DALI index line of each sample (`ext offset size name` per member, offsets of the member's
 data, as DALI's wds2idx writes them) is written as the tar is written.
+
+The tar streams into a convert.files.AtomicPath across calls; a failing write drops its temporary file
+and, for want of space or permission, becomes files.WriteError naming the shard, as every file written
+through convert.files does.
 """
 from __future__ import annotations
 
@@ -73,8 +77,18 @@ class ShardWriter:
 
     def _emit(self, data) -> None:
         self._sha.update(data)
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as error:
+            self._failed(error)
+            raise
         self._offset += len(data)
+
+    def _failed(self, error: OSError) -> None:
+        """Drop the temporary file; raise files.WriteError naming the shard when `error` is a full disk, a refused
+        permission or a read-only file system (the AtomicPath's own rule for a failed `with` block)."""
+        self.abort()
+        self._tar.__exit__(type(error), error, error.__traceback__)
 
     def write(self, key: int, image: bytes, label: int) -> None:
         name = key_name(key)
@@ -97,13 +111,25 @@ class ShardWriter:
         """Finish the tar, write the index, rename both into place; returns the manifest record."""
         self._emit(bytes(2 * _BLOCK))
         self._emit(bytes(-self._offset % _RECORD))
-        self._f.close()
+        try:
+            self._f.close()  # flushes the last buffered bytes: where a full disk shows itself
+        except OSError as error:
+            self._failed(error)
+            raise
         if self.samples == 0:
             self._tar.discard()
             return None
         # The index first: a tar under its final name always has its index beside it.
-        write_atomic(self.idx_path, f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._lines) + "\n")
-        self._tar.commit()
+        try:
+            write_atomic(self.idx_path, f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._lines) + "\n")
+        except BaseException:
+            self._tar.discard()
+            raise
+        try:
+            self._tar.commit()  # fsync and rename
+        except OSError as error:
+            self._failed(error)
+            raise
         return ShardRecord(
             name=os.path.basename(self.tar_path), samples=self.samples, bytes=self._offset,
             sha256=self._sha.hexdigest(),
@@ -111,5 +137,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the temporary file (a failed conversion leaves no half shard under a final name)."""
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            pass  # the flush of a write that already failed (a full disk): the file is closed all the same
         self._tar.discard()

@@ -10,13 +10,30 @@ import os
 import warnings
 from typing import Optional
 
-from convert.recordio import RecordReader, image_keys, insightface_image_end, unpack
+from convert.errors import InputError
+from convert.rec_layout import image_keys, insightface_image_end
+from convert.recordio import RecordReader, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class SourceError(ValueError):
+class SourceError(InputError, ValueError):
     """A source that cannot be converted; the message names the file or folder."""
+
+
+def printable(path: str) -> str:
+    """`path` with the bytes that are no UTF-8 shown as \\xNN escapes, so that a message naming it can be printed."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_name(folder: str, name: str) -> None:
+    """Refuse a file or folder name that is no UTF-8: it could be neither written into manifest.json (class_map,
+    skipped) nor printed in an error message."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceError(f"{printable(os.path.join(folder, name))}: name is not valid UTF-8 (shown with \\xNN "
+                          "escapes); rename it") from None
 
 
 class RecSource:
@@ -91,6 +108,8 @@ class FolderSource:
         self.classes = sorted(
             e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
         )
+        for name in self.classes:
+            _check_name(self.root, name)
         if not self.classes:
             raise SourceError(f"{self.root}: source folder is empty (expected one sub-folder per identity)")
         self.paths: list = []
@@ -101,6 +120,8 @@ class FolderSource:
                 e.name for e in os.scandir(folder)
                 if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
             )
+            for f in files:
+                _check_name(folder, f)
             if not files:
                 raise SourceError(f"{folder}: identity folder has no images ({'/'.join(IMAGE_EXTENSIONS)})")
             self.paths += [os.path.join(name, f) for f in files]

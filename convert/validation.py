@@ -7,7 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convert.files import atomic_path
-from convert.image_check import CorruptImageError, ImageSizeError, is_jpeg, validate
+from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError, ImageSizeError, is_jpeg, validate
 from convert.worker_pool import spawn_pool, worth_spawning
 
 _SOURCE = None  # the source, in each worker process (set by _init)
@@ -46,7 +46,7 @@ def _init(source) -> None:
 
 
 def _check_range(task: tuple) -> tuple:
-    start, stop, encoding, size, resize = task
+    start, stop, encoding, size, resize, max_pixels = task
     n = stop - start
     labels = np.full(n, -1, np.int64)
     ok = np.zeros(n, bool)
@@ -57,7 +57,7 @@ def _check_range(task: tuple) -> tuple:
         label, data = _SOURCE.read(i)
         where = _SOURCE.where(i)
         try:
-            h, w = validate(data, where)
+            h, w = validate(data, where, max_pixels)
         except CorruptImageError as e:
             errors.append((i, str(e)))
             continue
@@ -69,11 +69,13 @@ def _check_range(task: tuple) -> tuple:
     return start, labels, ok, transcode, nbytes, errors
 
 
-def validate_source(source, encoding: str, size: int, resize: bool, workers: int, progress: bool = True) -> Validated:
-    """Decode every image of `source` once; raises on structural errors and wrong sizes, records corrupt images."""
+def validate_source(source, encoding: str, size: int, resize: bool, workers: int, progress: bool = True,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Validated:
+    """Decode every image of `source` once; raises on structural errors, wrong sizes and images of more than
+    `max_pixels` pixels, records corrupt images."""
     n = len(source)
     chunk = max(32, min(1024, n // max(1, workers * 8)))
-    tasks = [(s, min(s + chunk, n), encoding, size, resize) for s in range(0, n, chunk)]
+    tasks = [(s, min(s + chunk, n), encoding, size, resize, max_pixels) for s in range(0, n, chunk)]
     labels = np.full(n, -1, np.int64)
     ok = np.zeros(n, bool)
     transcode = np.zeros(n, bool)

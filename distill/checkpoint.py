@@ -25,8 +25,15 @@ REQUIRED_KEYS = ("student", "head", "optimizer", "scheduler", "scaler", "step", 
                  "config")
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
-__all__ = ["CheckpointError", "REQUIRED_KEYS", "capture_rng", "directory", "file_name", "latest", "load",
-           "prune", "resolve_resume", "restore_rng", "save", "seed_all"]
+__all__ = ["CheckpointError", "REQUIRED_KEYS", "RESUMABLE_KEYS", "capture_rng", "directory", "file_name", "latest",
+           "load", "prune", "recipe_changes", "resolve_resume", "restore_rng", "save", "seed_all"]
+
+# Keys a resumed run may change without changing what the run computes: where it stops, how it logs,
+# saves and evaluates, where its files are, how the data is read (same samples, same order), the memory
+# layout, and whether the teacher runs online or from its cache (checked against the same weights).
+RESUMABLE_KEYS = ("output", "resume", "resume_changes", "train.max_steps", "train.epochs", "train.log_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.channels_last",
+                  "data.backend", "distill.teacher_cache", "distill.centres_from_cache", "eval.")
 
 
 def directory(output: str | Path) -> Path:
@@ -91,6 +98,31 @@ def resolve_resume(resume: str, output: str | Path) -> Optional[Path]:
     if not path.is_file():
         raise CheckpointError(f"resume: {resume} is neither auto, none, a checkpoint file nor a run directory")
     return path
+
+
+def recipe_changes(saved: dict, saved_world_size: int, current: dict, world_size: int) -> dict[str, tuple]:
+    """{dotted key: (old, new)} for every key of the run's recipe that differs between the config a
+    checkpoint was saved with and the current one (both as configs.to_dict gives them). The per-rank
+    batch may change with the world size as long as the global batch stays the same."""
+    old, new = _flatten(saved), _flatten(current)
+    changes = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_KEYS)}
+    if "train.batch_size" in changes:
+        before, after = changes.pop("train.batch_size")
+        if (before or 0) * saved_world_size != (after or 0) * world_size:
+            changes["global batch (train.batch_size x ranks)"] = (f"{before} x {saved_world_size}",
+                                                                 f"{after} x {world_size}")
+    return changes
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return flat
 
 
 def prune(output: str | Path, *, keep: int, steps_per_epoch: int) -> None:

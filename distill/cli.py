@@ -4,56 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Optional, Sequence
 
 import torch
 
 import models
-import pipeline
 from configs import ConfigError
+from convert.errors import run_command
 from distill import distributed, teacher as teachers, teacher_cache
-from distill.teacher_cache import CacheManifest, TeacherCacheError
+from distill.teacher_cache import CacheManifest
 
-# Failures whose message already says what, where and what was found: no traceback needed.
-KNOWN_ERRORS = (ConfigError, models.CheckpointError, models.UnknownModelError, pipeline.ShardError,
-                pipeline.BatchSizeError, pipeline.PipelineDeviceError, pipeline.UnknownAugmentationError,
-                TeacherCacheError, FileNotFoundError)
+# Failures whose message already says what, where and what was found, besides convert.errors.InputError
+# (which every package's own errors derive from): no traceback needed.
+KNOWN_ERRORS = (ConfigError,)
 
 
 def run(argv: Sequence[str]) -> int:
     if argv[:1] == ["cache-teacher"]:
-        return run_cache(argv[1:])
+        return run_command("python -m distill cache-teacher", lambda: _report_cache(cache_teacher(argv[1:])),
+                           known=KNOWN_ERRORS, interrupted="interrupted; re-run the same command to resume")
     if argv[:1] == ["plan"]:
-        return run_plan(argv[1:])
-    from distill.train import TrainingDiverged, main
+        from distill.preview import main as plan
 
-    try:
-        main(argv)
-    except (*KNOWN_ERRORS, TrainingDiverged) as e:
-        print(f"{_rank_prefix()}python -m distill: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("python -m distill: interrupted; re-run the same command to resume from the newest checkpoint",
-              file=sys.stderr)
-        return 130
-    return 0
+        return run_command("python -m distill plan", lambda: plan(argv[1:]), known=KNOWN_ERRORS)
+    from distill.train import main as train
+
+    return run_command("python -m distill", lambda: train(argv), known=KNOWN_ERRORS,
+                       interrupted="interrupted; re-run the same command to resume from the newest checkpoint")
 
 
-def run_cache(argv: Sequence[str]) -> int:
-    """`python -m distill cache-teacher ...`: build (or finish) a teacher embedding cache."""
-    try:
-        manifest = cache_teacher(argv)
-    except KNOWN_ERRORS as e:
-        print(f"{_rank_prefix()}python -m distill cache-teacher: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("python -m distill cache-teacher: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+def _report_cache(manifest: CacheManifest) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(f"teacher cache complete: {manifest.num_samples} samples x 2 views x {manifest.embedding_size} "
               f"(float16), teacher sha256 {manifest.teacher_sha256[:12]}, {manifest.precision}")
-    return 0
 
 
 def cache_teacher(argv: Optional[Sequence[str]] = None) -> CacheManifest:
@@ -63,30 +46,15 @@ def cache_teacher(argv: Optional[Sequence[str]] = None) -> CacheManifest:
     try:
         device = ctx.device if args.device == "auto" else torch.device(args.device)
         network = models.load_teacher(args.teacher, network=args.network)
+        lock = distributed.rank0_lock(ctx, args.out, f"python -m distill cache-teacher --out {args.out}")
         # channels_last as the loop's default: faster here too.
         source = teachers.TeacherSource(network, device=device, channels_last=True,
                                         autocast_dtype=teachers.autocast_dtype(args.precision, device))
-        return teacher_cache.build(source, str(args.teacher), args.shards, args.out, ctx=ctx, device=device,
-                                   batch_size=args.batch_size, chunk=args.chunk, progress=not args.no_progress)
+        with lock:  # one writer of the cache; under torchrun rank 0 holds it for all ranks
+            return teacher_cache.build(source, str(args.teacher), args.shards, args.out, ctx=ctx, device=device,
+                                       batch_size=args.batch_size, chunk=args.chunk, progress=not args.no_progress)
     finally:
         distributed.teardown(ctx)
-
-
-def run_plan(argv: Sequence[str]) -> int:
-    """`python -m distill plan ...`: print the schedule, weight decay and head memory of a config."""
-    from distill.preview import main
-
-    try:
-        main(argv)
-    except KNOWN_ERRORS as e:
-        print(f"python -m distill plan: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _rank_prefix() -> str:
-    rank = os.environ.get("RANK")
-    return f"[rank {rank}] " if rank not in (None, "0") else ""
 
 
 def _cache_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

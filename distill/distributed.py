@@ -2,12 +2,15 @@
 and the few collectives the loop and the head use."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from convert.files import OutputLockedError, output_lock
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,22 @@ def all_mean(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= ctx.world_size
     return values
+
+
+def rank0_lock(ctx: DistContext, folder, job: str) -> contextlib.ExitStack:
+    """Rank 0 holds `folder`'s output lock (convert.files.output_lock) for the `with` block: one job
+    writes there. Every rank learns whether rank 0 got it, so that all stop together when it did not
+    (the others would otherwise wait at their first collective)."""
+    stack, refused = contextlib.ExitStack(), None
+    if ctx.is_main:
+        try:
+            stack.enter_context(output_lock(folder, job))
+        except OutputLockedError as error:
+            refused = error
+    if any_bits(ctx, torch.tensor(int(refused is not None), device=ctx.device), nbits=1):
+        stack.close()
+        raise refused or OutputLockedError(f"{folder}: rank 0 could not lock this folder; see its error")
+    return stack
 
 
 def world_size() -> int:

@@ -61,7 +61,7 @@ class ArcFaceMargin:
     uses_norms: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_margin("arcface", s=self.s, m=self.m)
+        check_margin("arcface: option ", s=self.s, m=self.m)
 
     def logits(self, cos, labels, z_hat=None):
         target = cos.gather(1, labels[:, None]).squeeze(1)
@@ -82,7 +82,7 @@ class CosFaceMargin:
     uses_norms: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_margin("cosface", s=self.s, m=self.m)
+        check_margin("cosface: option ", s=self.s, m=self.m)
 
     def logits(self, cos, labels, z_hat=None):
         target = cos.gather(1, labels[:, None]).squeeze(1)
@@ -104,7 +104,7 @@ class AdaFaceMargin:
     uses_norms: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        check_margin("adaface", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
+        check_margin("adaface: option ", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
 
     def logits(self, cos, labels, z_hat=None):
         if z_hat is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -86,10 +87,24 @@ def _fmt(value: Optional[float]) -> str:
 
 def _drop_records_after(path: Path, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: drop the earlier attempt's records of them,
-    so that metrics.jsonl reads as one run."""
+    so that metrics.jsonl reads as one run. A line that is not JSON (the torn tail of a process killed
+    mid-write, or of a full disk) is dropped with a warning."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            warnings.warn(f"{path}: line {number} of {len(lines)} is not a JSON record (a write torn by a kill or a "
+                          f"full disk); dropped: {line[:80]!r}", RuntimeWarning, stacklevel=2)
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
     if len(kept) != len(lines):
         write_atomic(path, "".join(line + "\n" for line in kept))

@@ -94,7 +94,7 @@ def format_text(p: dict[str, Any]) -> str:
     wd = p["weight_decay"]
     lines.append(f"weight decay     {wd['value']:g} on {wd['on']}: {wd['decayed_params']:,} parameters decayed, "
                  f"{wd['undecayed_params']:,} not")
-    lines.append(f"gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
+    lines.append("gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
     hb = p["head_bytes_per_rank"]
     lines.append(f"head per rank    {_gib(hb['total'])} (centres {_gib(hb['centres'])}, optimizer state "
                  f"{_gib(hb['optimizer_state'])}, per-step working set {_gib(hb['step_working_set'])}; fp32)")

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 import pipeline
+from convert.errors import InputError
 from convert.files import write_atomic
 from distill import distributed
 
@@ -53,7 +54,7 @@ PLAIN, MIRRORED = 0, 1
 _PROGRESS = "progress-rank{}.json"
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(InputError, ValueError):
     """A cache that is missing, incomplete, or does not belong to the configured teacher and shards."""
 
 

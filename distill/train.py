@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ import configs
 import models
 import pipeline
 from configs import RunConfig
+from convert.errors import InputError
 from convert.files import write_atomic
 from distill import checkpoint, distributed, teacher as teachers, teacher_cache, verify
 from distill.heads import head_from_config
@@ -33,8 +35,12 @@ from distill.optim import Plan, build_optimizer, plan as make_plan, set_lr
 _BAD_LOSS, _BAD_GRAD, _BAD_TEACHER = 1, 2, 4
 
 
-class TrainingDiverged(RuntimeError):
-    """train.max_nonfinite non-finite steps in a row."""
+class TrainingDiverged(InputError, RuntimeError):
+    """train.max_nonfinite non-finite steps in a row, or every step of a run non-finite."""
+
+
+class ResumeError(InputError):
+    """A resume whose config changes the run's recipe."""
 
 
 @dataclass
@@ -81,14 +87,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Position:
     cfg = configs.load(args.config, args.overrides)
     ctx = distributed.setup()
     try:
-        return _train(cfg, ctx)
+        with distributed.rank0_lock(ctx, cfg.output, f"python -m distill --config {args.config}"):
+            return _train(cfg, ctx)
     finally:
         distributed.teardown(ctx)
+
+
 
 
 def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     out = Path(cfg.output)
     resume_from = checkpoint.resolve_resume(cfg.resume, out)
+    saved = checkpoint.load(resume_from) if resume_from is not None else None
+    changes = _recipe_changes(cfg, ctx, resume_from, saved) if saved is not None else {}
     verify.check_targets(cfg.eval.targets)
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
@@ -97,8 +108,8 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     plan = run.plan
 
     pos = Position()
-    if resume_from is not None:
-        pos = _restore(resume_from, run)
+    if saved is not None:
+        pos = _restore(resume_from, saved, run)
     else:
         checkpoint.seed_all(cfg.seed + ctx.rank)  # per-rank streams (dropout) from here on
     if ctx.is_main:
@@ -107,6 +118,11 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
+    if changes:
+        log.write({"event": "resume_changes", "step": pos.step,
+                   "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}})
+        log.message(f"resume_changes=allow: going on with {_describe(changes)} (recorded in metrics.jsonl)")
+    started, skipped_before = pos.step, pos.skipped
     if isinstance(run.teacher, teacher_cache.CachedTeacher):
         log.message(run.teacher.precision_note(teachers.precision_name(run.autocast_dtype)))
     meter = Meter(ctx.device)
@@ -151,6 +167,9 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
                     for record in verify.run(ctx, run.student_module, cfg.eval, step=pos.step, epoch=pos.epoch):
                         log.write(record)
                         log.message(f"epoch {pos.epoch}: {record['target']} accuracy {record['accuracy']:.4f}")
+        if pos.step > started and pos.skipped - skipped_before == pos.step - started:
+            raise TrainingDiverged(f"every one of the {pos.step - started} steps of this run was non-finite (skipped), "
+                                   f"so nothing was learned; {_likely_causes(cfg, plan)}")
         if last_saved != pos.step:
             _save(out, run, pos)
     finally:
@@ -241,11 +260,31 @@ def _diverged_message(cfg: RunConfig, plan: Plan, pos: Position, bad: int) -> st
     what = [name for bit, name in ((_BAD_LOSS, "loss"), (_BAD_GRAD, "gradients"), (_BAD_TEACHER, "teacher embeddings"))
             if bad & bit]
     return (f"{pos.skipped_in_a_row} non-finite steps in a row (train.max_nonfinite={cfg.train.max_nonfinite}), "
-            f"ending at step {pos.step}; non-finite at the last one: {', '.join(what)}. Likely causes: the learning "
-            f"rate is too high (train.lr={cfg.train.lr} scaled to {plan.lr:.4g} for a global batch of "
-            f"{plan.global_batch}; try a lower train.lr or longer train.warmup_epochs), or the teacher is broken "
-            f"(teacher.spec={cfg.teacher.spec!r}: check that it loads and gives finite embeddings), or bf16 overflow "
-            f"(try train.precision=fp32). The last checkpoint in {checkpoint.directory(cfg.output)} is before this.")
+            f"ending at step {pos.step}; non-finite at the last one: {', '.join(what)}. {_likely_causes(cfg, plan)}")
+
+
+def _likely_causes(cfg: RunConfig, plan: Plan) -> str:
+    return (f"Likely causes: the learning rate is too high (train.lr={cfg.train.lr} scaled to {plan.lr:.4g} for a "
+            f"global batch of {plan.global_batch}; try a lower train.lr or longer train.warmup_epochs), or the teacher "
+            f"is broken (teacher.spec={cfg.teacher.spec!r}: check that it loads and gives finite embeddings), or bf16 "
+            f"overflow (try train.precision=fp32). The last checkpoint in {checkpoint.directory(cfg.output)} is "
+            f"before this.")
+
+
+def _recipe_changes(cfg: RunConfig, ctx, path: Path, saved: dict) -> dict[str, tuple]:
+    """The recipe keys this resume changes; raises ResumeError unless resume_changes: allow."""
+    changes = checkpoint.recipe_changes(saved["config"], int(saved.get("world_size", ctx.world_size)),
+                                        configs.to_dict(cfg), ctx.world_size)
+    if changes and cfg.resume_changes != "allow":
+        raise ResumeError(f"{path}: resuming with a changed recipe: {_describe(changes)}; set them back to go on "
+                          f"with the same run, choose another output for a new one, or set resume_changes=allow to "
+                          f"go on anyway (the change is recorded in metrics.jsonl). Keys that may change freely: "
+                          f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in checkpoint.RESUMABLE_KEYS)}")
+    return changes
+
+
+def _describe(changes: dict) -> str:
+    return ", ".join(f"{key} {json.dumps(old)} -> {json.dumps(new)}" for key, (old, new) in changes.items())
 
 
 def _log(log: RunLog, meter: Meter, run: Run, pos: Position) -> None:
@@ -275,8 +314,7 @@ def _save(out: Path, run: Run, pos: Position) -> int:
     return pos.step
 
 
-def _restore(path: Path, run: Run) -> Position:
-    state = checkpoint.load(path)
+def _restore(path: Path, state: dict, run: Run) -> Position:
     try:
         run.student_module.load_state_dict(state["student"])
         run.head_module.load_state_dict(state["head"])

@@ -7,15 +7,20 @@ import torch
 from torch import nn
 
 from configs import EvalConfig
+from convert.errors import InputError
 from distill.checkpoint import capture_rng, restore_rng
 from distill.distributed import DistContext, barrier
+
+
+class MissingTargetError(InputError, FileNotFoundError):
+    """A verification set named in eval.targets does not exist."""
 
 
 def check_targets(targets: tuple[str, ...]) -> None:
     """Fail at start, not after the first epoch, when a requested set is missing."""
     missing = [t for t in targets if not Path(t).exists()]
     if missing:
-        raise FileNotFoundError(f"eval.targets: verification set(s) not found: {missing}")
+        raise MissingTargetError(f"eval.targets: verification set(s) not found: {missing}")
 
 
 def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epoch: int) -> list[dict]:

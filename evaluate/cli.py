@@ -6,25 +6,62 @@
     python -m evaluate batch --checkpoint-dir DIR [--checkpoint-suffix .pt] [--force] (same data flags)
 
 Without --targets every target whose data is present runs and the missing ones are listed as
-skipped; a target named in --targets whose data is missing is an error.
+skipped; a target named in --targets whose data is missing is an error, and so is a run with no target
+to run at all.
+
+What goes wrong is said in one line on stderr, `python -m evaluate: error: <path>: <what>`, exit status 2
+(convert.errors.run_command), and before the work where it can be: a data root that does not exist, a
+report that cannot be written. A set's file that is not what it should be (garbage, truncated, a pickle
+asking for code, an image that does not decode) is named with the position in it.
+
+Batch mode holds `<checkpoint-dir>/reports` for its life (convert.files.output_lock): a second batch job
+on the same folder stops at once, naming the first. A checkpoint that cannot be loaded
+(models.CheckpointError: unreadable, non-finite weights, another backbone) does not stop the batch: it is
+printed as failed and gets a row in summary.csv holding its `checkpoint` and, in an `error` column, the
+message (its metric columns empty); once every checkpoint is done the batch exits with status 2 and one
+line naming summary.csv and the failed checkpoints. It has no report JSON, so the next run tries it
+again. Any other failure (a bad set, a full disk) stops the batch at once: it would fail every checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 from tqdm import tqdm
 
 import models
 import pipeline
+from convert.errors import InputError, run_command
+from convert.files import WriteError, output_lock
 from evaluate import report as rep
-from evaluate.targets import ALL_TARGETS, DataRoots, plan, run_target
+from evaluate.targets import ALL_TARGETS, DataRoots, plan, require_some, run_target
+
+PROG = "python -m evaluate"
+BATCH_PROG = "python -m evaluate batch"
+
+
+class NoCheckpointsError(InputError, FileNotFoundError):
+    """A --checkpoint-dir that is no folder, or holds no checkpoint."""
+
+
+class BatchFailedError(InputError):
+    """Checkpoints of a batch that could not be evaluated (the others were)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,7 +74,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"subset of: {' '.join(ALL_TARGETS)}, or the name of any other NAME.bin under "
                         "--val-data (default: all with data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -72,14 +109,26 @@ def _model_section(config: Path) -> dict:
     return section
 
 
-def evaluate_checkpoint(path: Path, args) -> dict:
-    """Load, run every planned target and return the report (not yet written)."""
+def _roots(args) -> DataRoots:
+    """The data roots, each checked to be a folder (MissingDataError naming it)."""
+    return DataRoots(args.val_data, args.ijb_root, args.tinyface_root)
+
+
+def evaluate_checkpoint(path: Path, args, *, before_run: Optional[Callable[[Path], None]] = None) -> dict:
+    """Load, run every planned target and return the report (not yet written).
+
+    before_run: called with the weights file read, after the (quick) load and before the (long) image
+    passes: where the caller checks that the report can be written.
+    """
     device = pipeline.resolve_device(args.device)
-    roots = DataRoots(args.val_data, args.ijb_root, args.tinyface_root)
+    roots = _roots(args)
     to_run, skipped = plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))
     given = _model_section(args.config) if args.config is not None else {}
     loaded = models.load_backbone(path, network=args.network or given.get("name"),
                                   embedding_size=given.get("embedding_size"), device=device)
+    require_some(to_run, roots)
+    if before_run is not None:
+        before_run(Path(loaded.file))
     results = {}
     for target, data in to_run.items():
         t0 = time.perf_counter()
@@ -109,9 +158,32 @@ def default_report_path(checkpoint: Path) -> Path:
     return folder / "reports" / f"{checkpoint.stem}.json"
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if missing and write a file there: a report that cannot be written fails now, not
+    after the evaluation. Only a write tells (os.access says yes to root whatever the mode bits)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise WriteError(f"{folder}: cannot write {what} here ({err.strerror or err}); choose another "
+                         f"place or fix the permissions") from None
+
+
+def _check_output(path: Path) -> None:
+    if path.is_dir():
+        raise WriteError(f"{path}: the report would replace this directory; give a file name such as "
+                         f"{path / 'report.json'}")
+    _writable_folder(path.parent, "the report")
+
+
 def main_single(argv: Sequence[str]) -> int:
     args = _parser_single().parse_args(argv)
-    report = evaluate_checkpoint(args.checkpoint, args)
+    _roots(args)
+    if args.output is not None:
+        _check_output(args.output)
+    report = evaluate_checkpoint(args.checkpoint, args,
+                                 before_run=lambda file: _check_output(args.output or default_report_path(file)))
     out = args.output or default_report_path(Path(report["checkpoint"]))
     rep.write_json(out, report)
     _print_report(report)
@@ -121,7 +193,7 @@ def main_single(argv: Sequence[str]) -> int:
 
 def find_checkpoints(folder: Path, suffix: Optional[str]) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: --checkpoint-dir is not a directory")
+        raise NoCheckpointsError(f"{folder}: --checkpoint-dir is not a directory")
     suffixes = (suffix,) if suffix else (".pt", ".pth")
     found = []
     for d in (folder, folder / "checkpoints"):
@@ -132,39 +204,56 @@ def find_checkpoints(folder: Path, suffix: Optional[str]) -> list[Path]:
 
 def main_batch(argv: Sequence[str]) -> int:
     args = _parser_batch().parse_args(argv)
-    reports_dir = args.checkpoint_dir / "reports"
     checkpoints = find_checkpoints(args.checkpoint_dir, args.checkpoint_suffix)
     if not checkpoints:
-        raise FileNotFoundError(f"{args.checkpoint_dir}: no checkpoints ending in "
-                                f"{args.checkpoint_suffix or '.pt/.pth'} (also looked in checkpoints/)")
+        raise NoCheckpointsError(f"{args.checkpoint_dir}: no checkpoints ending in "
+                                 f"{args.checkpoint_suffix or '.pt/.pth'} (also looked in checkpoints/)")
+    roots = _roots(args)  # the data, once for all checkpoints, before any is loaded
+    require_some(plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))[0], roots)
+    pipeline.resolve_device(args.device)
+    reports_dir = args.checkpoint_dir / "reports"
+    _writable_folder(reports_dir, "reports")
+    with output_lock(reports_dir, BATCH_PROG):
+        return _batch(args, checkpoints, reports_dir)
+
+
+def _batch(args, checkpoints: list[Path], reports_dir: Path) -> int:
     done = skipped = 0
+    failed: dict[Path, str] = {}
     for ckpt in tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=args.quiet):
         out = reports_dir / f"{ckpt.stem}.json"
         if out.is_file() and not args.force:
             skipped += 1
             continue
-        report = evaluate_checkpoint(ckpt, args)
+        try:
+            report = evaluate_checkpoint(ckpt, args)
+        except models.CheckpointError as err:  # this checkpoint only: the others may be fine
+            failed[ckpt] = str(err)
+            print(f"failed {ckpt}: {err}")
+            continue
         rep.write_json(out, report)
         _print_report(report)
         done += 1
     rows = []
     for ckpt in checkpoints:  # the CSV covers every evaluated checkpoint, old reports included
         path = reports_dir / f"{ckpt.stem}.json"
-        if path.is_file():
-            r = json.loads(path.read_text())
+        if ckpt in failed:
+            rows.append({"checkpoint": str(ckpt), "error": failed[ckpt]})
+        elif path.is_file():
+            r = rep.read_json(path)
             rows.append({"checkpoint": r["checkpoint"], "network": r["network"], "step": r["step"]}
                         | rep.flatten(r["results"]))
-    rep.write_csv(reports_dir / "summary.csv", rows)
-    print(f"evaluated {done}, already done {skipped}; wrote {reports_dir / 'summary.csv'} ({len(rows)} rows)")
+    summary = reports_dir / "summary.csv"
+    rep.write_csv(summary, rows)
+    print(f"evaluated {done}, already done {skipped}, failed {len(failed)}; wrote {summary} ({len(rows)} rows)")
+    if failed:
+        raise BatchFailedError(f"{summary}: {len(failed)} of {len(checkpoints)} checkpoint(s) could not be "
+                               f"evaluated: {', '.join(p.name for p in failed)} (see their error column)")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["batch"]:
-            return main_batch(argv[1:])
-        return main_single(argv)
-    except (models.CheckpointError, pipeline.PipelineDeviceError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if argv[:1] == ["batch"]:
+        return run_command(BATCH_PROG, lambda: main_batch(argv[1:]), known=(models.CheckpointError,))
+    return run_command(PROG, lambda: main_single(argv), known=(models.CheckpointError,))

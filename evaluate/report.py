@@ -1,6 +1,7 @@
 """Evaluation reports: JSON per checkpoint, flattened CSV rows, and a printed table.
 
-Files are written with `convert.files.write_atomic`, so a reader never sees half a report.
+Files are written with `convert.files.write_atomic`, so a reader never sees half a report, and a write
+that fails for want of space or permission raises convert.files.WriteError naming the file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from convert.errors import InputError
 from convert.files import write_atomic
+
+REPORT_KEYS = ("checkpoint", "network", "step", "results")
+
+
+class ReportError(InputError, ValueError):
+    """A file where a report should be that is not one `python -m evaluate` wrote."""
 
 
 def _key(k) -> str:
@@ -44,6 +52,20 @@ def flatten(obj, prefix: str = "") -> dict:
 
 def write_json(path: str | Path, report: Mapping) -> None:
     write_atomic(path, json.dumps(jsonable(report), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """A report written by `write_json`, checked to hold REPORT_KEYS; ReportError naming the file if not."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: cannot read this report ({err}); delete it to evaluate its checkpoint "
+                          f"again") from None
+    missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise ReportError(f"{path}: not a report of python -m evaluate (no {', '.join(missing)}); delete it to "
+                          f"evaluate its checkpoint again")
+    return report
 
 
 def write_csv(path: str | Path, rows: Iterable[Mapping]) -> None:

@@ -1,4 +1,9 @@
-"""Which evaluation sets exist under the data roots, and running them for one model."""
+"""Which evaluation sets exist under the data roots, and running them for one model.
+
+Every failure a user can act on is an InputError naming the path: a root that is no folder, a target
+asked for whose data is missing, none at all to run, or a set's file that is not what it should be
+(evaluate.readers.DataFileError, naming the file).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from convert.errors import InputError
 from evaluate import tinyface, verification
 from evaluate.ijb import protocol as ijb_protocol
 from evaluate.ijb import run as ijb_run
+from evaluate.readers import DataFileError
 
 TINYFACE_FOLDERS = ("tinyface_aligned_pad_0.1",)
 ALL_TARGETS = (*verification.STANDARD_SETS, *ijb_protocol.TARGETS, "tinyface")
 
 
-class MissingDataError(FileNotFoundError):
-    """A target that was asked for by name has no data under its root."""
+class MissingDataError(InputError, FileNotFoundError):
+    """A data root that is no folder, a target asked for by name without data under its root, or no target
+    with data at all."""
+
+
+class UnknownTargetError(InputError, ValueError):
+    """A target name that is neither a known benchmark nor a set found under --val-data."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,14 @@ class DataRoots:
     val_data: Optional[Path] = None
     ijb_root: Optional[Path] = None
     tinyface_root: Optional[Path] = None
+
+    def __post_init__(self):
+        # Checked here, before any work: a root that does not exist would otherwise only skip its targets.
+        for flag, path in (("--val-data", self.val_data), ("--ijb-root", self.ijb_root),
+                           ("--tinyface-root", self.tinyface_root)):
+            if path is not None and not Path(path).is_dir():
+                why = "is not a directory" if Path(path).exists() else "does not exist"
+                raise MissingDataError(f"{path}: {flag} {why}")
 
 
 def kind(target: str) -> str:
@@ -72,7 +92,7 @@ def plan(targets: Sequence[str], roots: DataRoots, *, explicit: bool) -> tuple[d
         targets = (*targets, *extra_sets(roots))
     unknown = [t for t in targets if t not in ALL_TARGETS and t not in extra_sets(roots)]
     if unknown:
-        raise ValueError(f"unknown targets {unknown}; known: {', '.join(ALL_TARGETS + extra_sets(roots))}")
+        raise UnknownTargetError(f"unknown targets {unknown}; known: {', '.join(ALL_TARGETS + extra_sets(roots))}")
     run, skipped = {}, {}
     for t in targets:
         path, why = locate(t, roots)
@@ -85,7 +105,26 @@ def plan(targets: Sequence[str], roots: DataRoots, *, explicit: bool) -> tuple[d
     return run, skipped
 
 
+def require_some(run: dict, roots: DataRoots) -> None:
+    """Raise when a plan runs nothing: a report of skipped targets alone is no evaluation."""
+    if not run:
+        given = [str(p) for p in (roots.val_data, roots.ijb_root, roots.tinyface_root) if p is not None]
+        raise MissingDataError(f"{', '.join(given) or 'no data root given'}: nothing to evaluate, no target "
+                               f"has data here (give --val-data, --ijb-root or --tinyface-root)")
+
+
 def run_target(model, target: str, path: Path, *, device=None, batch_size: int = 256, progress: bool = True) -> dict:
+    """The target's report. A set whose contents the metrics cannot use (too few pairs for the folds, a
+    template without images, no mated probe) raises DataFileError naming `path`."""
+    try:
+        return _run(model, target, path, device=device, batch_size=batch_size, progress=progress)
+    except InputError:
+        raise
+    except ValueError as err:  # the metrics check their inputs, which here come from the set's files
+        raise DataFileError(f"{path}: {target}: {err}") from err
+
+
+def _run(model, target: str, path: Path, *, device, batch_size: int, progress: bool) -> dict:
     k = kind(target)
     if k == "verification":
         return verification.test(model, verification.load_set(path), device=device, batch_size=batch_size,

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from evaluate.ranking import as_float32, identification
-from evaluate.readers import load_metadata, read_image_folder
+from evaluate.readers import DataFileError, load_metadata, read_image_folder
 
 DISTRACTOR_LABEL = -100
 DEFAULT_RANKS = (1, 5, 20)
@@ -39,7 +39,7 @@ def _key(path: str) -> str:
 def _label(path: str) -> int:
     prefix = os.path.basename(path).split("_")[0]
     if not prefix.lstrip("-").isdigit():
-        raise ValueError(f"TinyFace file name {path!r} should start with an integer identity and '_'")
+        raise DataFileError(f"TinyFace file name {path!r} should start with an integer identity and '_'")
     return int(prefix)
 
 
@@ -53,6 +53,7 @@ class TinyFaceSet:
     probe_labels: np.ndarray
     gallery_rows: np.ndarray  # matches, then distractors
     gallery_labels: np.ndarray
+    source: str = ""  # the folder it was read from, for messages
 
     def __post_init__(self):
         if self.probe_rows.shape != self.probe_labels.shape or self.gallery_rows.shape != self.gallery_labels.shape:
@@ -76,21 +77,26 @@ def load_tinyface(folder: str | Path) -> TinyFaceSet:
 
     def rows(key: str) -> tuple[np.ndarray, list[str]]:
         if key not in meta:
-            raise KeyError(f"{folder / 'metadata.pt'}: no {key!r}; found {sorted(meta)}")
+            raise DataFileError(f"{folder / 'metadata.pt'}: no {key!r}; found {sorted(meta)}")
         listed = [str(p) for p in meta[key]]
         missing = [p for p in listed if _key(p) not in row_of]
         if missing:
-            raise ValueError(f"{folder}: {len(missing)} of metadata {key!r} are not among the images, e.g. {missing[0]!r}")
+            raise DataFileError(f"{folder}: {len(missing)} of metadata {key!r} are not among the images, "
+                                f"e.g. {missing[0]!r}")
         return np.array([row_of[_key(p)] for p in listed], dtype=np.int64), listed
 
     probe_rows, probe_paths = rows("probe_paths")
     match_rows, match_paths = rows("gallery_paths")
     distractor_rows, _ = rows("distractor_paths")
-    gallery_labels = np.r_[np.array([_label(p) for p in match_paths], dtype=np.int64),
-                           np.full(distractor_rows.size, DISTRACTOR_LABEL, dtype=np.int64)]
-    return TinyFaceSet(name=folder.name, images=images, probe_rows=probe_rows,
-                       probe_labels=np.array([_label(p) for p in probe_paths], dtype=np.int64),
-                       gallery_rows=np.r_[match_rows, distractor_rows], gallery_labels=gallery_labels)
+    try:
+        gallery_labels = np.r_[np.array([_label(p) for p in match_paths], dtype=np.int64),
+                               np.full(distractor_rows.size, DISTRACTOR_LABEL, dtype=np.int64)]
+        probe_labels = np.array([_label(p) for p in probe_paths], dtype=np.int64)
+    except DataFileError as err:
+        raise DataFileError(f"{folder / 'metadata.pt'}: {err}") from None
+    return TinyFaceSet(name=folder.name, images=images, probe_rows=probe_rows, probe_labels=probe_labels,
+                       gallery_rows=np.r_[match_rows, distractor_rows], gallery_labels=gallery_labels,
+                       source=str(folder))
 
 
 def run(model, tset: TinyFaceSet, *, device=None, batch_size: int = 256, ranks=DEFAULT_RANKS,
@@ -99,7 +105,7 @@ def run(model, tset: TinyFaceSet, *, device=None, batch_size: int = 256, ranks=D
     from evaluate.embed import embed_encoded
 
     emb = embed_encoded(model, tset.images, device=device, batch_size=batch_size,
-                        desc=f"tinyface {tset.name}" if progress else None)
+                        desc=f"tinyface {tset.name}" if progress else None, source=tset.source or tset.name)
     scores = cmc(emb.fused[tset.probe_rows], tset.probe_labels, emb.fused[tset.gallery_rows],
                  tset.gallery_labels, ranks)
     return {f"rank-{k}": v for k, v in scores.items()} | {"probes": int(tset.probe_rows.size),

@@ -23,7 +23,7 @@ import numpy as np
 import sklearn.preprocessing
 from sklearn.model_selection import KFold
 
-from evaluate.readers import load_restricted, read_image_folder
+from evaluate.readers import DataFileError, load_restricted, read_image_folder
 
 # Identical to insightface's np.arange calls: the grid values must match bit for bit.
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -41,6 +41,7 @@ class VerificationSet:
     name: str
     images: tuple  # of bytes, one encoded image each
     issame: np.ndarray  # bool [P]
+    source: str = ""  # the file or folder it was read from, for messages
 
     def __post_init__(self):
         if self.issame.ndim != 1 or self.issame.dtype != np.bool_:
@@ -60,22 +61,29 @@ def load_bin(path: str | Path) -> VerificationSet:
     path = Path(path)
     obj = load_restricted(path, encoding="bytes")
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-        raise ValueError(f"{path}: expected a pickle of (bins, issame_list), found {type(obj).__name__}"
-                         + (f" of length {len(obj)}" if hasattr(obj, "__len__") else ""))
+        raise DataFileError(f"{path}: expected a pickle of (bins, issame_list), found {type(obj).__name__}"
+                            + (f" of length {len(obj)}" if hasattr(obj, "__len__") else ""))
     bins, issame = obj
+    if not isinstance(bins, (tuple, list, np.ndarray)):
+        raise DataFileError(f"{path}: bins should be a list of encoded images, found {type(bins).__name__}")
     images = []
     for i, b in enumerate(bins):
         if isinstance(b, np.ndarray):  # some converters stored each image as a uint8 array
             b = b.tobytes()
         if not isinstance(b, (bytes, bytearray)):
-            raise ValueError(f"{path}: image {i} should be encoded bytes, found {type(b).__name__}")
+            raise DataFileError(f"{path}: image {i} of {len(bins)} should be encoded bytes, found {type(b).__name__}")
         images.append(bytes(b))
     flags = np.asarray(issame)
+    if flags.ndim != 1:
+        raise DataFileError(f"{path}: issame_list should be a flat list, found shape {flags.shape}")
     if flags.dtype != np.bool_:
         if not np.isin(flags, (0, 1)).all():
-            raise ValueError(f"{path}: issame_list should hold booleans, found values {np.unique(flags)[:5]}")
+            raise DataFileError(f"{path}: issame_list should hold booleans, found values {np.unique(flags)[:5]}")
         flags = flags.astype(bool)
-    return VerificationSet(name=path.stem, images=tuple(images), issame=flags)
+    if len(images) != 2 * flags.size:
+        raise DataFileError(f"{path}: expected 2 images per pair = {2 * flags.size} images for {flags.size} "
+                            f"issame flags, found {len(images)}")
+    return VerificationSet(name=path.stem, images=tuple(images), issame=flags, source=str(path))
 
 
 def load_arrow_set(folder: str | Path) -> VerificationSet:
@@ -88,11 +96,11 @@ def load_arrow_set(folder: str | Path) -> VerificationSet:
     table, order, images = read_image_folder(folder, columns=("is_same",))
     is_same = np.asarray(table.column("is_same").to_numpy(zero_copy_only=False), dtype=bool)[order]
     if len(images) % 2:
-        raise ValueError(f"{folder}: a pair set needs an even number of rows, found {len(images)}")
+        raise DataFileError(f"{folder}: a pair set needs an even number of rows, found {len(images)}")
     if not np.array_equal(is_same[0::2], is_same[1::2]):
         bad = int(np.flatnonzero(is_same[0::2] != is_same[1::2])[0])
-        raise ValueError(f"{folder}: rows {2 * bad} and {2 * bad + 1} form a pair but disagree on is_same")
-    return VerificationSet(name=folder.name, images=images, issame=is_same[0::2])
+        raise DataFileError(f"{folder}: rows {2 * bad} and {2 * bad + 1} form a pair but disagree on is_same")
+    return VerificationSet(name=folder.name, images=images, issame=is_same[0::2], source=str(folder))
 
 
 def load_set(path: str | Path) -> VerificationSet:
@@ -102,7 +110,7 @@ def load_set(path: str | Path) -> VerificationSet:
         return load_arrow_set(path)
     if path.suffix == ".bin":
         return load_bin(path)
-    raise ValueError(f"{path}: expected an insightface .bin file or a CVLFace arrow folder")
+    raise DataFileError(f"{path}: expected an insightface .bin file or a CVLFace arrow folder")
 
 
 def _fold_counts(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray):
@@ -178,7 +186,7 @@ def test(model, vset: VerificationSet, *, device=None, batch_size: int = 256, nf
     from evaluate.embed import embed_encoded
 
     emb = embed_encoded(model, vset.images, device=device, batch_size=batch_size,
-                        desc=f"verify {vset.name}" if progress else None)
+                        desc=f"verify {vset.name}" if progress else None, source=vset.source or vset.name)
     # float64 and sklearn's normalize, as insightface's `test` does.
     fused = sklearn.preprocessing.normalize(emb.fused.astype(np.float64))
     result = evaluate(fused, vset.issame, nfolds=nfolds)

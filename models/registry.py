@@ -6,12 +6,14 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
+from convert.errors import InputError
+
 Builder = Callable[[int], nn.Module]
 
 _BUILDERS: Dict[str, Builder] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError, ValueError):
     """A backbone name that no builder is registered under."""
 
 

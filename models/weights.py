@@ -25,6 +25,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import yaml
 
+from convert.errors import InputError
+
 from .ir import IR_UNITS
 from .registry import names
 
@@ -34,7 +36,7 @@ LATEST = "latest"
 DEFAULT_EMBEDDING_SIZE = 512  # a bare state dict does not say; every reference backbone uses 512
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A spec, file or run directory that cannot be read, or whose weights do not become the backbone
     they name. The message names the spec, the file and what went wrong, and ends with a hint."""
 

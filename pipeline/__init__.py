@@ -1,7 +1,9 @@
 """Shards to normalized batches on the device: DALI (GPU, or the same graph on CPU), or a torch fallback.
 
 Public API: build_loader, Batch, ShardSamples, decode_images, Augment, steps_per_epoch, resolve_device,
-cpu_threads. The only package that imports DALI.
+cpu_threads; its errors, each an InputError whose message names the file, sample or argument: ShardError,
+UndecodableImageError, BatchSizeError, UnknownAugmentationError, PipelineDeviceError.
+The only package that imports DALI.
 
 Modules:
   loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
@@ -13,6 +15,7 @@ Modules:
   dali_loader.py   the DALI backend: external source fed in the exact order, zero-copy to torch
   torch_loader.py  the torch backend (no DALI): DataLoader workers, libjpeg-turbo decode, same order
   decode.py        decode_images: encoded images to a normalised batch (the evaluator's, the cache's)
+  image_check.py   which encoded image does not decode and why, before DALI sees it and after it refused one
   batch.py         the Batch contract
   device.py        the device argument resolved, and the cores a rank may use
 """
@@ -20,10 +23,11 @@ from pipeline.augment import Augment, UnknownAugmentationError
 from pipeline.batch import Batch
 from pipeline.decode import decode_images
 from pipeline.device import PipelineDeviceError, cpu_threads, resolve_device
+from pipeline.image_check import UndecodableImageError
 from pipeline.loader import ShardSamples, build_loader
 from pipeline.order import BatchSizeError, steps_per_epoch
 from pipeline.shard_index import ShardError
 
 __all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError", "ShardSamples",
-           "UnknownAugmentationError", "build_loader", "cpu_threads", "decode_images", "resolve_device",
-           "steps_per_epoch"]
+           "UndecodableImageError", "UnknownAugmentationError", "build_loader", "cpu_threads", "decode_images",
+           "resolve_device", "steps_per_epoch"]

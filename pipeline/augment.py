@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from configs import AugmentConfig
+from convert.errors import InputError
 
 # AdaFace's ranges (their `augmenter.py`): RandomResizedCrop scale and ratio, downscale ratio, jitter.
 CROP_SCALE = (0.2, 1.0)
@@ -25,7 +26,7 @@ LOW_RES_RATIO = (0.2, 1.0)
 JITTER = 0.5  # brightness, contrast and saturation factors in [1 - JITTER, 1 + JITTER]
 
 
-class UnknownAugmentationError(ValueError):
+class UnknownAugmentationError(InputError, ValueError):
     """An augmentation name that this pipeline does not offer."""
 
 

@@ -9,6 +9,10 @@ buffer for identity mix), split per rank with the tail dropped; resuming is star
 images enter DALI through one batched `fn.external_source` as zero-copy views of the memory-mapped tars,
 located with the shards' DALI `.idx` files, so the reader adds only a list of B views per batch; the
 decoding, flips and normalization run in DALI's threads (or on the GPU).
+
+A sample that does not decode stops the epoch with a ShardError naming its shard and key: each image's
+header is checked as its batch is fed (pipeline/image_check.py; bytes DALI's parser cannot take could
+end the process), and a batch DALI still refuses is searched for the culprit among the batches in flight.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from pipeline.augment import Augment
 from pipeline.batch import Batch
 from pipeline.dali_graph import AUGMENT_INPUTS, build_train_graph, to_torch
 from pipeline.order import EpochPlan
-from pipeline.shard_index import ShardIndex, ShardReader
+from pipeline.image_check import dali_reason, first_undecodable
+from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
 
 class DaliLoader:
@@ -41,15 +46,15 @@ class DaliLoader:
     def __len__(self) -> int:
         return self.plan.steps
 
-    def _source(self, pending: deque):
-        reader, plan, aug, size = ShardReader(self.index), self.plan, self.aug, self.index.image_size
+    def _source(self, reader: ShardReader, pending: deque):
+        plan, aug, size = self.plan, self.aug, self.index.image_size
         steps = iter(range(self.start_step, plan.steps))
 
         def source() -> tuple:
             step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
             keys = plan.samples[step]
             flips, params = plan.draws(step, aug, size)
-            out = [reader.images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
+            out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
             if params is not None:
                 out += [getattr(params, name) for name in AUGMENT_INPUTS]
             out = tuple(out)
@@ -62,12 +67,18 @@ class DaliLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         pending: deque = deque()
-        pipe = build_train_graph(self._source(pending), encoding=self.index.encoding,
+        reader = ShardReader(self.index)
+        pipe = build_train_graph(self._source(reader, pending), encoding=self.index.encoding,
                                  batch_size=self.plan.batch_size, size=self.index.image_size, device=self.device,
                                  aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch)
         try:
             for _ in range(self.start_step, self.plan.steps):
-                (images,) = pipe.run()
+                try:
+                    (images,) = pipe.run()
+                except ShardError:  # raised by our source (a header or a label): it names the sample already
+                    raise
+                except RuntimeError as err:
+                    raise _refused(reader, pending, err) from err
                 keys, labels, flips, _ = pending.popleft()  # DALI returns batches in the order it asked for them
                 yield Batch(images=to_torch(images, self.device, self.dtype),
                             labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
@@ -75,3 +86,17 @@ class DaliLoader:
                             flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None)
         finally:
             del pipe  # frees DALI's threads and buffers now, also when the consumer stops early
+
+
+def _refused(reader: ShardReader, pending: deque, err: RuntimeError) -> ShardError:
+    """The error for a batch DALI refused: the first sample of the batches in flight that does not decode
+    in full, or, where every one decodes outside DALI, the shards and keys of those batches."""
+    for keys, *_ in pending:
+        found = first_undecodable(reader.images(keys))
+        if found is not None:
+            item, problem = found
+            return ShardError(f"{reader.member(int(keys[item]))} does not decode ({problem})")
+    keys = np.concatenate([p[0] for p in pending]) if pending else np.zeros(0, np.int64)
+    shards = sorted({str(reader.index.paths[k]) for k in reader.index.shard_of[keys].tolist()})
+    return ShardError(f"{', '.join(shards) or reader.index.root}: DALI could not decode one of the samples "
+                      f"{sorted(keys.tolist())[:8]}{' ...' if keys.size > 8 else ''} ({dali_reason(err)})")

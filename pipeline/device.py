@@ -5,8 +5,10 @@ import os
 
 import torch
 
+from convert.errors import InputError
 
-class PipelineDeviceError(RuntimeError):
+
+class PipelineDeviceError(InputError, RuntimeError):
     """A device was asked for that this machine cannot provide."""
 
 

@@ -15,7 +15,8 @@ from pipeline.augment import Augment, parse_augment
 from pipeline.device import resolve_device
 from pipeline.order import plan_epoch
 from pipeline.decode import decode_images
-from pipeline.shard_index import MANIFEST_NAME, ShardIndex, ShardReader
+from pipeline.image_check import UndecodableImageError
+from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
 
 BACKENDS = ("auto", "dali", "torch")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -115,9 +116,15 @@ class ShardSamples:
     def images(self, keys: np.ndarray, *, device: Union[str, torch.device] = "auto",
                batch_size: int = 256) -> torch.Tensor:
         """float32 [len(keys), 3, S, S], RGB, (x - 127.5) / 127.5 on `device`: JPEG shards decoded by
-        `decode_images` (the training loader's DALI decoder), raw shards only normalised."""
+        `decode_images` (the training loader's DALI decoder), raw shards only normalised. A sample that
+        does not decode raises ShardError naming its shard and key."""
         views = self.encoded(keys)
         if self.encoding == "raw":  # HWC uint8 pixels: nothing to decode
             pixels = torch.from_numpy(np.stack(views)).to(resolve_device(device))
             return pixels.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
-        return decode_images(views, size=self.image_size, device=device, batch_size=batch_size)
+        try:
+            return decode_images(views, size=self.image_size, device=device, batch_size=batch_size)
+        except UndecodableImageError as err:
+            where = self._reader.member(int(keys[err.item])) if err.item is not None else \
+                f"{self._index.root}: one of samples {np.sort(keys)[:8].tolist()}{' ...' if len(keys) > 8 else ''}"
+            raise ShardError(f"{where} does not decode ({err.reason})") from err

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from convert.errors import InputError
 from pipeline.augment import Augment, AugmentParams, draw_params
 
 # Domain tags keep the streams for the order and for per-step randomness (flips, augmentation) apart.
@@ -18,7 +19,7 @@ _ORDER_STREAM = 0x5EED_0D0E
 _STEP_STREAM = 0x5EED_57E9
 
 
-class BatchSizeError(ValueError):
+class BatchSizeError(InputError, ValueError):
     """The batch does not fit into one epoch."""
 
 

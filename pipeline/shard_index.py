@@ -16,12 +16,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import simplejpeg
 
-from convert.manifest import ENCODINGS, MANIFEST_NAME, Manifest
+from convert.errors import InputError
+from convert.manifest import ENCODINGS, EXTENSIONS, MANIFEST_NAME, Manifest
+from pipeline.image_check import header_problem
 
 
-class ShardError(RuntimeError):
-    """The shards directory does not hold what its manifest promises."""
+class ShardError(InputError, RuntimeError):
+    """The shards directory does not hold what its manifest promises; the message names the file and the
+    sample (or line) where it does not."""
 
 
 def load_manifest(shards: Path) -> Manifest:
@@ -168,15 +172,49 @@ class ShardReader:
             out = [a.reshape(side, side, 3) for a in out]
         return out
 
+    def checked_images(self, keys: np.ndarray) -> list[np.ndarray]:
+        """`images(keys)`, each encoded image's header checked first (pipeline/image_check.py), so that
+        DALI is never handed bytes that could end the process; ShardError names the shard and the key."""
+        views = self.images(keys)
+        if self.index.encoding == "raw":
+            return views
+        jpeg_header = simplejpeg.decode_jpeg_header
+        for key, view in zip(keys.tolist(), views):
+            try:  # the common case first, ~1 us: a JPEG whose header parses
+                jpeg_header(view)
+                continue
+            except ValueError:
+                pass
+            problem = header_problem(view)  # why not, or None for another format DALI takes (PNG, ...)
+            if problem is not None:
+                raise ShardError(f"{self.member(key)} does not decode ({problem})")
+        return views
+
+    def member(self, key: int) -> str:
+        """Sample `key`'s image member, for messages: `<shard>.tar: sample 000000123.jpg`."""
+        return f"{self.sample(key)}.{EXTENSIONS[self.index.encoding]}"
+
+    def sample(self, key: int) -> str:
+        """Where sample `key` lives, for messages: `<shard>.tar: sample 000000123`."""
+        return f"{self.index.paths[int(self.index.shard_of[key])]}: sample {int(key):09d}"
+
     def labels(self, keys: np.ndarray) -> np.ndarray:
-        """int64 [len(keys)] labels parsed from the `.cls` members."""
+        """int64 [len(keys)] labels parsed from the `.cls` members, each checked to be a class of the manifest."""
         rows = self.index.table[keys, 2:].tolist()
         shards = self.index.shard_of[keys].tolist()
         out = np.empty(len(keys), np.int64)
         for i, (k, (off, size)) in enumerate(zip(shards, rows)):
             try:
                 out[i] = int((self._maps[k] or self._map(k))[off:off + size])
-            except ValueError as err:
+            except (ValueError, OverflowError) as err:
                 raise ShardError(f"{self.index.paths[k]}: sample {int(keys[i]):09d}.cls at offset {off} "
                                  f"is not a decimal label") from err
+        # One vectorised test a batch: a label out of range would index past the margin head's weight
+        # (a CUDA assert on the GPU, a silently wrong class where it happens to fit).
+        classes = self.index.num_classes
+        bad = np.flatnonzero((out < 0) | (out >= classes))
+        if bad.size:
+            i = int(bad[0])
+            raise ShardError(f"{self.sample(keys[i])}.cls holds label {out[i]}, outside 0..{classes - 1} "
+                             f"({MANIFEST_NAME} says num_classes {classes})")
         return out

@@ -7,9 +7,15 @@ flips and augmentation parameters are the very draws the DALI loader uses.
 Samples are read by offset through the shards' `.idx` files, like the DALI loader, rather than by
 webdataset's streaming reader: a stream can only shuffle inside a buffer, and would neither give the
 (seed, epoch) permutation the DALI loader uses nor start exactly at a resumed step.
+
+A sample that does not decode, or whose label is not a class of the manifest, stops the epoch with a
+ShardError naming its shard and key. A worker returns that error as its item instead of raising it:
+DataLoader would re-raise it with the worker's whole traceback folded into the message.
 """
 from __future__ import annotations
 
+import gc
+import io
 from typing import Iterator
 
 import numpy as np
@@ -28,14 +34,15 @@ _JPEG_MAGIC = b"\xff\xd8"
 
 
 def _decode(view: np.ndarray, where: str) -> np.ndarray:
-    """HWC uint8 RGB from encoded bytes: JPEG through simplejpeg, anything else through Pillow."""
+    """HWC uint8 RGB from encoded bytes: JPEG through simplejpeg, anything else (PNG, BMP, ...: DALI's
+    decoder takes them too, whatever the member's extension) through Pillow."""
     try:
         if view[:2].tobytes() == _JPEG_MAGIC:
             return simplejpeg.decode_jpeg(view, colorspace="RGB")
-        with Image.open(memoryview(view)) as im:
+        with Image.open(io.BytesIO(view.tobytes())) as im:  # Pillow reads files, not buffers
             return np.asarray(im.convert("RGB"))
     except Exception as err:  # both libraries raise their own types; say which sample failed
-        raise ShardError(f"{where}: cannot decode the image ({type(err).__name__}: {err})") from err
+        raise ShardError(f"{where} does not decode ({type(err).__name__}: {err})") from None
 
 
 class _Steps(torch.utils.data.Dataset):
@@ -48,17 +55,25 @@ class _Steps(torch.utils.data.Dataset):
         return self.plan.steps
 
     def __getitem__(self, step: int):
-        plan, index = self.plan, self.reader.index
+        try:
+            return self._step(step)
+        except ShardError as err:
+            return err  # raised by TorchLoader in the main process, as it is
+
+    def _step(self, step: int):
+        plan, reader, index = self.plan, self.reader, self.reader.index
         keys = plan.samples[step]
         flips, params = plan.draws(step, self.aug, index.image_size)
+        labels = reader.labels(keys)
         side = index.image_size
         out = np.empty((len(keys), side, side, 3), np.uint8)
-        for i, (key, view) in enumerate(zip(keys.tolist(), self.reader.images(keys))):
-            img = view if index.encoding == "raw" else _decode(view, f"{index.root} sample {key:09d}")
+        for i, (key, view) in enumerate(zip(keys.tolist(), reader.images(keys))):
+            img = view if index.encoding == "raw" else _decode(view, reader.member(key))
             if img.shape != (side, side, 3):
-                raise ShardError(f"{index.root} sample {key:09d}: image is {img.shape}, expected {(side, side, 3)}")
+                raise ShardError(f"{reader.member(key)}: image is {img.shape[1]}x{img.shape[0]}, "
+                                 f"expected {side}x{side} (manifest image_size)")
             out[i] = img[:, ::-1] if flips[i] else img
-        return torch.from_numpy(out), torch.from_numpy(self.reader.labels(keys)), torch.from_numpy(keys), \
+        return torch.from_numpy(out), torch.from_numpy(labels), torch.from_numpy(keys), \
             torch.from_numpy(flips), params
 
 
@@ -114,12 +129,20 @@ class TorchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         workers = self.num_workers
+        if workers:
+            # The workers are forked, and a DALI pipeline that is garbage but not yet collected here (one
+            # kept in a reference cycle, such as the traceback of an error it raised) would otherwise be
+            # collected in a worker, where its shutdown ends the worker with SIGSEGV.
+            gc.collect()
         loader = torch.utils.data.DataLoader(
             _Steps(self.index, self.plan, self.aug), batch_size=None,
             sampler=range(self.start_step, self.plan.steps), num_workers=workers,
             prefetch_factor=4 if workers else None, pin_memory=self.device.type == "cuda",
             collate_fn=_as_is)
-        for images, labels, keys, flips, params in loader:
+        for item in loader:
+            if isinstance(item, ShardError):
+                raise item
+            images, labels, keys, flips, params = item
             x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             if params is not None:
                 x = _augment(x, params, self.aug)

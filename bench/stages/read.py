@@ -34,7 +34,8 @@ def _read_shards(data: BenchData, seed: int) -> int:
 
 
 def _read_rec(data: BenchData, seed: int) -> int:
-    from convert.recordio import RecordReader, image_keys, unpack
+    from convert.rec_layout import image_keys
+    from convert.recordio import RecordReader, unpack
 
     with RecordReader(data.rec, data.idx) as reader:
         keys = image_keys(reader)

@@ -8,6 +8,6 @@ Modules:
 `python -m convert synth` and `python -m convert synth-bin` (convert/cli.py) call the writers.
 """
 from convert.synthetic.faces import render
-from convert.synthetic.writers import write_pairs_bin, write_synthetic
+from convert.synthetic.writers import SynthError, write_pairs_bin, write_synthetic
 
-__all__ = ["render", "write_pairs_bin", "write_synthetic"]
+__all__ = ["SynthError", "render", "write_pairs_bin", "write_synthetic"]

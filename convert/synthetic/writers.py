@@ -2,19 +2,23 @@
 
 Images come from `faces.render`, encoded as JPEG quality 95, generated in parallel over
 processes (one task per identity) and written in identity order, so the output depends only on
-the arguments, never on the number of workers.
+the arguments, never on the number of workers. A dataset is written under files.output_lock on its
+folder, and never over the files of one already there unless `overwrite`.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from convert.files import atomic_path, write_atomic
+from convert.errors import InputError
+from convert.files import atomic_path, output_lock, write_atomic
 from convert.recordio import IRHeader, RecordWriter, pack
 from convert.synthetic.faces import render
 from convert.worker_pool import spawn_pool
@@ -22,6 +26,12 @@ from convert.worker_pool import spawn_pool
 JPEG_QUALITY = 95
 FORMATS = ("rec", "folder")
 _PAIR_STREAM = 0x9A12
+REC_FILES = ("train.rec", "train.idx", "property")
+_IDENTITY_FOLDER = re.compile(r"[0-9]{6}")  # fmt "folder": out/<identity, 6 digits>/
+
+
+class SynthError(InputError, ValueError):
+    """A synthetic dataset that cannot be written as asked; the message names the argument or the path."""
 
 
 def _encode_identity(task: tuple) -> list:
@@ -56,7 +66,7 @@ def _check_counts(identities: int, per_identity: int, first_identity: int) -> No
     for name, value, least in (("identities", identities, 1), ("per_identity", per_identity, 1),
                                ("first_identity", first_identity, 0)):
         if value < least:
-            raise ValueError(f"{name} must be >= {least}, found {value}")
+            raise SynthError(f"{name} must be >= {least}, found {value}")
 
 
 def write_synthetic(
@@ -67,6 +77,7 @@ def write_synthetic(
     fmt: str = "rec",
     first_identity: int = 0,
     workers: Optional[int] = None,
+    overwrite: bool = False,
 ) -> str:
     """Write `identities` x `per_identity` images of identities first_identity.. into `out`; returns `out`.
 
@@ -74,33 +85,56 @@ def write_synthetic(
     (flag 2, label = [first identity-record key, end]), images at keys 1..K with the identity id
     as scalar label, then one record per identity (label = [first, last+1) image keys, no image).
     fmt "folder": out/<identity, 6 digits>/<n, 4 digits>.jpg.
+    A dataset already in `out` (those files, or identity folders) is refused unless `overwrite`, which
+    removes it first; another job writing `out` is refused (files.OutputLockedError).
     """
     _check_counts(identities, per_identity, first_identity)
     if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, found {fmt!r}")
+        raise SynthError(f"fmt must be one of {FORMATS}, found {fmt!r}")
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise NotADirectoryError(f"output path {out} exists and is not a directory")
-    os.makedirs(out, exist_ok=True)
-    ids = range(first_identity, first_identity + identities)
-    stream = _identity_images(
-        seed, [(i, range(per_identity)) for i in ids], workers, f"synth {fmt}", identities * per_identity
-    )
-    if fmt == "folder":
-        for identity, jpegs in zip(ids, stream):
-            folder = os.path.join(out, f"{identity:06d}")
-            os.makedirs(folder, exist_ok=True)
-            for n, jpeg in enumerate(jpegs):
-                write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
-        return out
+        raise SynthError(f"{out}: output path exists and is not a directory")
+    with output_lock(out, f"python -m convert synth {out} --format {fmt}"):
+        _clear_previous(out, fmt, overwrite)
+        ids = range(first_identity, first_identity + identities)
+        stream = _identity_images(
+            seed, [(i, range(per_identity)) for i in ids], workers, f"synth {fmt}", identities * per_identity
+        )
+        if fmt == "folder":
+            for identity, jpegs in zip(ids, stream):
+                folder = os.path.join(out, f"{identity:06d}")
+                os.makedirs(folder, exist_ok=True)
+                for n, jpeg in enumerate(jpegs):
+                    write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
+            return out
 
-    # Renamed into place last, .idx before .rec: a train.rec under its final name is complete.
-    rec, idx = atomic_path(os.path.join(out, "train.rec")), atomic_path(os.path.join(out, "train.idx"))
-    with rec as tmp_rec, idx as tmp_idx:
-        with RecordWriter(tmp_rec, tmp_idx) as writer:
-            _write_insightface_records(writer, ids, stream, per_identity)
-        write_atomic(os.path.join(out, "property"), f"{identities},112,112")
+        # Renamed into place last, .idx before .rec: a train.rec under its final name is complete.
+        rec, idx = atomic_path(os.path.join(out, "train.rec")), atomic_path(os.path.join(out, "train.idx"))
+        with rec as tmp_rec, idx as tmp_idx:
+            with RecordWriter(tmp_rec, tmp_idx) as writer:
+                _write_insightface_records(writer, ids, stream, per_identity)
+            write_atomic(os.path.join(out, "property"), f"{identities},112,112")
     return out
+
+
+def _clear_previous(out: str, fmt: str, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, remove) the dataset files of format `fmt` already in `out`: a .rec folder's
+    train.rec/train.idx/property, or identity folders, where images of another run would mix with these."""
+    if fmt == "rec":
+        found = [name for name in REC_FILES if os.path.lexists(os.path.join(out, name))]
+    else:
+        found = sorted(e.name for e in os.scandir(out) if e.is_dir() and _IDENTITY_FOLDER.fullmatch(e.name))
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise SynthError(f"{out}: already holds a synthetic dataset ({shown}); pass --overwrite to replace it")
+    for name in found:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def _write_insightface_records(writer: RecordWriter, ids: range, stream: Iterator[list], per_identity: int) -> None:
@@ -136,11 +170,11 @@ def write_pairs_bin(
     """
     _check_counts(identities, per_identity_images, first_identity)
     if pairs < 1:
-        raise ValueError(f"pairs must be >= 1, found {pairs}")
+        raise SynthError(f"pairs must be >= 1, found {pairs}")
     if identities < 2:
-        raise ValueError(f"a pair set needs >= 2 identities for different-identity pairs, found {identities}")
+        raise SynthError(f"a pair set needs >= 2 identities for different-identity pairs, found {identities}")
     if per_identity_images < 2:
-        raise ValueError(f"same-identity pairs need >= 2 images per identity, found {per_identity_images}")
+        raise SynthError(f"same-identity pairs need >= 2 images per identity, found {per_identity_images}")
     rng = np.random.default_rng([seed, _PAIR_STREAM, first_identity, identities, per_identity_images])
     n_same = (pairs + 1) // 2
     chosen = []  # (identity offset, image n) x 2 per pair

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from skimage import transform
 
+from evaluate.readers import DataFileError
+
 # insightface's template: the 96x112 one in float32, shifted by 8 px in x for 112x112 (`src[:, 0] += 8.0`).
 ARCFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
                              [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float32)
@@ -52,11 +54,12 @@ def align(image_bgr: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.n
 def _load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR, as insightface reads it
     if image is None:
-        raise ValueError(f"{path}: cannot read this loose crop (missing, or not an image OpenCV decodes)")
+        raise DataFileError(f"{path}: cannot read this loose crop (missing, or not an image OpenCV decodes)")
     try:
         return align(image, landmarks)
     except (ValueError, cv2.error) as err:
-        raise ValueError(f"{path}: cannot align this loose crop: {err}") from err
+        why = " ".join(str(err).split())  # cv2.error spreads its message over several lines
+        raise DataFileError(f"{path}: cannot align this loose crop: {why}") from err
 
 
 def aligned_batches(root: Path, names: Sequence[str], landmarks: np.ndarray, *, batch_size: int,

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from evaluate.readers import load_metadata, meta_array, read_image_folder
+from evaluate.readers import DataFileError, load_metadata, meta_array, read_image_folder
 
 TARGETS = ("IJBB", "IJBC")
 
@@ -46,6 +46,7 @@ class IJBProtocol:
     galleries: tuple = ()  # of Gallery, for 1:N
     probes: Optional[Gallery] = None
     notes: tuple = field(default=())
+    source: str = ""  # the folder it was read from, for messages
 
     def __post_init__(self):
         n = self.templates.shape[0]
@@ -79,9 +80,14 @@ def load(folder: str | Path, target: str) -> IJBProtocol:
     folder = Path(folder)
     if target not in TARGETS:
         raise ValueError(f"unknown IJB target {target!r}; known: {TARGETS}")
-    if (folder / "metadata.pt").is_file():
-        return load_cvlface(folder, target)
-    return load_insightface(folder, target)
+    try:
+        if (folder / "metadata.pt").is_file():
+            return load_cvlface(folder, target)
+        return load_insightface(folder, target)
+    except DataFileError:
+        raise
+    except ValueError as err:  # IJBProtocol's checks: files that disagree on the number of images or pairs
+        raise DataFileError(f"{folder}: {err}") from None
 
 
 def load_cvlface(folder: Path, target: str) -> IJBProtocol:
@@ -92,17 +98,17 @@ def load_cvlface(folder: Path, target: str) -> IJBProtocol:
     return IJBProtocol(name=target, templates=get("templates", np.int64), medias=get("medias", np.int64),
                        faceness=get("faceness_scores", np.float32), p1=get("p1", np.int64),
                        p2=get("p2", np.int64), labels=get("label", np.int64), images=images,
-                       notes=("CVLFace layout: no 1:N gallery files",))
+                       notes=("CVLFace layout: no 1:N gallery files",), source=str(folder))
 
 
 def _read_columns(path: Path, delimiter: str, header: bool) -> list:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: IJB protocol file not found")
+        raise DataFileError(f"{path}: IJB protocol file not found")
     opts = pcsv.ReadOptions(autogenerate_column_names=not header, skip_rows=0)
     try:
         table = pcsv.read_csv(path, read_options=opts, parse_options=pcsv.ParseOptions(delimiter=delimiter))
-    except pa.ArrowInvalid as err:
-        raise ValueError(f"{path}: cannot parse: {err}") from err
+    except (OSError, pa.ArrowException) as err:
+        raise DataFileError(f"{path}: cannot parse: {err}") from None
     return [table.column(i) for i in range(table.num_columns)]
 
 
@@ -121,14 +127,14 @@ def load_insightface(folder: Path, target: str) -> IJBProtocol:
     pair_cols = _read_columns(meta / f"{t}_template_pair_label.txt", " ", header=False)
     lmk_cols = _read_columns(meta / f"{t}_name_5pts_score.txt", " ", header=False)
     if len(lmk_cols) < 12:
-        raise ValueError(f"{meta / f'{t}_name_5pts_score.txt'}: expected name, 10 coordinates and a score "
-                         f"per line, found {len(lmk_cols)} columns")
+        raise DataFileError(f"{meta / f'{t}_name_5pts_score.txt'}: expected name, 10 coordinates and a score "
+                            f"per line, found {len(lmk_cols)} columns")
     names = [str(x) for x in name_col.to_pylist()]
     lmk_names = [str(x) for x in lmk_cols[0].to_pylist()]
     if names != lmk_names:
         i = next((i for i, (a, b) in enumerate(zip(names, lmk_names)) if a != b), min(len(names), len(lmk_names)))
-        raise ValueError(f"{meta}: {t}_face_tid_mid.txt and {t}_name_5pts_score.txt disagree at line {i + 1} "
-                         f"({names[i] if i < len(names) else 'end'} vs {lmk_names[i] if i < len(lmk_names) else 'end'})")
+        raise DataFileError(f"{meta}: {t}_face_tid_mid.txt and {t}_name_5pts_score.txt disagree at line {i + 1} "
+                            f"({names[i] if i < len(names) else 'end'} vs {lmk_names[i] if i < len(lmk_names) else 'end'})")
     landmarks = np.stack([c.to_numpy().astype(np.float32) for c in lmk_cols[1:11]], 1).reshape(-1, 5, 2)  # float32 as insightface
     galleries, probes, notes = [], None, []
     g_names = ("G1", "G2") if target == "IJBC" else ("S1", "S2")
@@ -144,4 +150,4 @@ def load_insightface(folder: Path, target: str) -> IJBProtocol:
                        p1=pair_cols[0].to_numpy().astype(np.int64), p2=pair_cols[1].to_numpy().astype(np.int64),
                        labels=pair_cols[2].to_numpy().astype(np.int64), crop_root=folder / "loose_crop",
                        crop_names=tuple(names), landmarks=landmarks, galleries=tuple(galleries), probes=probes,
-                       notes=tuple(notes))
+                       notes=tuple(notes), source=str(folder))

@@ -12,7 +12,8 @@ def run(model, protocol: IJBProtocol, *, device=None, batch_size: int = 256, pro
     """{"1:1": {config: {far: {tar, threshold}}, "headline": ...}, "1:N": {...}, "images", "pairs"}."""
     desc = f"{protocol.name} images" if progress else None
     if protocol.images is not None:
-        emb = embed_encoded(model, protocol.images, device=device, batch_size=batch_size, desc=desc)
+        emb = embed_encoded(model, protocol.images, device=device, batch_size=batch_size, desc=desc,
+                            source=protocol.source or protocol.name)
     else:
         dev = pass_device(model, device)
         emb = embed_batches(model, aligned_batches(protocol.crop_root, protocol.crop_names, protocol.landmarks,

@@ -6,7 +6,8 @@ from bench import data as bench_data
 from bench.baseline_loader import RecDataset
 from bench.settings import BenchError
 from convert import convert_rec
-from convert.recordio import RecordReader, image_keys, unpack
+from convert.rec_layout import image_keys
+from convert.recordio import RecordReader, unpack
 from convert.synthetic import write_synthetic
 
 

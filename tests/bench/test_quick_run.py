@@ -72,19 +72,20 @@ def test_plot_draws_the_run_or_says_matplotlib_is_missing(quick, tmp_path, capsy
         assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         code = cli.main(["--plot", str(tmp_path / "p.png"), "--cache-dir", str(tmp_path), "--no-progress"])
-        assert code == 1 and "--plot needs matplotlib" in capsys.readouterr().err
+        assert code == 2 and "python -m bench: error: --plot needs matplotlib" in capsys.readouterr().err
         assert not (tmp_path / "p.png").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
-    assert cli.main(["--device", "cuda", "--cache-dir", str(tmp_path), "--no-progress"]) == 1
-    assert "--device cuda: torch finds no CUDA device" in capsys.readouterr().err
+    assert cli.main(["--device", "cuda", "--cache-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "python -m bench: error: --device cuda: torch finds no CUDA device" in capsys.readouterr().err
 
 
 def test_unknown_stage_and_models_are_refused(tmp_path, capsys):
-    assert cli.main(["--stages", "read,warp", "--cache-dir", str(tmp_path)]) == 1
-    assert "unknown stage(s) ['warp']" in capsys.readouterr().err
+    assert cli.main(["--stages", "read,warp", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m bench: error: --stages: unknown stage(s) ['warp']") and len(err.splitlines()) == 1
     assert cli.main(["--stages", "step", "--student", "resnet9000", "--images", "60", "--device", "cpu",
-                     "--cache-dir", str(tmp_path), "--no-progress"]) == 1
-    assert "--student 'resnet9000': not a registered backbone" in capsys.readouterr().err
+                     "--cache-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "python -m bench: error: --student 'resnet9000': not a registered backbone" in capsys.readouterr().err

@@ -129,5 +129,5 @@ def test_a_margin_left_unset_takes_its_losses_default(tmp_path, loss, default):
     assert cfg.distill.m is None and head_from_config(cfg, 3).margin.m == default
     cfg = configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.mode=none", "distill.m=0.2"])
     assert head_from_config(cfg, 3).margin.m == 0.2
-    with pytest.raises(ConfigError, match=r"distill: option m"):
+    with pytest.raises(ConfigError, match=r"distill\.m: expected"):
         configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.m=2.0"])

@@ -164,5 +164,5 @@ def test_plan_reads_the_dataset_from_the_shards_manifest(tmp_path, capsys):
     assert cli.run(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["num_samples"], result["num_classes"], result["steps_per_epoch"]) == (20, 4, 5)
-    assert cli.run(["plan", "--config", str(PAPER), f"data.shards={tmp_path / 'absent'}"]) == 1
+    assert cli.run(["plan", "--config", str(PAPER), f"data.shards={tmp_path / 'absent'}"]) == 2
     assert "absent" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def test_cache_is_built_at_the_online_teachers_precision_and_says_so(data, tmp_p
     cos = (fp32 * bf16).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(bf16, axis=-1)
     assert cos.min() > 0.99  # the same teacher, rounded differently
     argv[argv.index(str(tmp_path / "bf16"))] = str(data["cache"])
-    assert cli.run(argv) == 1  # an fp32 cache is not finished at bf16
+    assert cli.run(argv) == 2  # an fp32 cache is not finished at bf16
     assert "precision='fp32'" in capsys.readouterr().err
 
     capsys.readouterr()
@@ -157,7 +157,7 @@ def test_other_teacher_or_shards_refused_naming_both_hashes(data, tmp_path, caps
         train.main(_config(tmp_path, {**data, "shards": reshuffled}, "reshuffled", cache=True))
     assert teacher_cache.shards_sha256(reshuffled) in str(err.value)
     assert teacher_cache.shards_sha256(data["shards"]) in str(err.value)
-    assert cli.run(_config(tmp_path, {**data, "teacher": other}, "other_cli", cache=True)) == 1
+    assert cli.run(_config(tmp_path, {**data, "teacher": other}, "other_cli", cache=True)) == 2
     assert "weights sha256" in capsys.readouterr().err
 
 

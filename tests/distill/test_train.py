@@ -157,7 +157,7 @@ def test_missing_teacher_fails_before_the_first_step(tmp_path, shards, monkeypat
     steps = []
     monkeypatch.setattr(train, "train_step", lambda *a, **k: steps.append(1))
     cfg = _config(tmp_path, shards, tmp_path / "no_such_teacher.pt", "noteacher")
-    assert cli.run(["--config", str(cfg)]) == 1
+    assert cli.run(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "no_such_teacher.pt" in err and "error" in err
     assert steps == [] and checkpoint.latest(tmp_path / "noteacher") is None

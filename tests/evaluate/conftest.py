@@ -99,3 +99,12 @@ def write_arrow_folder(folder, columns: dict, *, shards: int = 2) -> None:
             w.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]))
         names.append({"filename": name})
     (folder / "state.json").write_text(json.dumps({"_data_files": names, "_split": None}))
+
+
+@pytest.fixture
+def val_data(tmp_path):
+    """A --val-data folder holding lfw.bin: 20 pairs of synthetic identities."""
+    d = tmp_path / "val"
+    d.mkdir()
+    write_bin(d / "lfw.bin", *pair_set(20))
+    return d

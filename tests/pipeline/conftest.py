@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convert import convert_rec
+from convert import Manifest, convert_rec
 from convert.recordio import RecordReader, unpack
+from convert.shard_writer import ShardWriter
 from convert.synthetic import write_synthetic
 
 IDENTITIES, PER_IDENTITY = 24, 6  # 144 images: rendering costs ~25 ms an image on this machine
@@ -33,6 +34,34 @@ def raw_shards(source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards-raw")
     convert_rec(source, out, samples_per_shard=50, encoding="raw", workers=1, progress=False)
     return out
+
+
+def write_shards(out: Path, members, labels, *, num_classes: int, per_shard: int = 4, size: int = 112) -> Path:
+    """JPEG-encoding shards of the given image members and labels, written with the converter's ShardWriter
+    and Manifest: for contents the converter itself never writes (PNG bytes in a .jpg member, bytes that do
+    not decode, a label beyond num_classes), as a foreign tool or a damaged disk could leave them."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, start in enumerate(range(0, len(members), per_shard)):
+        writer = ShardWriter(str(out), f"train-{k:06d}", "jpg")
+        for key in range(start, min(start + per_shard, len(members))):
+            writer.write(key, members[key], labels[key])
+        records.append(writer.close())
+    Manifest(num_samples=len(members), num_classes=num_classes, image_size=size, encoding="jpeg", seed=0,
+             shards=tuple(records), source={"kind": "test"}).save(out)
+    return out
+
+
+def smooth_image(seed: int, size: int = 112) -> np.ndarray:
+    """uint8 [size, size, 3]: a smooth colour pattern (decoders agree closely on it, unlike on noise)."""
+    base = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def encode(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
 
 
 def gpu_skip_reason():

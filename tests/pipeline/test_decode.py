@@ -1,4 +1,5 @@
-"""decode_images: DALI's decode equals a reference decode; resizing, batching and errors."""
+"""decode_images: DALI's decode equals a reference decode; resizing, batching and errors (an image that
+does not decode is named by its position before DALI sees it, or found after DALI refused its batch)."""
 import io
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import decode_images
+from convert.errors import InputError
+from pipeline import UndecodableImageError, dali_graph, decode_images
 from pipeline.device import PipelineDeviceError
 from tests.pipeline.conftest import gpu_skip_reason
 
@@ -53,9 +55,48 @@ def test_decode_resizes_other_sizes(images):
 def test_decode_errors(images):
     with pytest.raises(ValueError, match="item 1"):
         decode_images([images[0], b""], device="cpu")
-    with pytest.raises(ValueError, match="could not decode"):
+    with pytest.raises(ValueError, match=r"item 0 of 1 does not decode \(not a JPEG, PNG"):
         decode_images([b"this is not an image"], device="cpu")
     assert decode_images([], device="cpu").shape == (0, 3, 112, 112)
+
+
+def cut_in_header(jpeg: bytes) -> bytes:
+    """The JPEG cut halfway to its scan, inside its Huffman tables. Handed to DALI's CPU decoder in a batch
+    of 32 or more, such bytes often end the process: nvImageCodec's JPEG parser prints "Invalid marker"
+    and dies with SIGSEGV (exit 139); in smaller batches they fail the batch with a dump."""
+    return jpeg[:jpeg.index(b"\xff\xda") // 2]
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b"", r"empty: 0 bytes"),
+    (b"this is not an image", r"not a JPEG, PNG, BMP, TIFF, JPEG 2000, WebP or PNM image \(starts with b'this is '\)"),
+    ("cut_in_header", r"JPEG header does not parse"),
+    ("png_cut", r"PNG of 20 bytes without a complete IHDR chunk"),
+    ("gif", r"a GIF image; the decoder takes JPEG, PNG"),
+    (np.float32(1.0), r"expected encoded bytes, found float32"),
+])
+def test_undecodable_image_is_named_before_dali_sees_it(images, bad, reason, monkeypatch):
+    def no_dali(*args, **kwargs):
+        raise AssertionError("DALI was handed the images")
+
+    monkeypatch.setattr(dali_graph, "build_decode_graph", no_dali)
+    if bad == "cut_in_header":
+        bad = cut_in_header(images[0])
+    elif bad == "png_cut":
+        bad = images[1][:20]
+    elif bad == "gif":
+        bad = _encode(np.zeros((8, 8, 3), np.uint8), "GIF")
+    with pytest.raises(UndecodableImageError, match=r"^decode_images: item 3 of 5 does not decode \(" + reason) as info:
+        decode_images([*images[:3], bad, images[4]], batch_size=2, device="cpu")
+    assert isinstance(info.value, InputError) and info.value.item == 3 and "\n" not in str(info.value)
+
+
+def test_image_dali_refuses_is_found_in_its_batch(images):
+    cut = images[2][:len(images[2]) // 2]  # header intact, scan cut short: DALI's decoder refuses it
+    with pytest.raises(UndecodableImageError, match=r"^decode_images: item 3 of 5 does not decode \(OSError: "
+                                                    r"image file is truncated") as info:
+        decode_images([*images[:3], cut, images[4]], batch_size=2, device="cpu")
+    assert info.value.item == 3 and "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA device exists")

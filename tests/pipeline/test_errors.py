@@ -1,11 +1,17 @@
-"""build_loader's errors name what is wrong and where."""
+"""build_loader's errors name what is wrong and where: the file, and the sample's key in it."""
 import builtins
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 import pipeline
+from convert.errors import InputError
+from tests.pipeline.conftest import encode, smooth_image, write_shards
+
+BACKENDS = ["dali", "torch"]
+SAMPLE_6 = r"/train-000001\.tar: sample 000000006\.jpg does not decode \("  # shard 1 holds keys 4..7
 
 
 @pytest.fixture
@@ -91,3 +97,54 @@ def test_auto_falls_back_to_torch_with_a_warning(jpeg_shards, monkeypatch):
     assert loader.backend == "torch"
     with pytest.raises(ImportError, match="backend='dali': DALI cannot be imported"):
         pipeline.build_loader(jpeg_shards, 8, device="cpu", backend="dali")
+
+
+@pytest.fixture(scope="module")
+def members():
+    """12 JPEG members: three shards of four samples with batch 4 make an epoch of every sample."""
+    return [encode(smooth_image(i), "JPEG") for i in range(12)]
+
+
+def _damaged(jpeg: bytes, damage: str) -> bytes:
+    return {"header": jpeg[:jpeg.index(b"\xff\xda") // 2],  # cut in its tables: DALI's parser can crash on it
+            "scan": jpeg[:len(jpeg) // 2],  # header intact, scan cut short: DALI refuses the batch
+            "text": b"not an image",
+            "empty": b""}[damage]
+
+
+def _one_line(error: Exception) -> bool:
+    return isinstance(error, InputError) and "\n" not in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("damage", ["header", "scan", "text", "empty"])
+def test_undecodable_member_names_its_shard_and_key(tmp_path, members, backend, damage):
+    bad = list(members)
+    bad[6] = _damaged(bad[6], damage)
+    shards = write_shards(tmp_path / "shards", bad, [i % 3 for i in range(12)], num_classes=3)
+    with pytest.raises(pipeline.ShardError, match=SAMPLE_6) as info:
+        list(pipeline.build_loader(shards, 4, device="cpu", backend=backend))
+    assert _one_line(info.value)
+
+
+@pytest.mark.parametrize("damage", ["header", "scan"])
+def test_shard_samples_name_an_undecodable_member(tmp_path, members, damage):
+    bad = list(members)
+    bad[6] = _damaged(bad[6], damage)
+    samples = pipeline.ShardSamples(write_shards(tmp_path / "shards", bad, [i % 3 for i in range(12)], num_classes=3))
+    assert samples.images(np.arange(4), device="cpu").shape == (4, 3, 112, 112)
+    with pytest.raises(pipeline.ShardError, match=SAMPLE_6) as info:
+        samples.images(np.arange(12), device="cpu", batch_size=4)
+    assert _one_line(info.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label", [3, 7, -1])
+def test_label_beyond_the_manifest_classes_names_its_shard_and_key(tmp_path, members, backend, label):
+    labels = [i % 3 for i in range(12)]
+    labels[9] = label
+    shards = write_shards(tmp_path / "shards", members, labels, num_classes=3)
+    with pytest.raises(pipeline.ShardError, match=rf"/train-000002\.tar: sample 000000009\.cls holds label {label}, "
+                                                  r"outside 0\.\.2 \(manifest\.json says num_classes 3\)") as info:
+        list(pipeline.build_loader(shards, 4, device="cpu", backend=backend))
+    assert _one_line(info.value)

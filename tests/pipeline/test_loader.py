@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import pipeline
-from tests.pipeline.conftest import IDENTITIES, read_tars, reference_image, source_labels
+from tests.pipeline.conftest import (IDENTITIES, encode, read_tars, reference_image, smooth_image, source_labels,
+                                     write_shards)
 
 BACKENDS = ["dali", "torch"]
 
@@ -122,3 +123,20 @@ def test_bfloat16_output(jpeg_shards):
     bf16 = _epoch(jpeg_shards, 16, "dali", dtype=torch.bfloat16)[0].images
     assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), f32, atol=1e-2)
     assert pipeline.build_loader(jpeg_shards, 16, device="cpu").backend == "dali"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_png_members_decode_in_both_backends(tmp_path, backend):
+    # DALI's decoder takes any format whatever the member's extension; the torch backend must too.
+    pixels = [smooth_image(i) for i in range(8)]
+    shards = write_shards(tmp_path / "png", [encode(p, "PNG") for p in pixels], [i % 2 for i in range(8)],
+                          num_classes=2)
+    batches = list(pipeline.build_loader(shards, 4, device="cpu", backend=backend, with_flip=True))
+    assert len(batches) == 2
+    for batch in batches:
+        for image, key, label, flipped in zip(batch.images, batch.index.tolist(), batch.labels.tolist(),
+                                              batch.flipped.tolist()):
+            expected = pixels[key][:, ::-1] if flipped else pixels[key]
+            expected = (torch.from_numpy(expected.astype(np.float32)).permute(2, 0, 1) - 127.5) / 127.5
+            assert label == key % 2
+            torch.testing.assert_close(image, expected, rtol=0, atol=1e-6)  # PNG is lossless

@@ -1,0 +1,157 @@
+"""What an output folder already holds before a conversion writes it: an earlier run of the same conversion
+to resume or to find finished, or files of another dataset to refuse unless --overwrite.
+
+A conversion's progress lives beside its shards: OUT/.convert-state.json (the shards written so far) and
+.convert-validated.npz (the first pass's results), both removed once manifest.json is written. The manifest
+carries, in `extra`, the fingerprint of the conversion (source and options) and a checksum of its own
+content, so that a rerun tells its own finished output from another dataset's, and from a manifest edited
+by hand since, which it writes again rather than trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import zipfile
+from dataclasses import replace
+from typing import Optional
+
+from convert.errors import InputError
+from convert.files import sha256_file
+from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord
+from convert.validation import Validated
+
+STATE_NAME = ".convert-state.json"
+VALIDATED_NAME = ".convert-validated.npz"
+CONTENT_KEY = "content_sha256"  # in the manifest's extra: the sha256 of the rest of the manifest
+
+
+class OutputError(InputError, ValueError):
+    """An output path that cannot receive the shards; the message names it."""
+
+
+def complete(out: str, rec: ShardRecord) -> bool:
+    """Whether shard `rec` is in `out` as its record says: tar and index there, its size and sha256."""
+    tar = os.path.join(out, rec.name)
+    return (
+        os.path.isfile(tar) and os.path.isfile(os.path.join(out, rec.index_name))
+        and os.path.getsize(tar) == rec.bytes and sha256_file(tar) == rec.sha256
+    )
+
+
+def _remove_shards(out: str, records) -> None:
+    for rec in records:
+        for name in (rec.name, rec.index_name):
+            path = os.path.join(out, name)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _warn(message: str) -> None:
+    print(f"convert: warning: {message}", file=sys.stderr)
+
+
+def _stray_shards(out: str, prefix: str) -> list:
+    """Files in `out` named as this conversion names its shards (`<prefix>-NNNNNN.tar` or `.idx`)."""
+    pattern = re.compile(re.escape(prefix) + r"-[0-9]{6}\.(tar|idx)")
+    return sorted(e.name for e in os.scandir(out) if pattern.fullmatch(e.name))
+
+
+def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) -> dict:
+    """Shard records of an earlier run of the same conversion in `out`; clears another conversion's files.
+
+    Shard files that neither this conversion's manifest nor its state accounts for (another tool's, or a
+    copy) would be overwritten: refused unless `overwrite`, which removes them."""
+    manifest_path, state_path = os.path.join(out, MANIFEST_NAME), os.path.join(out, STATE_NAME)
+    records: dict = {}
+    ours = False  # whether `out` holds a manifest or state of this very conversion
+    if os.path.exists(manifest_path):
+        try:
+            old = Manifest.load(out)
+        except ManifestError:
+            old = None
+        if old is not None and old.extra.get("fingerprint") == fingerprint:
+            records = {r.name: r for r in old.shards}
+            ours = True
+        elif not overwrite:
+            what = f"source {old.source.get('path')}" if old is not None else "an unreadable manifest"
+            raise OutputError(f"{out}: holds another dataset's manifest ({what}); pass --overwrite to replace it")
+        else:
+            os.remove(manifest_path)
+            if old is not None:
+                _remove_shards(out, old.shards)
+    if os.path.exists(state_path):
+        state, shards = _load_state(state_path, overwrite)
+        if state.get("fingerprint") == fingerprint:
+            records.update(shards)
+            ours = True
+        elif shards and not overwrite:
+            raise OutputError(f"{out}: holds an unfinished conversion of another source; pass --overwrite to replace it")
+        else:
+            _remove_shards(out, shards.values())
+            os.remove(state_path)
+            if os.path.exists(os.path.join(out, VALIDATED_NAME)):
+                os.remove(os.path.join(out, VALIDATED_NAME))
+    stray = [] if ours else _stray_shards(out, prefix)
+    if stray and not overwrite:
+        shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+        raise OutputError(f"{out}: holds shard files that no conversion of this source wrote ({shown}); "
+                          f"they would be overwritten; pass --overwrite to replace them")
+    for name in stray:
+        os.remove(os.path.join(out, name))
+    return records
+
+
+def _load_state(path: str, overwrite: bool) -> tuple:
+    """(state, {shard name: ShardRecord}) of an unfinished conversion; an unreadable state file (edited by hand:
+    every write is atomic) is refused unless `overwrite`, which starts again."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            state = json.load(f)
+        return state, {name: ShardRecord(**r) for name, r in state["shards"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, a missing key, a wrong type
+        if not overwrite:
+            raise OutputError(f"{path}: unreadable state of an unfinished conversion ({type(e).__name__}: {e}); "
+                              f"pass --overwrite to start again") from None
+        return {}, {}
+
+
+def _content_sha256(manifest: Manifest) -> str:
+    """The sha256 of the manifest's content, less the checksum itself (JSON, sorted keys, as it is saved)."""
+    d = manifest.to_dict()
+    d["extra"] = {k: v for k, v in d["extra"].items() if k != CONTENT_KEY}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def sealed(manifest: Manifest) -> Manifest:
+    """The manifest with the checksum of its content in extra, by which a rerun tells an edited one."""
+    return replace(manifest, extra={**manifest.extra, CONTENT_KEY: _content_sha256(manifest)})
+
+
+def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
+    """The manifest of this very conversion when it already completed, unedited, and every shard still checks out."""
+    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
+        return None
+    manifest = Manifest.load(out)
+    if manifest.extra.get("fingerprint") != fingerprint or not all(complete(out, r) for r in manifest.shards):
+        return None
+    recorded = manifest.extra.get(CONTENT_KEY)
+    if recorded != _content_sha256(manifest):
+        what = ("holds no checksum of its content (an earlier converter wrote it)" if recorded is None else
+                "was edited since this conversion wrote it")
+        _warn(f"{os.path.join(out, MANIFEST_NAME)}: {what}; it says {manifest.num_samples} samples and "
+              f"{manifest.num_classes} classes; writing it again from the source")
+        return None
+    return manifest
+
+
+def load_validated(path: str) -> Optional[Validated]:
+    """The first pass's results of an earlier run, or None to validate again (absent or unreadable: a cache)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return Validated.load(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
