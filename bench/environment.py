@@ -82,6 +82,7 @@ def collect(device: str) -> dict:
         "simplejpeg": _version("simplejpeg"),
         "pillow": _version("pillow"),
         "webdataset": _version("webdataset"),
+        "torchvision": _version("torchvision"),  # the torchvision_nvjpeg baseline's (optional)
     }
     if torch.cuda.is_available():
         env["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

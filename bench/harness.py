@@ -139,6 +139,20 @@ class Result:
                 raise ValueError(f"Result {self.stage}/{self.name}: {key} must be > 0, found {getattr(self, key)}")
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A contender a stage left out on this machine, and why (a missing optional dependency or device): the
+    stage still runs, and the report says what is missing (the JSON's `skipped` entries are these fields)."""
+
+    stage: str
+    name: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip():
+            raise ValueError(f"Skipped {self.stage}/{self.name}: a reason is required")
+
+
 def compare(stage: str, measurements: dict, pairs: Sequence[Pair]) -> list:
     """A Result per pair, from the measurements of one interleaved run."""
     out = []

@@ -13,8 +13,10 @@ FORMAT = "adadistill-bench"
 VERSION = 1
 
 
-def document(environment: dict, dataset: dict, settings: dict, results: Sequence, wall_s: float) -> dict:
-    """The JSON document: `environment` (with the dataset block), the run's settings, `results`."""
+def document(environment: dict, dataset: dict, settings: dict, results: Sequence, wall_s: float,
+             skipped: Sequence = ()) -> dict:
+    """The JSON document: `environment` (with the dataset block), the run's settings, `results`, and `skipped`:
+    the contenders left out on this machine, each with its reason (harness.Skipped)."""
     env = dict(environment, dataset=dataset)
     rows = []
     for r in results:
@@ -22,7 +24,7 @@ def document(environment: dict, dataset: dict, settings: dict, results: Sequence
         row["spread"], row["baseline_spread"] = list(r.spread), list(r.baseline_spread)
         rows.append(row)
     return {"format": FORMAT, "version": VERSION, "environment": env, "settings": settings, "results": rows,
-            "wall_s": round(wall_s, 1)}
+            "skipped": [asdict(s) for s in skipped], "wall_s": round(wall_s, 1)}
 
 
 def _rate(x: float) -> str:
@@ -66,7 +68,7 @@ def header_lines(doc: dict) -> list:
         f"GPU {gpu} | measuring on {env['device']} | torch threads {env['torch_threads']} "
         f"{env.get('thread_env') or ''}".rstrip(),
         f"python {env['python']} | torch {env['torch']} | DALI {env['dali']} | numpy {env['numpy']} | "
-        f"simplejpeg {env['simplejpeg']} | Pillow {env['pillow']}",
+        f"simplejpeg {env['simplejpeg']} | Pillow {env['pillow']} | torchvision {env.get('torchvision')}",
         f"data: {ds['source']} | {ds['images']} images, {ds['classes']} classes, {ds['image_size']}px | "
         f".rec {ds['rec_bytes'] / 2**20:.1f} MiB | mean image {ds['mean_image_bytes']:.0f} bytes",
         "settings: " + ", ".join(f"{k}={v}" for k, v in doc["settings"].items()),
@@ -84,6 +86,7 @@ def table(doc: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
     lines += [f"  {name}: {what}" for name, what in _descriptions(doc).items()]
+    lines += [f"  left out: {s['stage']}/{s['name']}: {s['reason']}" for s in doc.get("skipped", ())]
     return "\n".join(lines)
 
 
@@ -102,6 +105,9 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
     lines += ["", "Contenders:", ""] + [f"- `{name}`: {what}" for name, what in _descriptions(doc).items()]
+    if doc.get("skipped"):
+        lines += ["", "Left out on this machine:", ""] + [f"- `{s['stage']}/{s['name']}`: {s['reason']}"
+                                                         for s in doc["skipped"]]
     lines += ["", f"Medians and (min-max) over {doc['settings'].get('repeats')} interleaved rounds after "
                   f"{doc['settings'].get('warmup')} warm-up round(s); ratio = median / baseline median.", ""]
     return "\n".join(lines)

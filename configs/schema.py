@@ -59,11 +59,14 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     shards: str                                   # the converted directory (manifest.json + shards)
-    backend: Literal["auto", "dali", "torch"] = "auto"# auto: DALI, or the torch loader (with a warning) where DALI cannot be imported
+    backend: Literal["auto", "dali", "torch"] = "auto"# auto: DALI, or the torch loader (one warning) where DALI cannot be imported or cannot decode on this GPU (no CUDA support, no nvJPEG); dali: DALI or an error naming what is missing
+    hw_decoder_load: Optional[float] = None       # share of each batch's JPEGs for the GPU's hardware JPEG decoder (A100/H100/H200), 0..1; null: DALI's default (0.65); ignored on the CPU
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.shards), "data.shards", "a directory", self.shards)
+        _check(self.hw_decoder_load is None or (_number(self.hw_decoder_load) and 0 <= self.hw_decoder_load <= 1),
+               "data.hw_decoder_load", "null or a number in [0, 1]", self.hw_decoder_load)
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class TrainConfig:
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
+    tf32: bool = True                             # CUDA: TF32 for fp32 matmuls and convolutions (the head's cosines: ~1e-3 relative error, as bf16's ~4e-3 is not taken)
 
     def __post_init__(self) -> None:
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "decay_factor", "grad_clip"):

@@ -1,7 +1,8 @@
 """Convert a source (.rec or identity folders) into shuffled, indexed tar shards plus manifest.json.
 
 Two passes: `validation` decodes every image once (in parallel) and yields labels; then the
-samples, in a permutation drawn from the seed, are written shard by shard, in order. Progress is
+samples, in a permutation drawn from the seed, are written shard by shard, in order, and their labels
+once more as a table (labels.npy, row = key) beside the shards. Progress is
 kept in OUT/.convert-state.json (and the validation in .convert-validated.npz), so a second run of
 the same command skips every shard whose checksum matches and writes the same bytes for the rest
 (convert/output_folder.py reads what an earlier run left).
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from convert.errors import InputError
 from convert.files import output_lock, remove_stale_temporaries, write_json_atomic
 from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError
+from convert.labels_table import write_labels
 from convert.manifest import EXTENSIONS, Manifest
 from convert.output_folder import (STATE_NAME, VALIDATED_NAME, OutputError, complete, finished, load_validated,
                                    previous_records, sealed)
@@ -170,6 +172,7 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
         encoding=opts.encoding, seed=opts.seed, shards=tuple(done[n] for n in names),
         source=fingerprint["source"], class_map=class_map,
         skipped=tuple(source.where(i) for i, _ in validated.errors),
+        labels=write_labels(out, labels),  # before the manifest that lists it
         extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
     ))
     manifest.save(out)

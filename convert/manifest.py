@@ -47,11 +47,30 @@ class ShardRecord:
 
 
 @dataclass(frozen=True)
+class TableRecord:
+    """A per-sample table beside the shards (the labels table): file name, byte size, sha256 hex digest."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not self.name.endswith(".npy") or "/" in self.name:
+            raise ManifestError(f"table name must be a plain '<name>.npy', found {self.name!r}")
+        if self.bytes < 1:
+            raise ManifestError(f"table {self.name}: bytes must be >= 1, found {self.bytes}")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ManifestError(f"table {self.name}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a shard directory holds. Shard k holds keys sum(samples of shards < k) .. + samples - 1.
 
     class_map: the source's label (a number or a folder name) of each contiguous class 0..C-1, or
     None when the source's labels already are 0..C-1. skipped: source keys left out by --skip-corrupt.
+    labels: the labels table (convert/labels_table.py: int32 [num_samples], row = global key, the same
+    labels as the `.cls` members), or None for shard sets converted before the table existed.
     """
 
     num_samples: int
@@ -63,6 +82,7 @@ class Manifest:
     source: Mapping[str, Any]
     class_map: Optional[tuple] = None
     skipped: tuple = ()
+    labels: Optional[TableRecord] = None
     format: str = FORMAT
     version: int = VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -89,6 +109,8 @@ class Manifest:
             raise ManifestError("manifest lists a shard name twice")
         if self.class_map is not None and len(self.class_map) != self.num_classes:
             raise ManifestError(f"class_map has {len(self.class_map)} entries for {self.num_classes} classes")
+        if self.labels is not None and not isinstance(self.labels, TableRecord):
+            raise ManifestError(f"manifest labels must be a TableRecord or None, found {type(self.labels).__name__}")
 
     @property
     def extension(self) -> str:
@@ -111,6 +133,10 @@ class Manifest:
         d["shards"] = [asdict(s) for s in self.shards]
         d["class_map"] = list(self.class_map) if self.class_map is not None else None
         d["skipped"] = list(self.skipped)
+        if self.labels is None:
+            # Absent rather than null: a manifest written before the table existed keeps its exact content
+            # (and its content checksum, by which a rerun of its conversion finds it finished).
+            del d["labels"]
         return d
 
     @classmethod
@@ -125,6 +151,8 @@ class Manifest:
             if d.get("class_map") is not None:
                 d["class_map"] = tuple(d["class_map"])
             d["skipped"] = tuple(d.get("skipped", ()))
+            if d.get("labels") is not None:
+                d["labels"] = TableRecord(**d["labels"])
             return cls(**d)
         except (TypeError, KeyError) as e:
             raise ManifestError(f"{where}: malformed manifest ({e})") from None

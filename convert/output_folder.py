@@ -20,7 +20,8 @@ from typing import Optional
 
 from convert.errors import InputError
 from convert.files import sha256_file
-from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord
+from convert.labels_table import LABELS_NAME
+from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, TableRecord
 from convert.validation import Validated
 
 STATE_NAME = ".convert-state.json"
@@ -41,12 +42,20 @@ def complete(out: str, rec: ShardRecord) -> bool:
     )
 
 
-def _remove_shards(out: str, records) -> None:
-    for rec in records:
-        for name in (rec.name, rec.index_name):
-            path = os.path.join(out, name)
-            if os.path.exists(path):
-                os.remove(path)
+def table_complete(out: str, rec: Optional[TableRecord]) -> bool:
+    """Whether the table `rec` (the labels table) is in `out` as its record says; True when there is none."""
+    if rec is None:
+        return True
+    path = os.path.join(out, rec.name)
+    return os.path.isfile(path) and os.path.getsize(path) == rec.bytes and sha256_file(path) == rec.sha256
+
+
+def _remove_shards(out: str, records, table: Optional[TableRecord] = None) -> None:
+    names = [name for rec in records for name in (rec.name, rec.index_name)]
+    for name in names + ([table.name] if table is not None else []):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _warn(message: str) -> None:
@@ -54,9 +63,10 @@ def _warn(message: str) -> None:
 
 
 def _stray_shards(out: str, prefix: str) -> list:
-    """Files in `out` named as this conversion names its shards (`<prefix>-NNNNNN.tar` or `.idx`)."""
+    """Files in `out` named as this conversion names its shards (`<prefix>-NNNNNN.tar` or `.idx`) or its
+    labels table."""
     pattern = re.compile(re.escape(prefix) + r"-[0-9]{6}\.(tar|idx)")
-    return sorted(e.name for e in os.scandir(out) if pattern.fullmatch(e.name))
+    return sorted(e.name for e in os.scandir(out) if pattern.fullmatch(e.name) or e.name == LABELS_NAME)
 
 
 def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) -> dict:
@@ -81,7 +91,7 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
         else:
             os.remove(manifest_path)
             if old is not None:
-                _remove_shards(out, old.shards)
+                _remove_shards(out, old.shards, old.labels)
     if os.path.exists(state_path):
         state, shards = _load_state(state_path, overwrite)
         if state.get("fingerprint") == fingerprint:
@@ -131,11 +141,15 @@ def sealed(manifest: Manifest) -> Manifest:
 
 
 def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
-    """The manifest of this very conversion when it already completed, unedited, and every shard still checks out."""
+    """The manifest of this very conversion when it already completed, unedited, and every shard (and its
+    labels table, where it lists one) still checks out. A manifest written before the labels table existed
+    stays finished as it is: readers parse the `.cls` members instead."""
     if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
         return None
     manifest = Manifest.load(out)
     if manifest.extra.get("fingerprint") != fingerprint or not all(complete(out, r) for r in manifest.shards):
+        return None
+    if not table_complete(out, manifest.labels):
         return None
     recorded = manifest.extra.get(CONTENT_KEY)
     if recorded != _content_sha256(manifest):

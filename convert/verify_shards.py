@@ -1,11 +1,15 @@
-"""Re-read a shard directory and list every way it disagrees with its manifest (checksums, counts, index, labels)."""
+"""Re-read a shard directory and list every way it disagrees with its manifest (checksums, counts, index, labels,
+labels table)."""
 from __future__ import annotations
 
 import os
 import tarfile
 from typing import Union
 
+import numpy as np
+
 from convert.files import sha256_file
+from convert.labels_table import labels_problem, read_labels
 from convert.manifest import Manifest, ManifestError, ShardRecord
 from convert.shard_writer import INDEX_VERSION, key_name
 
@@ -22,19 +26,28 @@ def _tar_members(path: str) -> list:
     return members
 
 
-def _check_shard(directory: str, manifest: Manifest, rec: ShardRecord, first_key: int) -> list:
+def _file_problems(where: str, path: str, rec) -> list:
+    """A listed file against its manifest record (`bytes`, `sha256`): missing, size, checksum."""
+    if not os.path.isfile(path):
+        return [f"{where}: missing"]
+    problems = []
+    size = os.path.getsize(path)
+    if size != rec.bytes:
+        problems.append(f"{where}: {size} bytes, manifest says {rec.bytes}")
+    digest = sha256_file(path)
+    if digest != rec.sha256:
+        problems.append(f"{where}: sha256 {digest}, manifest says {rec.sha256}")
+    return problems
+
+
+def _check_shard(directory: str, manifest: Manifest, rec: ShardRecord, first_key: int, cls_labels: dict) -> list:
+    """The shard's problems; fills `cls_labels` with {key: label} of every `.cls` member that parses."""
     tar_path = os.path.join(directory, rec.name)
     idx_path = os.path.join(directory, rec.index_name)
     where = f"shard {rec.name}"
-    if not os.path.isfile(tar_path):
-        return [f"{where}: missing"]
-    problems = []
-    size = os.path.getsize(tar_path)
-    if size != rec.bytes:
-        problems.append(f"{where}: {size} bytes, manifest says {rec.bytes}")
-    digest = sha256_file(tar_path)
-    if digest != rec.sha256:
-        problems.append(f"{where}: sha256 {digest}, manifest says {rec.sha256}")
+    problems = _file_problems(where, tar_path, rec)
+    if problems[-1:] == [f"{where}: missing"]:
+        return problems
     try:
         members = _tar_members(tar_path)
     except (tarfile.TarError, ValueError, OSError) as e:
@@ -57,6 +70,8 @@ def _check_shard(directory: str, manifest: Manifest, rec: ShardRecord, first_key
         for ext, _, msize, _, data in parts:
             if ext == "cls":
                 text = data.decode("ascii", "replace")
+                if text.isdigit() and key.isdigit():
+                    cls_labels[int(key)] = int(text)
                 if not text.isdigit() or not 0 <= int(text) < manifest.num_classes:
                     problems.append(f"{where}: sample {key} label {text!r} outside 0..{manifest.num_classes - 1}")
             elif manifest.encoding == "raw" and msize != raw_size:
@@ -91,7 +106,35 @@ def verify(out: Union[str, os.PathLike]) -> list:
         manifest = Manifest.load(out)
     except ManifestError as e:
         return [str(e)]
-    problems = []
+    problems, cls_labels = [], {}
     for rec, first_key in zip(manifest.shards, manifest.first_keys()):
-        problems += _check_shard(out, manifest, rec, first_key)
+        problems += _check_shard(out, manifest, rec, first_key, cls_labels)
+    return problems + _check_labels_table(out, manifest, cls_labels)
+
+
+def _check_labels_table(directory: str, manifest: Manifest, cls_labels: dict) -> list:
+    """The labels table against its record, its shape, dtype and range, and the `.cls` members' labels."""
+    rec = manifest.labels
+    if rec is None:
+        return []  # converted before the table existed: the .cls members are the only labels
+    path = os.path.join(directory, rec.name)
+    where = f"labels table {rec.name}"
+    problems = _file_problems(where, path, rec)
+    if problems[-1:] == [f"{where}: missing"]:
+        return problems
+    try:
+        table = read_labels(path)
+    except (OSError, ValueError) as e:
+        return problems + [f"{where}: unreadable ({e})"]
+    problem = labels_problem(table, manifest.num_samples, manifest.num_classes)
+    if problem is not None:
+        return problems + [f"{where}: {problem}"]
+    keys = np.fromiter(cls_labels.keys(), np.int64, len(cls_labels))
+    parsed = np.fromiter(cls_labels.values(), np.int64, len(cls_labels))
+    keys_ok = keys < len(table)
+    differ = np.flatnonzero(table[keys[keys_ok]] != parsed[keys_ok])
+    if differ.size:
+        k = int(keys[keys_ok][differ[0]])
+        problems.append(f"{where}: row {k} holds label {int(table[k])}, sample {key_name(k)}.cls holds "
+                        f"{cls_labels[k]} ({differ.size} rows differ from their .cls members)")
     return problems

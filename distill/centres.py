@@ -22,7 +22,9 @@ classes never affect a class's result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,21 +62,62 @@ def occurrence(labels: torch.Tensor) -> torch.Tensor:
     return result
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """The samples of a batch grouped by round: round r holds every sample that is the r-th of its label
+    (so the rows one round writes are distinct), in batch order. `order` [N] lists the samples round by
+    round; round r is order[bounds[r]:bounds[r + 1]]."""
+
+    order: torch.Tensor            # int64 [N], on the centres' device
+    bounds: tuple[int, ...]        # host ints, len = rounds + 1
+
+
+def rounds_from_host(labels: np.ndarray, device: torch.device) -> Rounds:
+    """Rounds of a batch whose labels the host knows (the loader hands the global batch's labels over):
+    computed with numpy, sent to the device in one copy from pinned memory, so the update needs no
+    device-to-host sync."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.size
+    by_label = np.argsort(labels, kind="stable")  # ties kept in batch order
+    sorted_labels = labels[by_label]
+    first = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]] if n else np.zeros(0, bool)
+    nth = np.empty(n, np.int64)
+    nth[by_label] = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    order = np.argsort(nth, kind="stable")  # round by round, batch order within a round
+    counts = np.bincount(nth, minlength=1) if n else np.zeros(0, np.int64)
+    bounds = tuple(int(b) for b in np.r_[0, np.cumsum(counts)])
+    host = torch.from_numpy(order)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return Rounds(host.to(device, non_blocking=True), bounds)
+
+
+def rounds_on_device(labels: torch.Tensor) -> Rounds:
+    """Rounds computed from device labels: costs host syncs (the count of rounds, each round's size);
+    for callers that have no host copy of the labels."""
+    nth = occurrence(labels)
+    order = torch.sort(nth, stable=True).indices
+    counts = torch.bincount(nth).tolist()
+    return Rounds(order, tuple(int(b) for b in np.r_[0, np.cumsum(counts)]))
+
+
 @torch.no_grad()
-def update_centres(centres: torch.Tensor, labels: torch.Tensor, f_t: torch.Tensor, alpha: torch.Tensor) -> None:
+def update_centres(centres: torch.Tensor, labels: torch.Tensor, f_t: torch.Tensor, alpha: torch.Tensor,
+                   rounds: Optional[Rounds] = None) -> None:
     """In place: W_y <- alpha * W_y + (1 - alpha) * f_t for every sample, duplicates in batch order.
 
     Vectorised by rounds: round r applies every sample that is the r-th of its label in the batch, so
-    the rows written within a round are distinct and the rounds compose in batch order. The number of
-    rounds is the largest label multiplicity (one host sync to read it); on real data it is 1-3.
+    the rows written within a round are distinct and the rounds compose in batch order. On real data
+    there are 1-3 rounds. `rounds` from the host's labels (rounds_from_host) keeps the update free of
+    host syncs; without it they are computed on the device (rounds_on_device).
     """
     if labels.numel() == 0:
         return
     f_t = f_t.to(centres.dtype)
     alpha = alpha.to(centres.dtype)
-    nth = occurrence(labels)
-    for r in range(int(nth.max()) + 1):
-        sel = (nth == r).nonzero().squeeze(1)
+    rounds = rounds or rounds_on_device(labels)
+    for start, stop in zip(rounds.bounds[:-1], rounds.bounds[1:]):
+        sel = rounds.order[start:stop]
         rows = labels[sel]
         a = alpha[sel, None]
         centres.index_copy_(0, rows, a * centres[rows] + (1 - a) * f_t[sel])

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from configs import GeomConfig
 
-from .centres import coefficients, update_centres
+from .centres import coefficients, rounds_from_host, update_centres
 from .distributed import gather_rows
 from .margins import MARGINS, clip_norms, norm_scaler
 
@@ -92,12 +93,14 @@ class Head(nn.Module):
                                  f"found {tuple(teacher_emb.shape)}")
 
     def forward(self, student_emb: torch.Tensor, labels: torch.Tensor, teacher_emb: torch.Tensor | None = None,
-                epoch_progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+                epoch_progress: float = 0.0, global_labels: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """`global_labels`: the host's copy of the global batch's labels (all ranks, in rank order), when
+        the caller has one (pipeline.Batch.global_labels): the centre update then needs no host sync."""
         self._check_inputs(student_emb, labels, teacher_emb)
         with torch.autocast(device_type=student_emb.device.type, enabled=False):
-            return self._forward(student_emb.float(), labels, teacher_emb, float(epoch_progress))
+            return self._forward(student_emb.float(), labels, teacher_emb, float(epoch_progress), global_labels)
 
-    def _forward(self, z_s, labels, teacher_emb, epoch_progress):
+    def _forward(self, z_s, labels, teacher_emb, epoch_progress, global_labels=None):
         f_s = F.normalize(z_s, dim=1)
         stats: dict[str, Any] = {"cos_st": None, "alpha": None, "margin_scaler": self.margin.m}
         coef = f_t = None
@@ -108,7 +111,7 @@ class Head(nn.Module):
         norms = clip_norms(z_s.norm(dim=1)) if self.margin.uses_norms else None
 
         if self.training:
-            self._update_state(labels, f_t, coef, norms)
+            self._update_state(labels, f_t, coef, norms, global_labels)
 
         z_hat = None
         if self.margin.uses_norms:
@@ -123,7 +126,7 @@ class Head(nn.Module):
         return self.margin.logits(cos, labels, z_hat), stats
 
     @torch.no_grad()
-    def _update_state(self, labels, f_t, coef, norms) -> None:
+    def _update_state(self, labels, f_t, coef, norms, global_labels=None) -> None:
         """AdaFace EMA and AdaDistill centres from the global batch (one gather for both)."""
         columns = []
         if norms is not None:
@@ -143,7 +146,13 @@ class Head(nn.Module):
             self.batch_mean.copy_(all_norms.mean() * t + (1 - t) * self.batch_mean)
             self.batch_std.copy_(all_norms.std() * t + (1 - t) * self.batch_std)
         if coef is not None:
-            update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0])
+            rounds = None
+            if global_labels is not None:
+                if len(global_labels) != all_labels.shape[0]:
+                    raise ValueError(f"head: global_labels holds {len(global_labels)} labels, the gathered batch "
+                                     f"{all_labels.shape[0]}")
+                rounds = rounds_from_host(global_labels, self.centres.device)
+            update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0], rounds)
 
 
 def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", **options: Any) -> Head:

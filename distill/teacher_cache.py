@@ -303,10 +303,14 @@ class CachedTeacher:
     def __call__(self, batch) -> torch.Tensor:
         if batch.flipped is None:
             raise TeacherCacheError("the teacher cache needs Batch.flipped: build the loader with with_flip=True")
-        index = batch.index.cpu().numpy()
-        views = batch.flipped.cpu().numpy().astype(np.int64)  # True -> MIRRORED (1)
-        rows = self.embeddings[index, views]  # one gather from the memory map: [B, D] float16
-        return torch.from_numpy(rows.astype(np.float32)).to(self.device, non_blocking=True)
+        # The host's copies of the keys and flips (pipeline.Batch.keys, .flips): no device-to-host sync.
+        keys = batch.keys if batch.keys is not None else batch.index.cpu().numpy()
+        flips = batch.flips if batch.flips is not None else batch.flipped.cpu().numpy()
+        rows = self.embeddings[keys, flips.astype(np.int64)]  # one gather from the memory map: [B, D] float16
+        host = torch.from_numpy(rows.astype(np.float32))
+        if self.device.type == "cuda":
+            host = host.pin_memory()  # an asynchronous copy needs pinned memory
+        return host.to(self.device, non_blocking=True)
 
 
 def plain_class_means(cache: Union[str, os.PathLike], manifest: CacheManifest, num_classes: int,

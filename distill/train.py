@@ -116,6 +116,9 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
         write_atomic(out / "config.yaml", configs.dump(cfg))
 
     log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
+    log.message(f"data: {cfg.data.shards}, {first.num_samples} samples, {first.num_classes} classes; {plan.steps_per_epoch} "
+                f"steps of {plan.global_batch} an epoch; decoder: {first.decoder}; device: {ctx.device}, "
+                f"{ctx.world_size} rank(s)")
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
     if changes:
@@ -187,6 +190,9 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     `teacher` replaces the one `teacher.spec` names (the benchmark's freshly initialised teacher)."""
     autocast_dtype = teachers.autocast_dtype(cfg.train.precision, ctx.device)
     plan = make_plan(cfg.train, world_size=ctx.world_size, steps_per_epoch=steps_per_epoch)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     if cfg.distill.mode == "none":
         teacher = None
     elif teacher is None:
@@ -198,7 +204,7 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     head = head_from_config(cfg, num_classes)
-    if cfg.distill.centres_from_cache:  # start at the teacher's class means rather than at noise (a resume overwrites)
+    if cfg.distill.centres_from_cache and ctx.is_main:  # the teacher's class means, not noise; broadcast below
         manifest = teacher_cache.CacheManifest.load(cfg.distill.teacher_cache)
         with torch.no_grad():
             head.centres.copy_(teacher_cache.plain_class_means(cfg.distill.teacher_cache, manifest, num_classes))
@@ -225,7 +231,8 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
                         enabled=run.autocast_dtype is not None):
         student_emb = run.student(batch.images)
     progress = pos.epoch + pos.epoch_step / run.plan.steps_per_epoch
-    logits, stats = run.head(student_emb, batch.labels, teacher_emb, progress)
+    # the host's copy of the global batch's labels spares the centre update a host sync
+    logits, stats = run.head(student_emb, batch.labels, teacher_emb, progress, global_labels=batch.global_labels)
     loss = compute_loss(logits, batch.labels)
 
     # Backward always runs, so that DDP's all-reduce sees every rank; a non-finite loss or gradient on
@@ -332,9 +339,12 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
 
 
 def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
+    # NHWC from the loader where the nets run channels_last: the layout change is then free (DALI writes
+    # HWC), not a copy of every batch.
     return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                  device=ctx.device, seed=cfg.seed, epoch=epoch, step=step, augment=cfg.data.augment,
-                                 backend=cfg.data.backend,
+                                 backend=cfg.data.backend, hw_decoder_load=cfg.data.hw_decoder_load,
+                                 layout="NHWC" if cfg.train.channels_last else "NCHW",
                                  with_flip=cfg.distill.teacher_cache is not None)  # the cache keys on the flip
 
 

@@ -17,10 +17,17 @@ class MissingTargetError(InputError, FileNotFoundError):
 
 
 def check_targets(targets: tuple[str, ...]) -> None:
-    """Fail at start, not after the first epoch, when a requested set is missing."""
+    """Fail at start, not after the first epoch, when a requested set is missing, unreadable or too small
+    for the 10-fold metric (reading its pair labels is cheap next to an epoch)."""
     missing = [t for t in targets if not Path(t).exists()]
     if missing:
         raise MissingTargetError(f"eval.targets: verification set(s) not found: {missing}")
+    from evaluate import verification
+
+    for target in targets:
+        problem = verification.fold_problem(verification.load_set(target).issame)
+        if problem is not None:
+            raise MissingTargetError(f"eval.targets: {target}: {problem}")
 
 
 def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epoch: int) -> list[dict]:

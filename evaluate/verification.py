@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import sklearn.preprocessing
@@ -113,6 +114,22 @@ def load_set(path: str | Path) -> VerificationSet:
     raise DataFileError(f"{path}: expected an insightface .bin file or a CVLFace arrow folder")
 
 
+def fold_problem(issame, nfolds: int = 10) -> Optional[str]:
+    """Why `evaluate` cannot run on these pairs (None when it can): the 10-fold metric needs at least
+    nfolds pairs, and both same and different pairs in every fold's training and test parts. Depends on
+    the pairs' labels only, so it can be checked before any image is embedded."""
+    labels = np.asarray(issame, dtype=bool)
+    if not 2 <= nfolds <= labels.shape[0]:
+        return f"{labels.shape[0]} pairs: the {nfolds}-fold metric needs at least {nfolds}"
+    for k, (train, test) in enumerate(KFold(n_splits=nfolds, shuffle=False).split(np.arange(labels.shape[0]))):
+        n_diff, n_same_t, n_diff_t = int((~labels[train]).sum()), int(labels[test].sum()), int((~labels[test]).sum())
+        if n_diff == 0 or n_same_t == 0 or n_diff_t == 0:
+            return (f"fold {k} of {nfolds}: VAL@FAR needs both same and different pairs in its training and "
+                    f"test parts; found {n_diff} different pairs in training, {n_same_t} same and {n_diff_t} "
+                    f"different in test")
+    return None
+
+
 def _fold_counts(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray):
     """(tp, fp, n_same, n_diff) per threshold, with 'same' predicted where dist < threshold.
 
@@ -139,8 +156,9 @@ def evaluate(embeddings, issame, nfolds: int = 10) -> dict:
     labels = np.asarray(issame, dtype=bool)
     if emb.ndim != 2 or emb.shape[0] != 2 * labels.shape[0]:
         raise ValueError(f"embeddings must be [2P, D] for P={labels.shape[0]} pairs, found {emb.shape}")
-    if not 2 <= nfolds <= labels.shape[0]:
-        raise ValueError(f"nfolds must be in [2, {labels.shape[0]}] for {labels.shape[0]} pairs, found {nfolds}")
+    problem = fold_problem(labels, nfolds)
+    if problem is not None:
+        raise ValueError(problem)
     # Same expression as insightface, so every distance is the same float.
     dist = np.sum(np.square(np.subtract(emb[0::2], emb[1::2])), 1)
     idx = np.arange(labels.shape[0])
@@ -158,10 +176,6 @@ def evaluate(embeddings, issame, nfolds: int = 10) -> dict:
         tp_t, fp_t, n_same_t, n_diff_t = _fold_counts(dist[test], labels[test], np.array([t]))
         acc[k] = float(tp_t[0] + (n_diff_t - fp_t[0])) / test.size
 
-        if n_diff == 0 or n_same_t == 0 or n_diff_t == 0:
-            raise ValueError(f"fold {k} of {nfolds}: VAL@FAR needs both same and different pairs in "
-                             f"its training and test parts; found {n_diff} different pairs in training, "
-                             f"{n_same_t} same and {n_diff_t} different in test")
         _, fp_v, _, _ = _fold_counts(dist[train], labels[train], VAL_THRESHOLDS)
         ok = np.flatnonzero(fp_v / n_diff <= VAL_FAR_TARGET)  # never empty: fp_v[0] == 0
         tv = VAL_THRESHOLDS[ok[-1]]

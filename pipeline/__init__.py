@@ -2,13 +2,16 @@
 
 Public API: build_loader, Batch, ShardSamples, decode_images, Augment, steps_per_epoch, resolve_device,
 cpu_threads; its errors, each an InputError whose message names the file, sample or argument: ShardError,
-UndecodableImageError, BatchSizeError, UnknownAugmentationError, PipelineDeviceError.
-The only package that imports DALI.
+UndecodableImageError, BatchSizeError, UnknownAugmentationError, LoaderOptionError, PipelineDeviceError
+(and its DaliUnavailableError). The only package that imports DALI.
 
 Modules:
   loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
                    samples by key, decoded as training sees them)
-  shard_index.py   where every sample's bytes and label live: the manifest, the .idx files, mmap'd reads
+  backend_choice.py which backend and JPEG decoder a loader gets (DALI mixed or CPU, or torch), no silent fallback
+  dali_probe.py    what DALI can do on a CUDA device: see it, nvJPEG, the hardware JPEG decoder
+  shard_index.py   where every sample's bytes and label live: the manifest, the .idx files, the labels table,
+                   mmap'd reads
   order.py         the order of an epoch: a function of (seed, epoch), split over ranks, tail dropped
   augment.py       AdaFace's optional augmentations and their per-sample parameters
   dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
@@ -20,14 +23,15 @@ Modules:
   device.py        the device argument resolved, and the cores a rank may use
 """
 from pipeline.augment import Augment, UnknownAugmentationError
+from pipeline.backend_choice import DaliUnavailableError
 from pipeline.batch import Batch
 from pipeline.decode import decode_images
 from pipeline.device import PipelineDeviceError, cpu_threads, resolve_device
 from pipeline.image_check import UndecodableImageError
-from pipeline.loader import ShardSamples, build_loader
+from pipeline.loader import LoaderOptionError, ShardSamples, build_loader
 from pipeline.order import BatchSizeError, steps_per_epoch
 from pipeline.shard_index import ShardError
 
-__all__ = ["Augment", "Batch", "BatchSizeError", "PipelineDeviceError", "ShardError", "ShardSamples",
-           "UndecodableImageError", "UnknownAugmentationError", "build_loader", "cpu_threads", "decode_images",
-           "resolve_device", "steps_per_epoch"]
+__all__ = ["Augment", "Batch", "BatchSizeError", "DaliUnavailableError", "LoaderOptionError", "PipelineDeviceError",
+           "ShardError", "ShardSamples", "UndecodableImageError", "UnknownAugmentationError", "build_loader",
+           "cpu_threads", "decode_images", "resolve_device", "steps_per_epoch"]

@@ -4,24 +4,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One step's samples on the rank's device.
+    """One step's samples on the rank's device, and what the host already knows about them.
 
-    images:  [B,3,H,W] float32 or bfloat16, RGB, (x - 127.5) / 127.5.
+    On the device:
+    images:  [B,3,H,W] float32 or bfloat16, RGB, (x - 127.5) / 127.5; contiguous (NCHW), or in
+             torch.channels_last memory format when the loader was asked `layout="NHWC"` (same shape).
     labels:  [B] int64, contiguous class ids 0..C-1.
     index:   [B] int64, each sample's global index (its shard key).
     flipped: [B] bool, True where the image was mirrored; None unless the loader was asked
              `with_flip=True` (the teacher-embedding cache keys on it).
+    On the host (numpy; read them instead of copying the tensors above back, which would sync the device):
+    keys:    int64 [B], the values of `index`.
+    flips:   bool [B], the values of `flipped`; None when `flipped` is None.
+    global_labels: int64 [W*B], the labels of this step's GLOBAL batch: every rank's batch, in rank order
+             (rank r's `labels` are global_labels[r*B:(r+1)*B]), as an all_gather of `labels` would give them;
+             the same on every rank, known without communicating (the order is a function of seed and epoch).
+    label_repeats: the largest number of samples sharing one label in that global batch (>= 1); the
+             AdaDistill centre update runs that many rounds.
+    Batches built by pipeline.build_loader fill all four; the host fields are None only in batches made
+    elsewhere (a benchmark's baseline loader), whose consumers fall back to reading the tensors.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
     flipped: Optional[torch.Tensor] = None
+    keys: Optional[np.ndarray] = None
+    flips: Optional[np.ndarray] = None
+    global_labels: Optional[np.ndarray] = None
+    label_repeats: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -34,3 +51,28 @@ class Batch:
         if self.flipped is not None and (self.flipped.dtype != torch.bool or tuple(self.flipped.shape) != (n,)):
             raise ValueError(
                 f"Batch.flipped: expected bool [{n}], found {self.flipped.dtype} {tuple(self.flipped.shape)}")
+        for name, dtype in (("keys", np.int64), ("flips", np.bool_)):
+            a = getattr(self, name)
+            if a is not None and (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,)):
+                found = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(f"Batch.{name}: expected a numpy {np.dtype(dtype)} [{n}], found {found}")
+        g = self.global_labels
+        if g is not None and (not isinstance(g, np.ndarray) or g.dtype != np.int64 or g.ndim != 1 or n == 0
+                              or g.size % n or g.size < n):
+            found = f"{g.dtype} {g.shape}" if isinstance(g, np.ndarray) else type(g).__name__
+            raise ValueError(f"Batch.global_labels: expected a numpy int64 [W*{n}] (every rank's labels), "
+                             f"found {found}")
+        if (self.flips is None) != (self.flipped is None) and self.keys is not None:
+            raise ValueError(f"Batch.flips: expected an array exactly when flipped is one, found flips "
+                             f"{'None' if self.flips is None else 'an array'} and flipped "
+                             f"{'None' if self.flipped is None else 'a tensor'}")
+        r = self.label_repeats
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r):
+            raise ValueError(f"Batch.label_repeats: expected an int >= 1, found {r!r}")
+
+
+def label_repeats(labels: np.ndarray) -> int:
+    """The largest number of entries sharing one value of `labels` (a global batch's labels), on the host."""
+    if labels.size == 0:
+        return 0
+    return int(np.unique(labels, return_counts=True)[1].max())

@@ -40,13 +40,15 @@ def _device_id(device: torch.device):
     return device.index
 
 
-def _decode(encoded, on_gpu: bool, size: int):
+def _decode(encoded, on_gpu: bool, size: int, hw_decoder_load: Optional[float] = None):
     if on_gpu:
         # Preallocate nvJPEG's buffers for our small faces so the first batches do not reallocate.
+        # hw_decoder_load: the share of a batch for the hardware JPEG decoder (None: DALI's default).
+        extra = {} if hw_decoder_load is None else {"hw_decoder_load": float(hw_decoder_load)}
         return fn.decoders.image(encoded, device="mixed", output_type=types.RGB,
                                  preallocate_width_hint=size, preallocate_height_hint=size,
-                                 device_memory_padding=16 << 20, host_memory_padding=8 << 20)
-    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+                                 device_memory_padding=16 << 20, host_memory_padding=8 << 20, **extra)
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)  # no hardware decoder on the CPU
 
 
 def _augment(images, aug: Augment, params: dict, size: int):
@@ -69,10 +71,13 @@ AUGMENT_INPUTS = ("roi_start", "roi_end", "low_res_side", "brightness", "contras
 
 def build_train_graph(source: Callable[[], tuple], *, encoding: str, batch_size: int, size: int,
                       device: torch.device, aug: Augment, num_threads: Optional[int] = None,
-                      prefetch: int = 2) -> Pipeline:
+                      prefetch: int = 2, hw_decoder_load: Optional[float] = None,
+                      channels_last: bool = False) -> Pipeline:
     """The loader's graph. `source()` returns (images, mirror[, *AUGMENT_INPUTS when aug.any]) as lists
     of per-sample arrays (or dense batch arrays), raises StopIteration at the epoch's end, and keeps what it
-    returned alive until the batch's output has been returned by `run()` (inputs are not copied)."""
+    returned alive until the batch's output has been returned by `run()` (inputs are not copied).
+    The output is NCHW float, or NHWC with `channels_last` (to_torch makes either a [B,3,H,W] tensor).
+    `hw_decoder_load` reaches the mixed decoder only (None: DALI's default); the CPU graph has no use for it."""
     on_gpu = device.type == "cuda"
     pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or threads_per_rank(),
                     device_id=_device_id(device), prefetch_queue_depth=prefetch,
@@ -90,12 +95,12 @@ def build_train_graph(source: Callable[[], tuple], *, encoding: str, batch_size:
         if encoding == "raw":
             images = images.gpu() if on_gpu else images  # already HWC uint8: no decoding at all
         else:
-            images = _decode(images, on_gpu, size)
+            images = _decode(images, on_gpu, size, hw_decoder_load)
         if aug.any:
             images = _augment(images, aug, params, size)
-        # Flip and normalize in one pass, straight into NCHW float.
+        # Flip and normalize in one pass, straight into NCHW float (or NHWC: the decoder's own layout).
         out = fn.crop_mirror_normalize(images, mirror=params["mirror"], mean=_MEAN, std=_STD,
-                                       output_layout="CHW", dtype=types.FLOAT)
+                                       output_layout="HWC" if channels_last else "CHW", dtype=types.FLOAT)
         pipe.set_outputs(out)
     pipe.build()
     return pipe
@@ -118,8 +123,9 @@ def build_decode_graph(source: Callable[[], list], *, batch_size: int, size: int
     return pipe
 
 
-def to_torch(tensor_list, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A DALI output batch as a torch tensor on `device`.
+def to_torch(tensor_list, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
+    """A DALI output batch as a torch tensor on `device`: [B,C,H,W] from a CHW batch, or from an HWC batch
+    with `channels_last` ([B,H,W,C] memory seen as [B,C,H,W] in torch.channels_last format: no copy).
 
     CPU: zero-copy. With the dynamic executor (`exec_dynamic=True`, set on every graph here) each output
     batch owns its memory, which the returned tensor keeps alive through numpy's buffer reference, so
@@ -136,4 +142,6 @@ def to_torch(tensor_list, device: torch.device, dtype: torch.dtype) -> torch.Ten
         feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=torch.cuda.current_stream(device))
     else:
         out = torch.from_numpy(np.asarray(tensor_list.as_tensor()))
+    if channels_last:
+        out = out.permute(0, 3, 1, 2)  # a view; .to(dtype) below keeps the channels_last strides
     return out if dtype == torch.float32 else out.to(dtype)

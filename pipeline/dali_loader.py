@@ -17,7 +17,7 @@ end the process), and a batch DALI still refuses is searched for the culprit amo
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ class DaliLoader:
     backend = "dali"
 
     def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
-                 dtype: torch.dtype, aug: Augment, with_flip: bool, num_threads: int | None = None,
+                 dtype: torch.dtype, aug: Augment, with_flip: bool, channels_last: bool = False,
+                 hw_decoder_load: Optional[float] = None, decoder: str = "", num_threads: Optional[int] = None,
                  prefetch: int = 2) -> None:
         self.index, self.plan, self.start_step = index, plan, start_step
         self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
+        self.channels_last, self.hw_decoder_load, self.decoder = channels_last, hw_decoder_load, decoder
         self.num_threads, self.prefetch = num_threads, prefetch
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
 
@@ -52,15 +54,16 @@ class DaliLoader:
 
         def source() -> tuple:
             step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
-            keys = plan.samples[step]
+            keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
             flips, params = plan.draws(step, aug, size)
+            labels, global_labels, repeats = reader.step_labels(plan.global_samples[step], plan.part)
             out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
             if params is not None:
                 out += [getattr(params, name) for name in AUGMENT_INPUTS]
             out = tuple(out)
             # The graph reads these arrays without copying them: they stay referenced here until the
             # batch comes out of the pipeline.
-            pending.append((keys, reader.labels(keys), flips, out))
+            pending.append((keys, labels, flips, global_labels, repeats, out))
             return out
 
         return source
@@ -70,7 +73,8 @@ class DaliLoader:
         reader = ShardReader(self.index)
         pipe = build_train_graph(self._source(reader, pending), encoding=self.index.encoding,
                                  batch_size=self.plan.batch_size, size=self.index.image_size, device=self.device,
-                                 aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch)
+                                 aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch,
+                                 hw_decoder_load=self.hw_decoder_load, channels_last=self.channels_last)
         try:
             for _ in range(self.start_step, self.plan.steps):
                 try:
@@ -79,11 +83,13 @@ class DaliLoader:
                     raise
                 except RuntimeError as err:
                     raise _refused(reader, pending, err) from err
-                keys, labels, flips, _ = pending.popleft()  # DALI returns batches in the order it asked for them
-                yield Batch(images=to_torch(images, self.device, self.dtype),
+                keys, labels, flips, global_labels, repeats, _ = pending.popleft()  # in the order DALI asked
+                yield Batch(images=to_torch(images, self.device, self.dtype, channels_last=self.channels_last),
                             labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
                             index=torch.from_numpy(keys).to(self.device, non_blocking=True),
-                            flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None)
+                            flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None,
+                            keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels,
+                            label_repeats=repeats)
         finally:
             del pipe  # frees DALI's threads and buffers now, also when the consumer stops early
 

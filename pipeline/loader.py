@@ -2,24 +2,32 @@
 `ShardSamples` (any samples by key, for tables kept beside the shards such as the teacher cache)."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
-import warnings
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
 
+from convert.errors import InputError
 from pipeline.augment import Augment, parse_augment
+from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
 from pipeline.order import plan_epoch
 from pipeline.decode import decode_images
 from pipeline.image_check import UndecodableImageError
 from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
 
-BACKENDS = ("auto", "dali", "torch")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+LAYOUTS = ("NCHW", "NHWC")
+
+
+class LoaderOptionError(InputError, ValueError):
+    """A build_loader argument out of its range; the message names the argument (and its config key)."""
+
 
 _index_cache: dict[tuple, ShardIndex] = {}
 _index_lock = threading.Lock()
@@ -41,27 +49,21 @@ def open_index(shards: Union[str, os.PathLike]) -> ShardIndex:
         return _index_cache[key]
 
 
-def _pick_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, found {backend!r}")
-    if backend == "torch":
-        return backend
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError as err:
-        if backend == "dali":
-            raise ImportError(f"backend='dali': DALI cannot be imported ({err}); install nvidia-dali-cuda120 "
-                              f"or pass backend='torch'") from err
-        warnings.warn(f"pipeline: DALI cannot be imported ({err}); falling back to the torch backend "
-                      f"(DataLoader workers, libjpeg-turbo decode)", RuntimeWarning, stacklevel=3)
-        return "torch"
-    return "dali"
+def _check_hw_decoder_load(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise LoaderOptionError(f"data.hw_decoder_load: expected a number in [0, 1] (the share of JPEGs for the "
+                                f"hardware decoder) or null for DALI's default, found {value!r}")
+    return float(value)
 
 
 def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int = 0, world_size: int = 1,
                  device: Union[str, torch.device] = "auto", seed: int = 0, epoch: int = 0, step: int = 0,
                  augment: Union[None, Augment, Mapping[str, float]] = None, dtype: torch.dtype = torch.float32,
-                 backend: str = "auto", with_flip: bool = False):
+                 backend: str = "auto", with_flip: bool = False, hw_decoder_load: Optional[float] = None,
+                 layout: str = "NCHW"):
     """One epoch of `pipeline.Batch` for rank `rank` of `world_size`, starting at `step`.
 
     The order is a function of (seed, epoch) alone, every rank runs `len(loader)` steps (the tail that
@@ -69,22 +71,41 @@ def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int 
     uninterrupted epoch would have yielded from there. `len(loader)` is the steps of the whole epoch;
     iteration yields `len(loader) - step` batches. `loader.num_classes` and `loader.num_samples` come
     from the manifest. Images are flipped with p = 0.5; `augment` adds AdaFace's augmentations
-    (pipeline.Augment or a mapping name -> probability).
+    (pipeline.Augment or a mapping name -> probability). Each Batch also carries its keys, flips, the
+    global batch's labels and their largest repeat count on the host (pipeline.Batch).
+
+    backend: "dali", "torch", or "auto" (DALI, else the torch backend with one warning; see
+    pipeline/backend_choice.py). On a CUDA device, backend="dali" without a DALI that can decode there
+    raises PipelineDeviceError. `loader.backend` is the one chosen and `loader.decoder` the decoder in use,
+    in a few words ("nvJPEG hardware (mixed, hw_decoder_load=0.65)", "nvJPEG CUDA (mixed)",
+    "libjpeg-turbo (DALI CPU)", "libjpeg-turbo (torch backend)", ...).
+    hw_decoder_load: the share of each batch's JPEGs that DALI's mixed decoder gives the hardware JPEG
+    decoder (A100/H100/H200), the rest going to nvJPEG's CUDA decoder; None keeps DALI's default (0.65 in
+    DALI 2.4). Validated everywhere (config key data.hw_decoder_load), used only by DALI on a GPU: the
+    CPU graph and the torch backend ignore it.
+    layout: "NCHW" (default: contiguous images) or "NHWC" (the same [B,3,H,W] shape in
+    torch.channels_last memory format; DALI writes HWC, so a channels_last model needs no copy).
     """
     aug = parse_augment(augment)
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
-    chosen = _pick_backend(backend)
+        raise LoaderOptionError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
+    if backend not in BACKENDS:
+        raise LoaderOptionError(f"backend (data.backend): expected one of {BACKENDS}, found {backend!r}")
+    if layout not in LAYOUTS:
+        raise LoaderOptionError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
+    hw_load = _check_hw_decoder_load(hw_decoder_load)
     dev = resolve_device(device)
     index = open_index(shards)
+    chosen = choose(backend, dev, index.encoding, hw_load)
     plan = plan_epoch(index.num_samples, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     if not 0 <= step <= plan.steps:
-        raise ValueError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), found {step}")
-    common = dict(start_step=step, device=dev, dtype=dtype, aug=aug, with_flip=with_flip)
-    if chosen == "dali":
+        raise LoaderOptionError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), found {step}")
+    common = dict(start_step=step, device=dev, dtype=dtype, aug=aug, with_flip=with_flip,
+                  channels_last=layout == "NHWC", decoder=chosen.decoder)
+    if chosen.backend == "dali":
         from pipeline.dali_loader import DaliLoader
 
-        return DaliLoader(index, plan, **common)
+        return DaliLoader(index, plan, hw_decoder_load=hw_load, **common)
     from pipeline.torch_loader import TorchLoader
 
     return TorchLoader(index, plan, **common)

@@ -25,18 +25,29 @@ class BatchSizeError(InputError, ValueError):
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """Rank `rank`'s samples for one epoch: `samples[s]` is step s's global sample indices, [steps, B]."""
+    """One epoch's order and rank `rank`'s part of it: `global_samples[s]` is step s's global batch (the
+    sample keys of all ranks, rank r's at `part`), `samples[s]` this rank's B keys of it."""
 
     seed: int
     epoch: int
     rank: int
     world_size: int
     batch_size: int
-    samples: np.ndarray  # int64 [steps, batch_size]
+    global_samples: np.ndarray  # int64 [steps, world_size * batch_size]
 
     @property
     def steps(self) -> int:
-        return int(self.samples.shape[0])
+        return int(self.global_samples.shape[0])
+
+    @property
+    def part(self) -> slice:
+        """This rank's columns of a global batch."""
+        return slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+
+    @property
+    def samples(self) -> np.ndarray:
+        """int64 [steps, batch_size]: this rank's keys at each step (a view; each row is contiguous)."""
+        return self.global_samples[:, self.part]
 
     def draws(self, step: int, aug: Augment, size: int) -> tuple[np.ndarray, Optional[AugmentParams]]:
         """Step `step`'s random decisions on this rank: flips (bool [B], p = 0.5) and augmentation
@@ -62,7 +73,8 @@ def plan_epoch(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank
                world_size: int) -> EpochPlan:
     """Permute all samples with (seed, epoch), drop the tail that does not fill a global batch, and give
     rank r the r-th slice of every global batch; the W slices of step s together are the global batch a
-    single process with batch B*W would see at step s."""
+    single process with batch B*W would see at step s. Every rank holds the whole order (8 bytes a sample),
+    so that it knows each step's global batch without communicating (Batch.label_repeats counts over it)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, found rank={rank}, "
                          f"world_size={world_size}")
@@ -70,5 +82,5 @@ def plan_epoch(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank
         raise ValueError(f"seed and epoch: expected >= 0, found seed={seed}, epoch={epoch}")
     steps = steps_per_epoch(num_samples, batch_size, world_size)
     perm = np.random.default_rng([_ORDER_STREAM, seed, epoch]).permutation(num_samples)
-    used = perm[: steps * world_size * batch_size].reshape(steps, world_size, batch_size)
-    return EpochPlan(seed, epoch, rank, world_size, batch_size, np.ascontiguousarray(used[:, rank, :]))
+    used = perm[: steps * world_size * batch_size].reshape(steps, world_size * batch_size)
+    return EpochPlan(seed, epoch, rank, world_size, batch_size, used)

@@ -2,7 +2,9 @@
 
 Sample keys are global indices and shard k holds a contiguous slice of them (docs/DESIGN.md, "Shards"),
 so one flat array per field, indexed by the key, locates every sample. The tars are memory-mapped and
-read by offset: a batch costs B slices of a mapping, with no tar parsing on the hot path.
+read by offset: a batch costs B slices of a mapping, with no tar parsing on the hot path. Labels come from
+the converter's labels table (one gather a batch, checked once when opened); shard sets converted before
+it existed have none, and their labels are parsed from the `.cls` members (checked every batch).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import pyarrow.csv as pacsv
 import simplejpeg
 
 from convert.errors import InputError
+from convert.labels_table import labels_problem, read_labels
 from convert.manifest import ENCODINGS, EXTENSIONS, MANIFEST_NAME, Manifest
+from pipeline.batch import label_repeats
 from pipeline.image_check import header_problem
 
 
@@ -101,6 +105,7 @@ class ShardIndex:
     num_classes: int
     shard_of: np.ndarray  # int32 [N]
     table: np.ndarray  # uint32 (int64 for tars over 4 GiB) [N, 4]: image offset, image size, cls offset, cls size
+    label_table: Optional[np.ndarray] = None  # int32 [N], row = key; None: parse the .cls members
 
     @classmethod
     def open(cls, shards: str | os.PathLike) -> "ShardIndex":
@@ -137,7 +142,32 @@ class ShardIndex:
         if table.size and int(table.max()) < 2**32:
             table = table.astype(np.uint32)  # halves the table: ~90 MB a rank for MS1MV2's 5.8M samples
         return cls(root, tuple(paths), enc, side, int(manifest.num_samples), int(manifest.num_classes),
-                   np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32), table)
+                   np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32), table,
+                   _label_table(root, manifest))
+
+
+def _label_table(root: Path, manifest: Manifest) -> Optional[np.ndarray]:
+    """The converter's labels table, checked once against the manifest (size, dtype, shape, and every label
+    in 0..num_classes-1 in one vectorised pass); None for shard sets converted before it existed. Its sha256
+    is `python -m convert verify`'s to check, as the tars' are: hashing on every open would cost seconds."""
+    rec = manifest.labels
+    if rec is None:
+        return None
+    path = root / rec.name
+    if not path.is_file():
+        raise ShardError(f"{path}: the labels table that {MANIFEST_NAME} lists is missing")
+    size = path.stat().st_size
+    if size != rec.bytes:
+        raise ShardError(f"{path}: labels table of {size} bytes, {MANIFEST_NAME} says {rec.bytes}")
+    try:
+        labels = read_labels(str(path))
+    except (OSError, ValueError) as err:
+        raise ShardError(f"{path}: unreadable labels table ({err})") from err
+    problem = labels_problem(labels, manifest.num_samples, manifest.num_classes)
+    if problem is not None:
+        raise ShardError(f"{path}: {problem} ({MANIFEST_NAME} says num_samples {manifest.num_samples}, "
+                         f"num_classes {manifest.num_classes})")
+    return labels.astype(np.int32, copy=False)
 
 
 class ShardReader:
@@ -198,8 +228,20 @@ class ShardReader:
         """Where sample `key` lives, for messages: `<shard>.tar: sample 000000123`."""
         return f"{self.index.paths[int(self.index.shard_of[key])]}: sample {int(key):09d}"
 
+    def step_labels(self, global_keys: np.ndarray, part: slice) -> tuple[np.ndarray, np.ndarray, int]:
+        """(labels of `global_keys[part]` (a rank's), labels of all `global_keys` (its step's global batch),
+        the largest number of samples sharing one label among them): Batch.labels, .global_labels and
+        .label_repeats. With the labels table that is one gather; without it the global batch's `.cls`
+        members are parsed (and checked, so that every rank stops at the same step on a bad label)."""
+        everyone = self.labels(global_keys)
+        return everyone[part].copy(), everyone, label_repeats(everyone)
+
     def labels(self, keys: np.ndarray) -> np.ndarray:
-        """int64 [len(keys)] labels parsed from the `.cls` members, each checked to be a class of the manifest."""
+        """int64 [len(keys)]: each sample's label, a class of the manifest. From the labels table (one gather,
+        checked when the index was opened) where the shard set has one, else parsed from the `.cls` members
+        and checked here."""
+        if self.index.label_table is not None:
+            return self.index.label_table[keys].astype(np.int64)
         rows = self.index.table[keys, 2:].tolist()
         shards = self.index.shard_of[keys].tolist()
         out = np.empty(len(keys), np.int64)

@@ -46,7 +46,8 @@ def _decode(view: np.ndarray, where: str) -> np.ndarray:
 
 
 class _Steps(torch.utils.data.Dataset):
-    """Item s = step s of the plan: (uint8 [B,H,W,3] flipped images, labels, keys, flips, aug params)."""
+    """Item s = step s of the plan: (uint8 [B,H,W,3] flipped images, labels, keys, flips, global labels,
+    label_repeats, aug params)."""
 
     def __init__(self, index: ShardIndex, plan: EpochPlan, aug: Augment) -> None:
         self.reader, self.plan, self.aug = ShardReader(index), plan, aug
@@ -62,9 +63,9 @@ class _Steps(torch.utils.data.Dataset):
 
     def _step(self, step: int):
         plan, reader, index = self.plan, self.reader, self.reader.index
-        keys = plan.samples[step]
+        keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
         flips, params = plan.draws(step, self.aug, index.image_size)
-        labels = reader.labels(keys)
+        labels, global_labels, repeats = reader.step_labels(plan.global_samples[step], plan.part)
         side = index.image_size
         out = np.empty((len(keys), side, side, 3), np.uint8)
         for i, (key, view) in enumerate(zip(keys.tolist(), reader.images(keys))):
@@ -74,7 +75,7 @@ class _Steps(torch.utils.data.Dataset):
                                  f"expected {side}x{side} (manifest image_size)")
             out[i] = img[:, ::-1] if flips[i] else img
         return torch.from_numpy(out), torch.from_numpy(labels), torch.from_numpy(keys), \
-            torch.from_numpy(flips), params
+            torch.from_numpy(flips), global_labels, repeats, params
 
 
 def _augment(x: torch.Tensor, p: AugmentParams, aug: Augment) -> torch.Tensor:
@@ -118,9 +119,11 @@ class TorchLoader:
     backend = "torch"
 
     def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
-                 dtype: torch.dtype, aug: Augment, with_flip: bool, num_workers: int | None = None) -> None:
+                 dtype: torch.dtype, aug: Augment, with_flip: bool, channels_last: bool = False, decoder: str = "",
+                 num_workers: int | None = None) -> None:
         self.index, self.plan, self.start_step = index, plan, start_step
         self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
+        self.channels_last, self.decoder = channels_last, decoder
         self.num_workers = threads_per_rank() if num_workers is None else num_workers
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
 
@@ -142,11 +145,14 @@ class TorchLoader:
         for item in loader:
             if isinstance(item, ShardError):
                 raise item
-            images, labels, keys, flips, params = item
+            images, labels, keys, flips, global_labels, repeats, params = item
             x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             if params is not None:
                 x = _augment(x, params, self.aug)
-            x = x.sub_(127.5).div_(127.5).contiguous()
+            x = x.sub_(127.5).div_(127.5)
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
             yield Batch(images=x if self.dtype == torch.float32 else x.to(self.dtype),
                         labels=labels.to(self.device), index=keys.to(self.device),
-                        flipped=flips.to(self.device) if self.with_flip else None)
+                        flipped=flips.to(self.device) if self.with_flip else None,
+                        keys=keys.numpy(), flips=flips.numpy() if self.with_flip else None,
+                        global_labels=global_labels, label_repeats=repeats)

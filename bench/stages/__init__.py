@@ -1,13 +1,15 @@
 """The benchmark's stages, in data-flow order; each measures the project's public functions against a baseline.
 
-`STAGES[name](settings, data) -> list[harness.Result]`. Importing a stage module registers it.
+`STAGES[name](settings, data) -> list` of harness.Result (the pairs measured) and harness.Skipped (the
+contenders left out on this machine, with the reason). Importing a stage module registers it.
 
 Modules:
 - registry.py: `@register(name)` and the data-flow order of the stages.
 - convert.py: `.rec` -> JPEG shards with convert.convert_rec (and its validation pass alone) vs copying the .rec.
 - read.py: every sample's bytes out of the shards vs the same images out of the .rec.
-- decode.py: pipeline.decode_images vs the decode ceiling.
-- loader.py: the pipeline stage, epochs of pipeline.build_loader batches vs the insightface-style DataLoader.
+- decode.py: pipeline.decode_images vs the decode ceiling and torchvision's decode_jpeg.
+- loader.py: the pipeline stage, epochs of pipeline.build_loader batches vs the insightface-style DataLoader,
+  the decode ceiling and a torchvision decode_jpeg loop.
 - step.py: the distillation step fed by the pipeline vs the reference step, with the data wait.
 """
 from bench.stages.registry import STAGES, stage_names

@@ -5,7 +5,10 @@ Every contender delivers the same images as normalized float batches on `--devic
 loader (`pipeline.build_loader`, DALI: decode, flip, normalize; also its torch backend), and the
 baseline of bench/baseline_loader.py (DataLoader over the .rec, Pillow, one worker per core). A round
 is one full epoch, loader construction included (a training run builds one loader per epoch), after
-the warm-up has paid the first-time costs (page cache, DALI's first allocations).
+the warm-up has paid the first-time costs (page cache, DALI's first allocations). Where torchvision can
+decode on the device, torchvision_nvjpeg is the loop a user without DALI would write: the shards' bytes
+by key, torchvision's batched decode_jpeg (nvJPEG on CUDA), flip, normalize (bench/torchvision_decode.py);
+where it cannot, the report says why it was left out.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from bench.ceiling import DecodeCeiling
 from bench.data import BenchData
 from bench.harness import Contender, Pair, Sample, compare, measure
 from bench.settings import Settings
-from bench.stages.decode import ceiling_processes, shard_jpegs
+from bench import torchvision_decode
+from bench.stages.decode import ceiling_processes, shard_jpegs, torchvision_contender
 from bench.stages.registry import register
 
 # The project's speed targets: 4x the insightface-style loader, 0.6 of the decode ceiling, raw shards 3x JPEG.
@@ -66,7 +70,11 @@ def baseline_epochs(data: BenchData, settings: Settings) -> Callable[[], Sample]
 @register("pipeline")
 def run(settings: Settings, data: BenchData) -> list:
     dev = settings.device
-    with DecodeCeiling(shard_jpegs(data), ceiling_processes()) as ceiling:
+    jpegs = shard_jpegs(data)
+    extra, skipped = torchvision_contender(
+        "pipeline", jpegs, settings,
+        lambda: torchvision_decode.epoch_rounds(data.jpeg_shards, dev, settings.batch_size))
+    with DecodeCeiling(jpegs, ceiling_processes()) as ceiling:
         contenders = [
             Contender("pipeline_jpeg", f"pipeline.build_loader, DALI on {dev}, JPEG shards",
                       project_epochs(data.jpeg_shards, settings, "dali")),
@@ -79,7 +87,7 @@ def run(settings: Settings, data: BenchData) -> list:
                       baseline_epochs(data, settings)),
             Contender("decode_ceiling", f"simplejpeg (libjpeg-turbo) decode alone, {ceiling.processes} "
                                         f"process(es)", ceiling.run),
-        ]
+        ] + extra
         measured = measure(contenders, repeats=settings.repeats, warmup=settings.warmup, label="pipeline",
                            progress=settings.progress)
     return compare("pipeline", measured, [
@@ -87,4 +95,4 @@ def run(settings: Settings, data: BenchData) -> list:
         Pair("pipeline_jpeg", "decode_ceiling", goal=GOAL_VS_CEILING),
         Pair("pipeline_raw", "pipeline_jpeg", goal=GOAL_RAW_VS_JPEG),
         Pair("torch_backend_jpeg", "insightface_baseline"),
-    ])
+    ] + [Pair("pipeline_jpeg", c.name) for c in extra]) + skipped

@@ -139,7 +139,7 @@ def test_other_dataset_refused_unless_overwrite(capsys, tmp_path, synth_rec, syn
 
     assert Manifest.load(out).source["kind"] == "folder"
     assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == [
-        "manifest.json", "train-000000.idx", "train-000000.tar"]
+        "labels.npy", "manifest.json", "train-000000.idx", "train-000000.tar"]
 
 
 def _with_header(tmp_path, synth_rec, label):

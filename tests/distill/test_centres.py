@@ -68,6 +68,21 @@ def test_update_applies_duplicates_in_batch_order():
     assert not torch.equal(again[3], got[3])
 
 
+def test_rounds_from_the_hosts_labels_give_the_same_update():
+    """The loader's host copy of the labels gives the rounds without a device sync, and the same bits."""
+    from distill.centres import rounds_from_host
+
+    for seed in range(3):
+        centres, labels, f_t, alpha = case(seed=seed)
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        labels, f_t, alpha = labels[perm], f_t[perm], alpha[perm]
+        rounds = rounds_from_host(labels.numpy(), centres.device)
+        assert rounds.bounds[-1] == len(labels) and len(rounds.bounds) - 1 == int(occurrence(labels).max()) + 1
+        got = centres.clone()
+        update_centres(got, labels, f_t, alpha, rounds)
+        assert torch.equal(got, sequential(centres, labels, f_t, alpha))
+
+
 def test_other_samples_do_not_change_a_class_result():
     centres, labels, f_t, alpha = case(seed=1)
     ref = centres.clone()

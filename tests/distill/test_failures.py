@@ -162,3 +162,13 @@ def test_a_broken_manifest_is_a_one_line_error(tmp_path, shards, capsys):
     assert cli.run(_argv(tmp_path, shards, "manifest", f"data.shards={broken}")) == 2
     err = _error(capsys)
     assert err.startswith("python -m distill: error: ") and "manifest.json" in err
+
+
+def test_a_verification_set_too_small_for_its_metric_fails_before_the_first_step(tmp_path, shards, capsys):
+    from convert.synthetic import write_pairs_bin
+
+    small = write_pairs_bin(tmp_path / "small.bin", 4, 2, 6, seed=0, workers=1)  # 6 pairs: 10 folds need 10
+    assert cli.run(_argv(tmp_path, shards, "small", f"eval.targets=[{small}]")) == 2
+    err = _error(capsys)
+    assert "small.bin: 6 pairs: the 10-fold metric needs at least 10" in err
+    assert checkpoint.latest(tmp_path / "small") is None

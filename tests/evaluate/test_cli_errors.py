@@ -121,7 +121,7 @@ def test_set_too_small_for_the_metric_names_its_file(tmp_path, capsys):
     val.mkdir()
     write_bin(val / "lfw.bin", *pair_set(4))  # 10 folds need 10 pairs
     assert cli.main(_args("--checkpoint", str(_checkpoint(tmp_path / "a.pt", 1)), "--val-data", str(val))) == 2
-    assert f"{val / 'lfw.bin'}: lfw: nfolds must be in [2, 4]" in _error_line(capsys)
+    assert f"{val / 'lfw.bin'}: lfw: 4 pairs: the 10-fold metric needs at least 10" in _error_line(capsys)
 
 
 @pytest.mark.parametrize("flag", ["--val-data", "--ijb-root", "--tinyface-root"])

@@ -115,3 +115,26 @@ def reference_image(member: bytes, flipped: bool, size: int = 112) -> np.ndarray
     if flipped:
         pixels = pixels[:, ::-1]
     return ((pixels - 127.5) / 127.5).transpose(2, 0, 1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_fallback_warnings(monkeypatch):
+    """The torch-backend fallback warns once per process; each test starts as a fresh process would."""
+    from pipeline import backend_choice
+
+    monkeypatch.setattr(backend_choice, "_warned", set())
+
+
+def without_labels_table(shards: Path, out: Path) -> Path:
+    """A copy of `shards` as the converter wrote it before the labels table existed: no labels.npy, and a
+    manifest without `labels` (sealed again, so that its conversion still finds it finished)."""
+    import dataclasses
+    import shutil
+
+    from convert.output_folder import sealed
+
+    shutil.copytree(shards, out)
+    manifest = Manifest.load(out)
+    (out / manifest.labels.name).unlink()
+    sealed(dataclasses.replace(manifest, labels=None)).save(out)
+    return out

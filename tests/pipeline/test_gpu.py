@@ -37,3 +37,24 @@ def test_gpu_resume_and_ranks(jpeg_shards):
     other = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, epoch=4, rank=0, world_size=2))
     assert len(other) == len(full)
     assert not set(torch.cat([b.index for b in full]).tolist()) & set(torch.cat([b.index for b in other]).tolist())
+
+
+def test_gpu_decoder_is_nvjpeg_and_hw_decoder_load_applies(jpeg_shards):
+    loader = pipeline.build_loader(jpeg_shards, 16, device="cuda", backend="dali", seed=3)
+    assert loader.decoder.startswith("nvJPEG "), loader.decoder  # hardware where the GPU has NVJPG engines
+    batches = {load: list(pipeline.build_loader(jpeg_shards, 16, device="cuda", backend="dali", seed=3,
+                                                hw_decoder_load=load)) for load in (0.0, 1.0)}
+    for a, b in zip(batches[0.0], batches[1.0]):  # all on nvJPEG's CUDA decoder, or all on the hardware one
+        assert torch.equal(a.index, b.index)
+        assert (a.images - b.images).abs().mean().item() * 127.5 < 2.0
+
+
+def test_gpu_nhwc_layout_and_host_fields(jpeg_shards):
+    nchw = list(pipeline.build_loader(jpeg_shards, 16, device="cuda", seed=5, with_flip=True))
+    nhwc = list(pipeline.build_loader(jpeg_shards, 16, device="cuda", seed=5, with_flip=True, layout="NHWC"))
+    for a, b in zip(nchw, nhwc):
+        assert b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a.images, b.images)
+        assert (b.keys == a.index.cpu().numpy()).all() and (b.flips == b.flipped.cpu().numpy()).all()
+        assert (b.global_labels == b.labels.cpu().numpy()).all()  # one rank: the global batch is its own
+        assert b.label_repeats == int(torch.unique(b.labels, return_counts=True)[1].max())
