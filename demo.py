@@ -12,8 +12,9 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
   4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
   5. the three evaluated on the held-out pairs;
-  6. the benchmark suite, quick;
-  7. one summary.
+  6. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
+  7. the benchmark suite, quick;
+  8. one summary, linking the curves.
 """
 from __future__ import annotations
 
@@ -95,8 +96,16 @@ def main() -> None:
         "5. evaluate the three on held-out identities", marks / "evaluate",
         *[[PY, "-m", "evaluate", "--checkpoint", f"{OUT}/runs/{name}", "--val-data", str(val),
            "--output", f"{OUT}/reports/{name}.json"] for name in RUNS])
+    seconds["overlap"] = step(
+        "6. audit the training identities against the held-out pairs (train/test overlap)", marks / "overlap",
+        [PY, "-m", "evaluate", "overlap", "--checkpoint", f"{OUT}/runs/teacher", "--shards", str(shards),
+         "--val-data", str(val), "--output", f"{OUT}/reports/overlap.json", "--write-exclusions",
+         f"{OUT}/reports/overlap_exclusions.txt"])
+    seconds["curves"] = step(
+        "7. draw the three runs' training curves", marks / "curves",
+        [PY, "-m", "distill", "plot", *[f"{OUT}/runs/{name}" for name in RUNS], "--output", f"{OUT}/curves.png"])
     seconds["bench"] = step(
-        "6. benchmark suite (quick)", marks / "bench",
+        "8. benchmark suite (quick)", marks / "bench",
         [PY, "-m", "bench", "--quick", "--cache-dir", f"{OUT}/bench-cache", "--json", f"{OUT}/bench.json",
          "--markdown", f"{OUT}/bench.md"])
     summary = summarise(seconds)
@@ -121,6 +130,14 @@ def summarise(seconds: dict) -> str:
         acc = report["results"]["synthetic_heldout"]
         lines.append(f"| {name} | {report['network']} | {100 * acc['acc']:.2f} +- {100 * acc['std']:.2f} % | "
                      f"{train_speed(OUT / 'runs' / name):.0f} |")
+    lines += ["", f"Training curves (loss and lr against step): [{OUT}/curves.png](curves.png); the same scalars in "
+              f"TensorBoard: `tensorboard --logdir {OUT}/runs`"]
+    audit = json.loads((OUT / "reports" / "overlap.json").read_text())
+    lines += ["", f"Train/test overlap audit (the teacher's embeddings; {OUT}/reports/overlap.json): "
+              f"{audit['classes_flagged']} of {audit['num_classes']} training classes flagged against the held-out "
+              f"pairs (identities never trained on), threshold {audit['threshold']:.3f} "
+              f"({audit['threshold_chosen_by']})."]
+    lines += [f"Warning from the audit: {w}" for w in audit["warnings"]]
     bench = json.loads((OUT / "bench.json").read_text())
     lines += ["", "Benchmark (quick, this machine; ratios against the baseline measured in the same run):", "",
               "| stage | what | img/s | baseline | baseline img/s | ratio |", "|---|---|---|---|---|---|"]
@@ -129,8 +146,9 @@ def summarise(seconds: dict) -> str:
                      f"{r['baseline_img_per_s']:.0f} | {r['ratio']:.2f} |")
     lines += ["", "Seconds per step of this demo (0 = done earlier): "
               + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), "",
-              f"Outputs: shards {OUT}/shards, runs {OUT}/runs/<name> (checkpoints, metrics.jsonl, config.yaml), "
-              f"reports {OUT}/reports, benchmark {OUT}/bench.md, this summary {OUT}/summary.md", ""]
+              f"Outputs: shards {OUT}/shards, runs {OUT}/runs/<name> (checkpoints, metrics.jsonl, tensorboard/, "
+              f"config.yaml), curves {OUT}/curves.png, reports {OUT}/reports, benchmark {OUT}/bench.md, "
+              f"this summary {OUT}/summary.md", ""]
     return "\n".join(lines)
 
 

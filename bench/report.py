@@ -126,8 +126,8 @@ def check_plot_available() -> Optional[str]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return ("--plot needs matplotlib, which is not installed here: pip install matplotlib "
-                "(or pip install -e '.[plot]'), or leave --plot out")
+        return ("--plot needs matplotlib (a dependency of this project), which is not installed here: "
+                "pip install matplotlib, or leave --plot out")
     return None
 
 

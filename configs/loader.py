@@ -97,7 +97,9 @@ def _apply_override(raw: dict, item: str) -> None:
 
 
 def _parse_text(text: str, tp: Any, key: str) -> Any:
-    if _accepts_str(tp) and text not in ("null", "~", ""):
+    # A field that takes a string takes the text verbatim, unless it also takes a list and the text is
+    # one in YAML's flow form (data.shards=[a,b]).
+    if _accepts_str(tp) and text not in ("null", "~", "") and not (_accepts_list(tp) and text.lstrip().startswith("[")):
         return text
     try:
         return yaml.safe_load(text)
@@ -141,8 +143,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 return None
             raise bad
         inner = [a for a in args if a is not _NONE]
-        assert len(inner) == 1, f"unsupported union type for {key}: {tp}"
-        return _coerce(value, inner[0], key, source)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key, source)
+        # Several types (data.shards: a string or a list of them): the first that takes the value.
+        assert not any(dataclasses.is_dataclass(a) for a in inner), f"unsupported union type for {key}: {tp}"
+        for option in inner:
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                continue
+        raise bad
     if value is None:
         raise bad
     if dataclasses.is_dataclass(tp):
@@ -200,6 +210,14 @@ def _accepts_str(tp: Any) -> bool:
         return True
     if typing.get_origin(tp) in (Union, types.UnionType):
         return any(_accepts_str(a) for a in typing.get_args(tp))
+    return False
+
+
+def _accepts_list(tp: Any) -> bool:
+    if typing.get_origin(tp) is tuple:
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_accepts_list(a) for a in typing.get_args(tp))
     return False
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -58,15 +58,35 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: str                                   # the converted directory (manifest.json + shards)
+    """A list of directories is one dataset laid end to end (pipeline/datasets.py): each one's classes and
+    keys follow those of the directories before it. A one-element list is stored as its string, and
+    weights of all 1 as null, so that either spelling is the same run."""
+    shards: Union[str, tuple[str, ...]]           # the converted directory (manifest.json + shards), or a list of them: classes and samples laid end to end in that order
+    weights: Optional[tuple[float, ...]] = None   # one per data.shards directory: each epoch takes round(w * its samples) of it (2: every sample twice, 0.5: a random half drawn anew each epoch); null: 1 each
     backend: Literal["auto", "dali", "torch"] = "auto"# auto: DALI, or the torch loader (one warning) where DALI cannot be imported or cannot decode on this GPU (no CUDA support, no nvJPEG); dali: DALI or an error naming what is missing
     hw_decoder_load: Optional[float] = None       # share of each batch's JPEGs for the GPU's hardware JPEG decoder (A100/H100/H200), 0..1; null: DALI's default (0.65); ignored on the CPU
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.shards), "data.shards", "a directory", self.shards)
+        dirs = (self.shards,) if isinstance(self.shards, str) else tuple(self.shards)
+        _check(bool(dirs) and all(isinstance(d, str) and d for d in dirs), "data.shards",
+               "a directory or a non-empty list of directories", self.shards)
+        twice = sorted({d for d in dirs if dirs.count(d) > 1})
+        _check(not twice, "data.shards", "each directory once (data.weights repeats a dataset)", self.shards)
+        object.__setattr__(self, "shards", dirs[0] if len(dirs) == 1 else dirs)
+        if self.weights is not None:
+            w = tuple(self.weights)
+            _check(len(w) == len(dirs) and all(_number(x) and x >= 0 for x in w) and any(x > 0 for x in w),
+                   "data.weights", f"null or one finite number >= 0 per data.shards directory ({len(dirs)}), "
+                   "not all 0", self.weights)
+            object.__setattr__(self, "weights", None if all(x == 1 for x in w) else tuple(float(x) for x in w))
         _check(self.hw_decoder_load is None or (_number(self.hw_decoder_load) and 0 <= self.hw_decoder_load <= 1),
                "data.hw_decoder_load", "null or a number in [0, 1]", self.hw_decoder_load)
+
+    @property
+    def shard_dirs(self) -> tuple[str, ...]:
+        """data.shards as a tuple of directories (one for a single string)."""
+        return (self.shards,) if isinstance(self.shards, str) else self.shards
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class TrainConfig:
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
+    tensorboard: bool = True                      # rank 0 writes every logged scalar and each evaluation to <output>/tensorboard/
     tf32: bool = True                             # CUDA: TF32 for fp32 matmuls and convolutions (the head's cosines: ~1e-3 relative error, as bf16's ~4e-3 is not taken)
 
     def __post_init__(self) -> None:

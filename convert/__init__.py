@@ -9,6 +9,7 @@ Modules, in the order the data flows:
 - rec_layout.py: which records of a .rec are images, by insightface's header record (checked against them) or all.
 - image_check.py: decode an image to validate it, and turn it into a shard member (JPEG bytes or raw pixels).
 - validation.py: the first pass, every image decoded once in parallel, labels and sizes collected.
+- class_exclusion.py: `--exclude-classes FILE`, the source classes to leave out, read and checked against the source.
 - shard_jobs.py: the second pass, the planned shards written in parallel, one process per shard.
 - shard_writer.py: write one tar shard and its DALI index.
 - worker_pool.py: when worker processes pay off, and the spawned pool they run in.

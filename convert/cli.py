@@ -49,10 +49,14 @@ def _convert(args: argparse.Namespace) -> int:
         args.src, args.out, samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
         encoding=args.encoding, image_size=args.image_size, resize=args.resize, skip_corrupt=args.skip_corrupt,
         overwrite=args.overwrite, progress=not args.quiet, max_pixels=args.max_pixels,
+        exclude_classes=args.exclude_classes,
     )
     seconds = time.perf_counter() - start
     total = sum(s.bytes for s in m.shards)
     skipped = f", {len(m.skipped)} corrupt skipped" if m.skipped else ""
+    if m.exclusion is not None:
+        skipped += (f", {m.exclusion.num_classes} classes ({m.exclusion.num_samples} samples) excluded by "
+                    f"{m.exclusion.file}")
     print(f"{m.num_samples} samples, {m.num_classes} classes, {len(m.shards)} shards, {total} bytes, "
           f"{seconds:.1f} s ({m.num_samples / max(seconds, 1e-9):.0f} img/s){skipped} -> {args.out}")
     return 0
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse source images of more than N pixels, read from the image header before "
                             f"decoding (default {DEFAULT_MAX_PIXELS}, Pillow's own limit: about 256 MiB of "
                             "RGB pixels; Pillow still refuses non-JPEG images above twice that)")
+        p.add_argument("--exclude-classes", metavar="FILE", default=None,
+                       help="leave out the source classes listed in FILE, one a line (a .rec's label or an "
+                            "identity folder's name; '#' starts a comment line), e.g. the list `python -m "
+                            "evaluate overlap --write-exclusions` writes; the rest are renumbered 0..C-1")
         p.add_argument("--overwrite", action="store_true",
                        help="replace another dataset's shards in OUT, or shard files no conversion of SRC wrote")
         p.add_argument("--quiet", action="store_true", help="no progress bar")

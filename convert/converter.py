@@ -2,7 +2,9 @@
 
 Two passes: `validation` decodes every image once (in parallel) and yields labels; then the
 samples, in a permutation drawn from the seed, are written shard by shard, in order, and their labels
-once more as a table (labels.npy, row = key) beside the shards. Progress is
+once more as a table (labels.npy, row = key) beside the shards. With `exclude_classes` (a file of source
+classes, convert/class_exclusion.py) the samples of those classes are left out and the others renumbered
+0..C-1 (the manifest's class_map gives each one's source class; its `exclusion` what was left out). Progress is
 kept in OUT/.convert-state.json (and the validation in .convert-validated.npz), so a second run of
 the same command skips every shard whose checksum matches and writes the same bytes for the rest
 (convert/output_folder.py reads what an earlier run left).
@@ -22,6 +24,8 @@ from tqdm import tqdm
 from convert.errors import InputError
 from convert.files import output_lock, remove_stale_temporaries, write_json_atomic
 from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError
+from convert.class_exclusion import ExclusionList, read_exclusion_list, resolve
+from convert.class_exclusion import record as exclusion_record
 from convert.labels_table import write_labels
 from convert.manifest import EXTENSIONS, Manifest
 from convert.output_folder import (STATE_NAME, VALIDATED_NAME, OutputError, complete, finished, load_validated,
@@ -51,6 +55,7 @@ class ConvertOptions:
     prefix: str = "train"
     progress: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger source images are refused before they are decoded
+    exclude_classes: Optional[str] = None  # a file of source classes to leave out (convert/class_exclusion.py)
 
     def __post_init__(self) -> None:
         if self.encoding not in EXTENSIONS:
@@ -68,9 +73,10 @@ class ConvertOptions:
 
     def affecting_output(self) -> dict:
         """The options that change the shards' bytes (workers, progress, overwrite do not; skip_corrupt
-        and max_pixels do not either: with an image they refuse, no shard is written)."""
+        and max_pixels do not either: with an image they refuse, no shard is written). The exclusion list
+        counts by its content, not its path: `_fingerprint` adds its sha256."""
         d = asdict(self)
-        for k in ("workers", "progress", "overwrite", "skip_corrupt", "max_pixels"):
+        for k in ("workers", "progress", "overwrite", "skip_corrupt", "max_pixels", "exclude_classes"):
             d.pop(k)
         return d
 
@@ -87,18 +93,30 @@ def convert_folder(src, out, **options) -> Manifest:
     return _convert(FolderSource(src), os.fspath(out), opts)
 
 
-def _class_labels(source, validated: Validated) -> tuple:
-    """(contiguous label of each valid item, class_map or None), checking that no identity folder lost all images."""
-    valid = np.flatnonzero(validated.ok)
+def _fingerprint(source, opts: ConvertOptions, exclusion: Optional[ExclusionList]) -> dict:
+    """What a rerun must match to resume or to find the conversion finished: the source and the options
+    that change the output, the exclusion list by its sha256 (absent without one, so that the
+    fingerprints of conversions without a list stay what they were)."""
+    options = opts.affecting_output()
+    if exclusion is not None:
+        options["exclude_classes_sha256"] = exclusion.sha256
+    return {"source": source.describe(), "options": options}
+
+
+def _class_labels(source, validated: Validated, keep: np.ndarray, excluded: np.ndarray) -> tuple:
+    """(contiguous label of each kept item, class_map or None), checking that no identity folder that is
+    not excluded lost all its images. keep: bool [N], the readable items of classes not excluded."""
+    valid = np.flatnonzero(keep)
     if len(valid) == 0:
-        raise SourceError(f"{source.describe()['path']}: no readable images")
+        what = "no readable images" if not excluded.size else "no readable images outside the excluded classes"
+        raise SourceError(f"{source.describe()['path']}: {what}")
     classes, contiguous = np.unique(validated.labels[valid], return_inverse=True)
     if isinstance(source, FolderSource):
-        present = set(classes.tolist())
+        present = set(classes.tolist()) | set(excluded.tolist())
         for label in range(len(source.classes)):
             if label not in present:
                 raise SourceError(f"{os.path.join(source.root, source.classes[label])}: identity folder has no readable images")
-        return contiguous, tuple(source.classes)
+        return contiguous, tuple(source.classes[int(c)] for c in classes)
     if np.array_equal(classes, np.arange(len(classes))):
         return contiguous, None
     return contiguous, tuple(int(c) for c in classes)
@@ -115,7 +133,10 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
 def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
     """Both passes, the shuffle and the manifest, while this process holds the lock on `out`."""
     workers = opts.workers or os.cpu_count() or 1
-    fingerprint = {"source": source.describe(), "options": opts.affecting_output()}
+    exclusion = read_exclusion_list(opts.exclude_classes) if opts.exclude_classes is not None else None
+    if exclusion is not None and source.kind == "folder":
+        resolve(exclusion, source)  # a folder's classes are its folder names: a wrong one fails before any work
+    fingerprint = _fingerprint(source, opts, exclusion)
     records = previous_records(out, fingerprint, opts.overwrite, opts.prefix)
     remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
     done_before = finished(out, fingerprint)
@@ -136,8 +157,11 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
         index, message = validated.errors[0]
         raise CorruptImageError(f"{message} ({len(validated.errors)} corrupt images; --skip-corrupt leaves them out)")
 
-    contiguous, class_map = _class_labels(source, validated)
-    valid = np.flatnonzero(validated.ok)
+    excluded = resolve(exclusion, source, validated.labels[validated.ok]) if exclusion is not None else \
+        np.zeros(0, np.int64)
+    keep = validated.ok & ~np.isin(validated.labels, excluded)
+    contiguous, class_map = _class_labels(source, validated, keep, excluded)
+    valid = np.flatnonzero(keep)
     perm = np.random.default_rng(opts.seed).permutation(len(valid))
     order, labels = valid[perm], contiguous[perm]
     per_shard = opts.samples_per_shard
@@ -173,6 +197,8 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
         source=fingerprint["source"], class_map=class_map,
         skipped=tuple(source.where(i) for i, _ in validated.errors),
         labels=write_labels(out, labels),  # before the manifest that lists it
+        exclusion=(exclusion_record(exclusion, source, excluded, int((validated.ok & ~keep).sum()))
+                   if exclusion is not None else None),
         extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
     ))
     manifest.save(out)

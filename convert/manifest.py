@@ -64,6 +64,25 @@ class TableRecord:
 
 
 @dataclass(frozen=True)
+class ExclusionRecord:
+    """The classes a conversion left out (`--exclude-classes FILE`): the list's path and the sha256 of its
+    bytes, the source classes it named (.rec labels or folder names) and how many samples they held."""
+
+    file: str
+    sha256: str
+    num_classes: int
+    num_samples: int
+    classes: tuple
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ManifestError(f"exclusion {self.file}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+        if self.num_classes != len(self.classes) or self.num_samples < 0:
+            raise ManifestError(f"exclusion {self.file}: num_classes must count the {len(self.classes)} classes and "
+                                f"num_samples be >= 0, found {self.num_classes} and {self.num_samples}")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a shard directory holds. Shard k holds keys sum(samples of shards < k) .. + samples - 1.
 
@@ -71,6 +90,7 @@ class Manifest:
     None when the source's labels already are 0..C-1. skipped: source keys left out by --skip-corrupt.
     labels: the labels table (convert/labels_table.py: int32 [num_samples], row = global key, the same
     labels as the `.cls` members), or None for shard sets converted before the table existed.
+    exclusion: the source classes left out by --exclude-classes, or None when none were.
     """
 
     num_samples: int
@@ -83,6 +103,7 @@ class Manifest:
     class_map: Optional[tuple] = None
     skipped: tuple = ()
     labels: Optional[TableRecord] = None
+    exclusion: Optional[ExclusionRecord] = None
     format: str = FORMAT
     version: int = VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -111,6 +132,9 @@ class Manifest:
             raise ManifestError(f"class_map has {len(self.class_map)} entries for {self.num_classes} classes")
         if self.labels is not None and not isinstance(self.labels, TableRecord):
             raise ManifestError(f"manifest labels must be a TableRecord or None, found {type(self.labels).__name__}")
+        if self.exclusion is not None and not isinstance(self.exclusion, ExclusionRecord):
+            raise ManifestError(f"manifest exclusion must be an ExclusionRecord or None, found "
+                                f"{type(self.exclusion).__name__}")
 
     @property
     def extension(self) -> str:
@@ -137,6 +161,10 @@ class Manifest:
             # Absent rather than null: a manifest written before the table existed keeps its exact content
             # (and its content checksum, by which a rerun of its conversion finds it finished).
             del d["labels"]
+        if self.exclusion is None:
+            del d["exclusion"]  # likewise: a conversion without --exclude-classes writes the manifest it always did
+        else:
+            d["exclusion"]["classes"] = list(self.exclusion.classes)
         return d
 
     @classmethod
@@ -153,6 +181,8 @@ class Manifest:
             d["skipped"] = tuple(d.get("skipped", ()))
             if d.get("labels") is not None:
                 d["labels"] = TableRecord(**d["labels"])
+            if d.get("exclusion") is not None:
+                d["exclusion"] = ExclusionRecord(**{**d["exclusion"], "classes": tuple(d["exclusion"]["classes"])})
             return cls(**d)
         except (TypeError, KeyError) as e:
             raise ManifestError(f"{where}: malformed manifest ({e})") from None

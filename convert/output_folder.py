@@ -86,6 +86,10 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
             records = {r.name: r for r in old.shards}
             ours = True
         elif not overwrite:
+            if old is not None and _same_source(old.extra.get("fingerprint"), fingerprint):
+                raise OutputError(f"{out}: holds a conversion of the same source with other options "
+                                  f"({_changed(old.extra['fingerprint'], fingerprint)}); pass --overwrite to "
+                                  f"replace it, or convert into another folder")
             what = f"source {old.source.get('path')}" if old is not None else "an unreadable manifest"
             raise OutputError(f"{out}: holds another dataset's manifest ({what}); pass --overwrite to replace it")
         else:
@@ -98,6 +102,10 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
             records.update(shards)
             ours = True
         elif shards and not overwrite:
+            if _same_source(state.get("fingerprint"), fingerprint):
+                raise OutputError(f"{out}: holds an unfinished conversion of the same source with other options "
+                                  f"({_changed(state['fingerprint'], fingerprint)}); rerun it with its own "
+                                  f"options to finish it, or pass --overwrite to replace it")
             raise OutputError(f"{out}: holds an unfinished conversion of another source; pass --overwrite to replace it")
         else:
             _remove_shards(out, shards.values())
@@ -112,6 +120,18 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
     for name in stray:
         os.remove(os.path.join(out, name))
     return records
+
+
+def _same_source(old, fingerprint: dict) -> bool:
+    return isinstance(old, dict) and old.get("source") == fingerprint["source"]
+
+
+def _changed(old: dict, fingerprint: dict) -> str:
+    """The options that differ between two fingerprints of one source (a fingerprint is its source and its
+    options, so some do), for the message that refuses."""
+    before, now = old.get("options") or {}, fingerprint["options"]
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    return "changed: " + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
 
 
 def _load_state(path: str, overwrite: bool) -> tuple:

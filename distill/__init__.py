@@ -10,11 +10,12 @@ Modules:
   teacher_cache.py  the teacher embedding cache: its format on disk, its build, its reading in the loop
   distributed.py    ranks: process-group setup from torchrun's environment, and the collectives
   checkpoint.py     saving and resuming a run, and the RNG states that make a resume exact
-  metrics.py        rank 0's progress bar and metrics.jsonl
+  metrics.py        rank 0's record of the run: progress bar, metrics.jsonl, TensorBoard events
   verify.py         the every-N-epochs verification on .bin sets (rank 0)
   train.py          the loop: build_run, train_step, _train
   preview.py        `python -m distill plan`: the schedule and the head's memory before a GPU is spent
-  cli.py            the command line (training, cache-teacher, plan) and its one-line errors
+  curves.py         `python -m distill plot`: loss, lr and accuracy of runs against step, as a PNG
+  cli.py            the command line (training, cache-teacher, plan, plot) and its one-line errors
 
 Importing this package builds heads only; it never imports the loop, torch.distributed setup or DALI.
 """

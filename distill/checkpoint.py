@@ -33,6 +33,7 @@ __all__ = ["CheckpointError", "REQUIRED_KEYS", "RESUMABLE_KEYS", "capture_rng", 
 # layout, and whether the teacher runs online or from its cache (checked against the same weights).
 RESUMABLE_KEYS = ("output", "resume", "resume_changes", "train.max_steps", "train.epochs", "train.log_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.channels_last",
+                  "train.tensorboard", "train.tf32",
                   "data.backend", "distill.teacher_cache", "distill.centres_from_cache", "eval.")
 
 

@@ -1,5 +1,5 @@
-"""The command line of `python -m distill`: training, `cache-teacher` and `plan`; known failures become
-one-line errors."""
+"""The command line of `python -m distill`: training, `cache-teacher`, `plan` and `plot`; known failures
+become one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,10 @@ def run(argv: Sequence[str]) -> int:
         from distill.preview import main as plan
 
         return run_command("python -m distill plan", lambda: plan(argv[1:]), known=KNOWN_ERRORS)
+    if argv[:1] == ["plot"]:
+        from distill.curves import main as plot
+
+        return run_command("python -m distill plot", lambda: plot(argv[1:]), known=KNOWN_ERRORS)
     from distill.train import main as train
 
     return run_command("python -m distill", lambda: train(argv), known=KNOWN_ERRORS,
@@ -62,7 +66,9 @@ def _cache_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      description="Run the teacher once over every sample, plain and mirrored.")
     parser.add_argument("--teacher", required=True, help="teacher spec: hf:<repo>, a file or directory, a run dir")
     parser.add_argument("--network", default=None, help="backbone name for a bare state dict (arcface_torch .pth)")
-    parser.add_argument("--shards", required=True, help="a directory written by `python -m convert`")
+    parser.add_argument("--shards", required=True, action="append",
+                        help="a directory written by `python -m convert`; repeat the flag for several, laid end to "
+                             "end in that order (as data.shards)")
     parser.add_argument("--out", required=True, help="the cache directory (created; an existing one is resumed)")
     parser.add_argument("--batch-size", type=int, default=256, help="teacher batch size (default 256)")
     parser.add_argument("--chunk", type=int, default=4096,

@@ -1,17 +1,22 @@
-"""Rank 0's view of training: the tqdm bar and `<output>/metrics.jsonl`, one JSON object a line."""
+"""Rank 0's record of training: the tqdm bar, `<output>/metrics.jsonl` (one JSON object a line) and the
+same scalars as TensorBoard events under `<output>/tensorboard/`."""
 from __future__ import annotations
 
 import json
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from tqdm import tqdm
 
+from convert.errors import InputError
 from convert.files import write_atomic
 from distill.distributed import DistContext, all_mean
+
+# The scalars of a training record (distill.train._log) that go to TensorBoard, as train/<name>.
+TRAIN_SCALARS = ("loss", "lr", "images_per_s", "data_wait", "grad_norm", "cos_st", "alpha", "margin_scaler", "skipped")
 
 
 class Meter:
@@ -49,14 +54,19 @@ class Meter:
 
 
 class RunLog:
-    """The tqdm bar and metrics.jsonl, on rank 0 only; other ranks get a silent instance."""
+    """The tqdm bar, metrics.jsonl and (with `tensorboard`) the event files, on rank 0 only; other ranks get
+    a silent instance. The one writer of the run's records: the loop hands every record to `write`."""
 
-    def __init__(self, output: str | Path, *, enabled: bool, start_step: int, total_steps: int) -> None:
+    def __init__(self, output: str | Path, *, enabled: bool, start_step: int, total_steps: int,
+                 tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.path = Path(output) / "metrics.jsonl"
         self.bar: Optional[tqdm] = None
+        self.events = None  # a torch.utils.tensorboard.SummaryWriter
         if enabled:
             _drop_records_after(self.path, start_step)
+            if tensorboard:
+                self.events = _event_writer(Path(output) / "tensorboard", start_step)
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def tick(self) -> None:
@@ -68,6 +78,9 @@ class RunLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            for tag, value in scalars(record).items():
+                self.events.add_scalar(tag, value, global_step=record["step"])
         if self.bar is not None and "loss" in record:
             self.bar.set_postfix(loss=_fmt(record["loss"]), lr=f"{record['lr']:.4g}",
                                  img_s=f"{record['images_per_s']:.0f}", refresh=False)
@@ -79,6 +92,37 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.events is not None:
+            self.events.close()  # flushes: the events of the last steps are on disk
+            self.events = None
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """A record's TensorBoard scalars, by tag: a training record's TRAIN_SCALARS as train/<name> (None, a
+    field with no value in the interval, is left out), a verification record's accuracy as
+    eval/<set name>/accuracy; nothing for other events (resume_changes)."""
+    if record.get("event") == "verification":
+        return {f"eval/{Path(record['target']).stem}/accuracy": float(record["accuracy"])}
+    if "event" in record:
+        return {}
+    return {f"train/{name}": float(record[name]) for name in TRAIN_SCALARS if record.get(name) is not None}
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line that is not a JSON record (a torn tail) is left out with a warning."""
+    return [record for _, record in _records(path)]
+
+
+def _event_writer(folder: Path, start_step: int):
+    """A SummaryWriter whose purge_step hides the points of steps after `start_step` that an earlier attempt
+    wrote (a resumed run logs them again), as _drop_records_after does for metrics.jsonl: TensorBoard then
+    shows every step once. A fresh run (start step 0) hides all of an earlier run's points in the folder."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:  # torch's message when the tensorboard package is missing
+        raise InputError(f"train.tensorboard: true needs the tensorboard package ({error}); install it (pip install "
+                         f"tensorboard) or set train.tensorboard=false") from error
+    return SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -92,7 +136,16 @@ def _drop_records_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    kept = []
+    kept = [line for line, record in _records(path, lines) if record.get("step", 0) <= step]
+    if len(kept) != len(lines):
+        write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _records(path: Path, lines: Optional[list[str]] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(line, record) for each JSON record of metrics.jsonl `path` (its `lines`, when already read); a line
+    that is not one is skipped with a warning naming the file and the line."""
+    if lines is None:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -102,9 +155,6 @@ def _drop_records_after(path: Path, step: int) -> None:
             record = None
         if not isinstance(record, dict):
             warnings.warn(f"{path}: line {number} of {len(lines)} is not a JSON record (a write torn by a kill or a "
-                          f"full disk); dropped: {line[:80]!r}", RuntimeWarning, stacklevel=2)
+                          f"full disk); dropped: {line[:80]!r}", RuntimeWarning, stacklevel=3)
             continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    if len(kept) != len(lines):
-        write_atomic(path, "".join(line + "\n" for line in kept))
+        yield line, record

@@ -2,11 +2,12 @@
 
 Nothing here builds real weights or touches a device: the student and the head are built on torch's
 "meta" device (shapes only) to count their parameters, and the dataset's size comes from its manifest
-or from `--num-samples/--num-classes`.
+(the union's, for several directories: pipeline.dataset_layout) or from `--num-samples/--num-classes`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any, Optional, Sequence
 
@@ -22,9 +23,12 @@ from distill.optim import decay_groups, plan as make_plan
 _FP32 = 4  # bytes
 
 
-def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: int) -> dict[str, Any]:
-    """The plan as one JSON-able dict (see the README's Training section for an example)."""
-    steps = pipeline.steps_per_epoch(num_samples, cfg.train.batch_size, world_size)
+def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: int,
+            epoch_samples: Optional[int] = None, datasets: Sequence[pipeline.DatasetSpan] = ()) -> dict[str, Any]:
+    """The plan as one JSON-able dict (see the README's Training section for an example). `epoch_samples`:
+    the samples of one epoch under data.weights (default num_samples); `datasets`: the union's layout."""
+    epoch_samples = num_samples if epoch_samples is None else epoch_samples
+    steps = pipeline.steps_per_epoch(epoch_samples, cfg.train.batch_size, world_size)
     plan = make_plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
     with torch.device("meta"):
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
@@ -38,6 +42,8 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
         "global_batch": plan.global_batch,
         "num_samples": num_samples,
         "num_classes": num_classes,
+        "epoch_samples": epoch_samples,
+        "datasets": [dataclasses.asdict(d) for d in datasets],
         "steps_per_epoch": plan.steps_per_epoch,
         "epochs": plan.epochs,
         "total_steps": plan.total_steps,
@@ -74,6 +80,13 @@ def format_text(p: dict[str, Any]) -> str:
     lines = [
         f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x {p['world_size']} rank(s)",
         f"dataset          {p['num_samples']:,} samples, {p['num_classes']:,} classes",
+    ]
+    if len(p["datasets"]) > 1:
+        lines += [f"  {d['dir']}: samples {d['first_key']:,}.., classes {d['first_class']:,}.. "
+                  f"({d['num_samples']:,} and {d['num_classes']:,})" for d in p["datasets"]]
+    if p["epoch_samples"] != p["num_samples"]:
+        lines.append(f"epoch            {p['epoch_samples']:,} samples (data.weights)")
+    lines += [
         f"steps            {p['steps_per_epoch']:,} per epoch x {p['epochs']} epochs = {p['total_steps']:,}"
         + (f" (the run stops at {p['stop_step']:,}: train.max_steps)" if p["stop_step"] < p["total_steps"] else ""),
         f"peak lr          {p['peak_lr']:.6g} ({p['schedule']})",
@@ -108,18 +121,26 @@ def _gib(n: int) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = _parse_args(argv)
     cfg = configs.load(args.config, args.overrides)
+    datasets: tuple[pipeline.DatasetSpan, ...] = ()
     if args.num_samples is not None:
         num_samples, num_classes = args.num_samples, args.num_classes
+        sizes = [num_samples]
+        if cfg.data.weights is not None and len(cfg.data.weights) != 1:
+            raise ConfigError(f"data.weights={list(cfg.data.weights)}: --num-samples gives one dataset's size, the "
+                              f"weights need each dataset's; leave out --num-samples/--num-classes to read them "
+                              f"from data.shards' manifests")
     else:
-        from convert.manifest import Manifest, ManifestError
+        from convert.manifest import ManifestError
 
         try:
-            manifest = Manifest.load(cfg.data.shards)
-        except (OSError, ManifestError) as e:
-            raise ConfigError(f"data.shards={cfg.data.shards!r}: cannot read its manifest ({e}); convert the "
-                              f"dataset first, or give --num-samples N --num-classes C") from e
-        num_samples, num_classes = manifest.num_samples, manifest.num_classes
-    result = preview(cfg, world_size=args.world_size, num_samples=num_samples, num_classes=num_classes)
+            datasets = pipeline.dataset_layout(cfg.data.shards)
+        except (OSError, ManifestError, pipeline.ShardError) as e:
+            raise ConfigError(f"data.shards={cfg.data.shards!r}: {e} (the plan reads the dataset's size from its "
+                              f"manifest: convert the dataset first, or give --num-samples N --num-classes C)") from e
+        num_samples, num_classes = sum(d.num_samples for d in datasets), sum(d.num_classes for d in datasets)
+        sizes = [d.num_samples for d in datasets]
+    result = preview(cfg, world_size=args.world_size, num_samples=num_samples, num_classes=num_classes,
+                     epoch_samples=pipeline.epoch_size(sizes, cfg.data.weights), datasets=datasets)
     print(json.dumps(result, indent=1) if args.json else format_text(result))
     return result
 
@@ -129,7 +150,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="a YAML file in configs/")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for training")
     parser.add_argument("--world-size", type=int, default=1, help="ranks (GPUs) of the run (default 1)")
-    parser.add_argument("--num-samples", type=int, help="dataset size (default: data.shards' manifest)")
+    parser.add_argument("--num-samples", type=int, help="dataset size (default: data.shards' manifests)")
     parser.add_argument("--num-classes", type=int, help="class count; needed with --num-samples")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

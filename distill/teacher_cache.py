@@ -9,7 +9,8 @@ Layout of a cache directory:
                   index; a plain .npy, memory-mapped with numpy (np.lib.format.open_memmap).
   labels.npy      int64 [num_samples], each sample's label (for the class means).
   manifest.json   format, teacher spec, teacher_sha256 (of its weights), shards_sha256 (of the shards'
-                  manifest.json), dtype, shape, chunk size, done ([start, stop) ranges), complete, and
+                  manifest.json; for several directories laid end to end, of their manifests' sha256s in
+                  order: see `shards_sha256`), dtype, shape, chunk size, done ([start, stop) ranges), complete, and
                   precision: the teacher's compute precision (fp32, or bf16 autocast as the online
                   teacher runs on CUDA); manifests written before it existed were fp32.
 
@@ -17,6 +18,9 @@ Which hash proves the teacher: the sha256 of the teacher's state dict (see `weig
 file. A spec may be a hub id, a directory or a run directory whose `latest` moves; the weights are what
 the embeddings came from. Checking it costs one load of the teacher on the CPU at start-up (~1 s for an
 IR50), which is cheap next to a training run and never wrong about a renamed or re-saved file.
+
+Rows are the global keys of `data.shards`: for several directories, the keys of their union
+(pipeline/datasets.py), so one cache serves a run over all of them, whatever its data.weights.
 
 The build reads every sample exactly once, in key order (the training loader's epochs are shuffled and
 drop a tail), through `pipeline.ShardSamples` (the training decoder and normalisation). The mirrored
@@ -72,20 +76,33 @@ def weights_sha256(network: nn.Module) -> str:
     return h.hexdigest()
 
 
-def shards_sha256(shards: Union[str, os.PathLike]) -> str:
-    """sha256 of the shards' manifest.json: it names every shard with its own sha256, so it names the data."""
-    path = Path(shards) / "manifest.json"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as e:
-        raise TeacherCacheError(f"{path}: cannot read the shards' manifest ({e})") from e
+def shards_sha256(shards: pipeline.Shards) -> str:
+    """sha256 of the shards' manifest.json: it names every shard with its own sha256, so it names the data.
+    For several directories (laid end to end in that order), the sha256 of their manifests' sha256s, one
+    hex digest a line in order: the order is the keys' and classes' layout, so it is part of the identity.
+    One directory, or a list of one, keeps the manifest's own sha256 (caches built before unions stay valid)."""
+    digests = []
+    for d in pipeline.shard_dirs(shards):
+        path = Path(d) / "manifest.json"
+        try:
+            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError as e:
+            raise TeacherCacheError(f"{path}: cannot read the shards' manifest ({e})") from e
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(f"{h}\n" for h in digests).encode()).hexdigest()
+
+
+def shards_text(shards: pipeline.Shards) -> str:
+    """The directories as the manifest records them: the path, or the paths joined by ", " in order."""
+    return ", ".join(pipeline.shard_dirs(shards))
 
 
 @dataclass(frozen=True)
 class CacheManifest:
     teacher_spec: str
     teacher_sha256: str
-    shards: str
+    shards: str                                   # recorded only: the directory, or several joined by ", "
     shards_sha256: str
     num_samples: int
     embedding_size: int
@@ -153,7 +170,7 @@ def open_embeddings(cache: Union[str, os.PathLike], manifest: CacheManifest, mod
 
 
 def check_matches(cache: Union[str, os.PathLike], manifest: CacheManifest, *, teacher_sha256: str,
-                  teacher_spec: str, shards: Union[str, os.PathLike]) -> None:
+                  teacher_spec: str, shards: pipeline.Shards) -> None:
     """Refuse a cache that is incomplete or was built from other shards or another teacher."""
     where = Path(cache) / MANIFEST
     if not manifest.complete:
@@ -164,7 +181,7 @@ def check_matches(cache: Union[str, os.PathLike], manifest: CacheManifest, *, te
     if found != manifest.shards_sha256:
         raise TeacherCacheError(
             f"{where}: built from shards {manifest.shards!r} whose manifest.json has sha256 {manifest.shards_sha256}, "
-            f"but data.shards={str(shards)!r} has {found}; rebuild the cache for these shards")
+            f"but data.shards={shards_text(shards)!r} has {found}; rebuild the cache for these shards")
     if teacher_sha256 != manifest.teacher_sha256:
         raise TeacherCacheError(
             f"{where}: built from teacher {manifest.teacher_spec!r} with weights sha256 {manifest.teacher_sha256}, "
@@ -183,18 +200,19 @@ class OnlineTeacher(Protocol):
     def embed(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def build(teacher: OnlineTeacher, teacher_spec: str, shards: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+def build(teacher: OnlineTeacher, teacher_spec: str, shards: pipeline.Shards, out: Union[str, os.PathLike], *,
           ctx: distributed.DistContext, device: torch.device, batch_size: int = 256, chunk: int = 4096,
           progress: bool = True, stop_after: Optional[int] = None) -> CacheManifest:
     """Build or finish the cache at `out` with `teacher` (spec `teacher_spec`, recorded only; the hash of
-    its weights is the cache's identity); returns its manifest. `stop_after` (tests) ends this rank's
-    pass after that many chunks, as an interruption would."""
+    its weights is the cache's identity); returns its manifest. `shards`: a directory, or a list of them
+    (one cache over their union, rows = its global keys). `stop_after` (tests) ends this rank's pass after
+    that many chunks, as an interruption would."""
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"--batch-size and --chunk: expected >= 1, found {batch_size}, {chunk}")
     samples = pipeline.ShardSamples(shards)
     dim = int(teacher.embed(torch.zeros(1, 3, samples.image_size, samples.image_size, device=device)).shape[1])
     wanted = CacheManifest(teacher_spec=teacher_spec, teacher_sha256=weights_sha256(teacher.network),
-                           shards=str(shards), shards_sha256=shards_sha256(shards), num_samples=samples.num_samples,
+                           shards=shards_text(shards), shards_sha256=shards_sha256(shards), num_samples=samples.num_samples,
                            embedding_size=dim, chunk=chunk, precision=teacher.precision)
     cache = Path(out)
     if ctx.is_main:

@@ -115,10 +115,11 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     if ctx.is_main:
         write_atomic(out / "config.yaml", configs.dump(cfg))
 
-    log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps))
-    log.message(f"data: {cfg.data.shards}, {first.num_samples} samples, {first.num_classes} classes; {plan.steps_per_epoch} "
-                f"steps of {plan.global_batch} an epoch; decoder: {first.decoder}; device: {ctx.device}, "
-                f"{ctx.world_size} rank(s)")
+    log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps),
+                 tensorboard=cfg.train.tensorboard)
+    log.message(f"data: {pipeline.layout_text(first.datasets, cfg.data.weights)}, {first.num_samples} samples, "
+                f"{first.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch; "
+                f"decoder: {first.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
     if changes:
@@ -341,10 +342,12 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
 def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
     # NHWC from the loader where the nets run channels_last: the layout change is then free (DALI writes
     # HWC), not a copy of every batch.
+    # data.shards may list several directories, laid end to end (their classes and keys offset in order),
+    # and data.weights sets how many samples each adds to an epoch: len(loader) is the weighted epoch's steps.
     return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                  device=ctx.device, seed=cfg.seed, epoch=epoch, step=step, augment=cfg.data.augment,
                                  backend=cfg.data.backend, hw_decoder_load=cfg.data.hw_decoder_load,
-                                 layout="NHWC" if cfg.train.channels_last else "NCHW",
+                                 layout="NHWC" if cfg.train.channels_last else "NCHW", weights=cfg.data.weights,
                                  with_flip=cfg.distill.teacher_cache is not None)  # the cache keys on the flip
 
 

@@ -1,9 +1,9 @@
 """Evaluation: face verification and identification benchmarks for a backbone; `python -m evaluate`.
 
 Modules, one job each:
-- cli: `python -m evaluate` (one checkpoint) and `python -m evaluate batch` (a folder of them); the
-  backbone comes from models.load_backbone (any checkpoint, run directory or bare state dict);
-  __main__ only calls cli.main.
+- cli: `python -m evaluate` (one checkpoint), `python -m evaluate batch` (a folder of them) and
+  `python -m evaluate overlap` (the identity-overlap audit); the backbone comes from
+  models.load_backbone (any checkpoint, run directory or bare state dict); __main__ only calls cli.main.
 - targets: which benchmark sets exist under the data roots, and running one for a model.
 - embed: the image pass, encoded images through pipeline.decode_images and the backbone with its flip.
 - verification: pair sets (insightface .bin, CVLFace arrow) and insightface's 10-fold accuracy metric.
@@ -12,6 +12,10 @@ Modules, one job each:
 - ranking: rank-k and TPIR at FPIR over probe x gallery scores (IJB 1:N and TinyFace).
 - readers: the sets' files read as data only (a restricted unpickler, arrow folders, metadata.pt).
 - report: the report as JSON, CSV rows and a printed table.
+- overlap: the train/test identity-overlap audit, training-class centres against every verification
+  image, and the rule for its default threshold.
+- overlap_report: the audit's JSON report, its CSV of suspected overlaps and the exclusion list for
+  `python -m convert rec|folder --exclude-classes`.
 
 Importing this package imports none of them (the training loop picks what it needs).
 """

@@ -4,6 +4,12 @@
         [--ijb-root DIR] [--tinyface-root DIR] [--targets lfw IJBC ...] [--device auto] [--batch-size N]
         [--output REPORT.json]
     python -m evaluate batch --checkpoint-dir DIR [--checkpoint-suffix .pt] [--force] (same data flags)
+    python -m evaluate overlap --checkpoint MODEL --shards DIR --val-data DIR [--threshold T] [--per-class K]
+        --output REPORT.json [--write-exclusions FILE] [--targets lfw ...] [--device auto] [--batch-size N]
+
+`overlap` audits the training shards against the verification sets for shared identities
+(evaluate/overlap.py): it writes REPORT.json, REPORT.csv beside it (one row per suspected overlap) and,
+with --write-exclusions, the flagged classes as a list for `python -m convert rec|folder --exclude-classes`.
 
 Without --targets every target whose data is present runs and the missing ones are listed as
 skipped; a target named in --targets whose data is missing is an error, and so is a run with no target
@@ -39,11 +45,15 @@ import models
 import pipeline
 from convert.errors import InputError, run_command
 from convert.files import WriteError, output_lock
+from convert.manifest import Manifest
+from evaluate import overlap, overlap_report, verification
 from evaluate import report as rep
-from evaluate.targets import ALL_TARGETS, DataRoots, plan, require_some, run_target
+from evaluate.targets import (ALL_TARGETS, DataRoots, MissingDataError, UnknownTargetError, kind, plan,
+                              require_some, run_target)
 
 PROG = "python -m evaluate"
 BATCH_PROG = "python -m evaluate batch"
+OVERLAP_PROG = "python -m evaluate overlap"
 
 
 class NoCheckpointsError(InputError, FileNotFoundError):
@@ -64,6 +74,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML whose model.name/embedding_size build the backbone")
     p.add_argument("--network", help="backbone name for a bare state dict (e.g. iresnet50)")
@@ -80,7 +100,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _parser_single() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate", description="Evaluate one checkpoint "
-                                "(or run `python -m evaluate batch -h` for a folder of them).")
+                                "(or run `python -m evaluate batch -h` for a folder of them, `python -m "
+                                "evaluate overlap -h` for the train/test identity-overlap audit).")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory or backbone .pth")
     p.add_argument("--output", type=Path, help="report JSON (default: <checkpoint folder>/reports/<name>.json)")
     _common(p)
@@ -170,11 +191,11 @@ def _writable_folder(folder: Path, what: str) -> None:
                          f"place or fix the permissions") from None
 
 
-def _check_output(path: Path) -> None:
+def _check_output(path: Path, what: str = "the report", example: str = "report.json") -> None:
     if path.is_dir():
-        raise WriteError(f"{path}: the report would replace this directory; give a file name such as "
-                         f"{path / 'report.json'}")
-    _writable_folder(path.parent, "the report")
+        raise WriteError(f"{path}: {what} would replace this directory; give a file name such as "
+                         f"{path / example}")
+    _writable_folder(path.parent, what)
 
 
 def main_single(argv: Sequence[str]) -> int:
@@ -252,8 +273,100 @@ def _batch(args, checkpoints: list[Path], reports_dir: Path) -> int:
     return 0
 
 
+def _parser_overlap() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=OVERLAP_PROG, description="Flag training classes whose identity is in the "
+                                "verification sets: each class's centre against every set image "
+                                "(evaluate/overlap.py explains the default threshold).")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory or backbone .pth")
+    p.add_argument("--config", type=Path, help="YAML whose model.name/embedding_size build the backbone")
+    p.add_argument("--network", help="backbone name for a bare state dict (e.g. iresnet50)")
+    p.add_argument("--shards", required=True, type=Path, help="the training shards (python -m convert)")
+    p.add_argument("--val-data", required=True, type=Path, help="folder of .bin files or CVLFace arrow folders")
+    p.add_argument("--targets", nargs="+", metavar="SET",
+                   help="verification sets under --val-data to audit (default: every one there)")
+    p.add_argument("--threshold", type=_finite_float, default=None,
+                   help="cosine similarity above which a (class, image) is flagged (default: the rule in "
+                        "evaluate/overlap.py, from the sets' own pairs)")
+    p.add_argument("--per-class", type=_positive_int, default=overlap.DEFAULT_PER_CLASS, metavar="K",
+                   help=f"images averaged into each class centre, its first K by key (default "
+                        f"{overlap.DEFAULT_PER_CLASS})")
+    p.add_argument("--output", required=True, type=Path, help="report JSON; the CSV goes beside it (.csv)")
+    p.add_argument("--write-exclusions", type=Path, metavar="FILE",
+                   help="write the flagged classes for `python -m convert rec|folder --exclude-classes FILE`")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _verification_sets(targets: Optional[Sequence[str]], roots: DataRoots) -> dict:
+    """{name: path} of the pair sets to audit: those named, or every one under --val-data."""
+    if targets:
+        others = [t for t in targets if kind(t) != "verification"]
+        if others:
+            raise UnknownTargetError(f"--targets {' '.join(others)}: the overlap audit reads the verification pair "
+                                     f"sets under --val-data only")
+        run, _ = plan(targets, roots, explicit=True)
+    else:
+        run, _ = plan(verification.STANDARD_SETS, roots, explicit=False)
+    if not run:
+        raise MissingDataError(f"{roots.val_data}: no verification set here (NAME.bin, or a CVLFace arrow folder "
+                               f"NAME/) to audit the training classes against")
+    return run
+
+
+def main_overlap(argv: Sequence[str]) -> int:
+    args = _parser_overlap().parse_args(argv)
+    # Everything that can be wrong with the inputs and outputs fails here, before the image passes.
+    roots = DataRoots(val_data=args.val_data)
+    paths = _verification_sets(args.targets, roots)
+    if args.output.suffix == ".csv":
+        raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
+    csv_path = args.output.with_suffix(".csv")
+    _check_output(args.output)
+    if args.write_exclusions is not None:
+        _check_output(args.write_exclusions, "the exclusion list", "exclusions.txt")
+    samples = pipeline.ShardSamples(args.shards)
+    manifest = Manifest.load(args.shards)
+    device = pipeline.resolve_device(args.device)
+    given = _model_section(args.config) if args.config is not None else {}
+    loaded = models.load_backbone(args.checkpoint, network=args.network or given.get("name"),
+                                  embedding_size=given.get("embedding_size"), device=device)
+    sets = [verification.load_set(p) for p in paths.values()]
+
+    progress = not args.quiet
+    centres = overlap.class_centres(loaded.net, samples, per_class=args.per_class, device=device,
+                                    batch_size=args.batch_size, progress=progress)
+    embedded = [(v, overlap.set_embeddings(loaded.net, v, device=device, batch_size=args.batch_size,
+                                           progress=progress)) for v in sets]
+    chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device)
+    warnings = overlap.warnings_for(chosen, audits)
+    report = overlap_report.build(
+        checkpoint={"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
+                    "step": loaded.step},
+        shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
+        chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
+        exclusions=args.write_exclusions)
+    overlap_report.write_json(args.output, report)
+    overlap_report.write_csv(csv_path, report)
+    if args.write_exclusions is not None:
+        overlap_report.write_exclusions(args.write_exclusions, report, manifest)
+
+    print(f"threshold {chosen.value:.4f} ({chosen.how})")
+    for a in audits:
+        print(f"{a.name}: {a.images} images, {a.flagged_images} close to a training class, "
+              f"{len(a.flagged_classes)} classes flagged")
+    for w in warnings:
+        print(f"warning: {w}")
+    print(f"{report['classes_flagged']} of {manifest.num_classes} training classes flagged; wrote {args.output}, "
+          f"{csv_path}" + (f", {args.write_exclusions}" if args.write_exclusions is not None else ""))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["overlap"]:
+        return run_command(OVERLAP_PROG, lambda: main_overlap(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["batch"]:
         return run_command(BATCH_PROG, lambda: main_batch(argv[1:]), known=(models.CheckpointError,))
     return run_command(PROG, lambda: main_single(argv), known=(models.CheckpointError,))

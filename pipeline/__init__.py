@@ -1,9 +1,11 @@
 """Shards to normalized batches on the device: DALI (GPU, or the same graph on CPU), or a torch fallback.
 
 Public API: build_loader, Batch, ShardSamples, decode_images, Augment, steps_per_epoch, resolve_device,
-cpu_threads; its errors, each an InputError whose message names the file, sample or argument: ShardError,
-UndecodableImageError, BatchSizeError, UnknownAugmentationError, LoaderOptionError, PipelineDeviceError
-(and its DaliUnavailableError). The only package that imports DALI.
+cpu_threads; for several shards directories laid end to end: dataset_layout, DatasetSpan, shard_dirs,
+layout_text, epoch_size, and Shards (the type of a shards argument: a directory or a
+sequence of them); its errors, each an InputError whose message names the file, sample or argument:
+ShardError, UndecodableImageError, BatchSizeError, WeightsError, UnknownAugmentationError, LoaderOptionError,
+PipelineDeviceError (and its DaliUnavailableError). The only package that imports DALI.
 
 Modules:
   loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
@@ -12,7 +14,9 @@ Modules:
   dali_probe.py    what DALI can do on a CUDA device: see it, nvJPEG, the hardware JPEG decoder
   shard_index.py   where every sample's bytes and label live: the manifest, the .idx files, the labels table,
                    mmap'd reads
-  order.py         the order of an epoch: a function of (seed, epoch), split over ranks, tail dropped
+  datasets.py      several shards directories as one: their key and class offsets, their joined index
+  order.py         the order of an epoch: a function of (seed, epoch) (and the datasets' weights), split over
+                   ranks, tail dropped
   augment.py       AdaFace's optional augmentations and their per-sample parameters
   dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
   dali_loader.py   the DALI backend: external source fed in the exact order, zero-copy to torch
@@ -25,13 +29,15 @@ Modules:
 from pipeline.augment import Augment, UnknownAugmentationError
 from pipeline.backend_choice import DaliUnavailableError
 from pipeline.batch import Batch
+from pipeline.datasets import Shards, dataset_layout, layout_text, shard_dirs
 from pipeline.decode import decode_images
 from pipeline.device import PipelineDeviceError, cpu_threads, resolve_device
 from pipeline.image_check import UndecodableImageError
 from pipeline.loader import LoaderOptionError, ShardSamples, build_loader
-from pipeline.order import BatchSizeError, steps_per_epoch
-from pipeline.shard_index import ShardError
+from pipeline.order import BatchSizeError, WeightsError, epoch_size, steps_per_epoch
+from pipeline.shard_index import DatasetSpan, ShardError
 
-__all__ = ["Augment", "Batch", "BatchSizeError", "DaliUnavailableError", "LoaderOptionError", "PipelineDeviceError",
-           "ShardError", "ShardSamples", "UndecodableImageError", "UnknownAugmentationError", "build_loader",
-           "cpu_threads", "decode_images", "resolve_device", "steps_per_epoch"]
+__all__ = ["Augment", "Batch", "BatchSizeError", "DaliUnavailableError", "DatasetSpan", "LoaderOptionError",
+           "PipelineDeviceError", "ShardError", "ShardSamples", "Shards", "UndecodableImageError", "UnknownAugmentationError",
+           "WeightsError", "build_loader", "cpu_threads", "dataset_layout", "decode_images", "epoch_size",
+           "layout_text", "resolve_device", "shard_dirs", "steps_per_epoch"]

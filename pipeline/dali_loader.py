@@ -44,6 +44,7 @@ class DaliLoader:
         self.channels_last, self.hw_decoder_load, self.decoder = channels_last, hw_decoder_load, decoder
         self.num_threads, self.prefetch = num_threads, prefetch
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
+        self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
 
     def __len__(self) -> int:
         return self.plan.steps
@@ -104,5 +105,5 @@ def _refused(reader: ShardReader, pending: deque, err: RuntimeError) -> ShardErr
             return ShardError(f"{reader.member(int(keys[item]))} does not decode ({problem})")
     keys = np.concatenate([p[0] for p in pending]) if pending else np.zeros(0, np.int64)
     shards = sorted({str(reader.index.paths[k]) for k in reader.index.shard_of[keys].tolist()})
-    return ShardError(f"{', '.join(shards) or reader.index.root}: DALI could not decode one of the samples "
+    return ShardError(f"{', '.join(shards) or reader.index.where}: DALI could not decode one of the samples "
                       f"{sorted(keys.tolist())[:8]}{' ...' if keys.size > 8 else ''} ({dali_reason(err)})")

@@ -1,13 +1,13 @@
-"""The entry points from a shards directory: `build_loader` (an epoch of Batches on the device) and
-`ShardSamples` (any samples by key, for tables kept beside the shards such as the teacher cache)."""
+"""The entry points from a shards directory, or several laid end to end (pipeline/datasets.py): `build_loader`
+(an epoch of Batches on the device) and `ShardSamples` (any samples by key, for tables kept beside the shards
+such as the teacher cache)."""
 from __future__ import annotations
 
 import math
 import numbers
-import os
 import threading
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from convert.errors import InputError
 from pipeline.augment import Augment, parse_augment
 from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
-from pipeline.order import plan_epoch
+from pipeline.datasets import Shards, join_indexes, shard_dirs
+from pipeline.order import check_weights, plan_epoch
 from pipeline.decode import decode_images
 from pipeline.image_check import UndecodableImageError
 from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
@@ -33,19 +34,20 @@ _index_cache: dict[tuple, ShardIndex] = {}
 _index_lock = threading.Lock()
 
 
-def open_index(shards: Union[str, os.PathLike]) -> ShardIndex:
-    """The parsed shards directory, cached per process: a training run builds one loader per epoch, and
-    parsing millions of `.idx` lines each time would cost seconds. A rewritten manifest invalidates."""
-    root = Path(shards).resolve()
+def open_index(shards: Shards) -> ShardIndex:
+    """The parsed shards directory (or the union of several, pipeline/datasets.py), cached per process: a
+    training run builds one loader per epoch, and parsing millions of `.idx` lines each time would cost
+    seconds. A rewritten manifest invalidates."""
+    roots = [Path(d).resolve() for d in shard_dirs(shards)]
     try:
-        stat = (root / MANIFEST_NAME).stat()
-        key = (str(root), stat.st_mtime_ns, stat.st_size)
+        key = tuple((str(root), stat.st_mtime_ns, stat.st_size)
+                    for root in roots for stat in [(root / MANIFEST_NAME).stat()])
     except OSError:
-        return ShardIndex.open(root)  # raises the error that names what is missing
+        return join_indexes([ShardIndex.open(root) for root in roots])  # raises the error that names what is missing
     with _index_lock:
         if key not in _index_cache:
-            _index_cache.clear()  # one dataset at a time is the common case; do not hold stale tables
-            _index_cache[key] = ShardIndex.open(root)
+            _index_cache.clear()  # one dataset (or union) at a time is the common case; do not hold stale tables
+            _index_cache[key] = join_indexes([ShardIndex.open(root) for root in roots])
         return _index_cache[key]
 
 
@@ -59,11 +61,11 @@ def _check_hw_decoder_load(value) -> Optional[float]:
     return float(value)
 
 
-def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int = 0, world_size: int = 1,
+def build_loader(shards: Shards, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  device: Union[str, torch.device] = "auto", seed: int = 0, epoch: int = 0, step: int = 0,
                  augment: Union[None, Augment, Mapping[str, float]] = None, dtype: torch.dtype = torch.float32,
                  backend: str = "auto", with_flip: bool = False, hw_decoder_load: Optional[float] = None,
-                 layout: str = "NCHW"):
+                 layout: str = "NCHW", weights: Optional[Sequence[float]] = None):
     """One epoch of `pipeline.Batch` for rank `rank` of `world_size`, starting at `step`.
 
     The order is a function of (seed, epoch) alone, every rank runs `len(loader)` steps (the tail that
@@ -73,6 +75,12 @@ def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int 
     from the manifest. Images are flipped with p = 0.5; `augment` adds AdaFace's augmentations
     (pipeline.Augment or a mapping name -> probability). Each Batch also carries its keys, flips, the
     global batch's labels and their largest repeat count on the host (pipeline.Batch).
+
+    shards: a directory written by `python -m convert`, or a sequence of them laid end to end (keys and
+    classes offset by the datasets before each; pipeline/datasets.py): `loader.datasets` holds each one's
+    pipeline.DatasetSpan, and num_samples/num_classes are the union's. weights (data.weights): one per
+    dataset; dataset d adds round(w_d * N_d) samples to every epoch (2: each sample twice; 0.5: a random
+    half drawn anew from (seed, epoch)), so len(loader) follows the weighted epoch; None: 1 each.
 
     backend: "dali", "torch", or "auto" (DALI, else the torch backend with one warning; see
     pipeline/backend_choice.py). On a CUDA device, backend="dali" without a DALI that can decode there
@@ -94,10 +102,12 @@ def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int 
     if layout not in LAYOUTS:
         raise LoaderOptionError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
     hw_load = _check_hw_decoder_load(hw_decoder_load)
+    weights = check_weights(weights, len(shard_dirs(shards)))
     dev = resolve_device(device)
     index = open_index(shards)
     chosen = choose(backend, dev, index.encoding, hw_load)
-    plan = plan_epoch(index.num_samples, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    plan = plan_epoch([d.num_samples for d in index.datasets], batch_size, seed=seed, epoch=epoch, rank=rank,
+                      world_size=world_size, weights=weights)
     if not 0 <= step <= plan.steps:
         raise LoaderOptionError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), found {step}")
     common = dict(start_step=step, device=dev, dtype=dtype, aug=aug, with_flip=with_flip,
@@ -112,14 +122,16 @@ def build_loader(shards: Union[str, os.PathLike], batch_size: int, *, rank: int 
 
 
 class ShardSamples:
-    """Random access to every sample of a shards directory by its global key (0..num_samples-1), decoded
-    and normalised as training sees them: what builds a per-sample table beside the shards."""
+    """Random access to every sample of a shards directory (or of several laid end to end, as build_loader
+    takes them) by its global key (0..num_samples-1), decoded and normalised as training sees them: what
+    builds a per-sample table beside the shards. Labels are the union's classes."""
 
-    def __init__(self, shards: Union[str, os.PathLike]) -> None:
+    def __init__(self, shards: Shards) -> None:
         self._index = open_index(shards)  # parsed once per process, as the loader does
         self._reader = ShardReader(self._index)
         self.num_samples, self.num_classes = self._index.num_samples, self._index.num_classes
         self.image_size, self.encoding = self._index.image_size, self._index.encoding
+        self.datasets = self._index.datasets
 
     @property
     def mean_member_bytes(self) -> float:
@@ -147,5 +159,5 @@ class ShardSamples:
             return decode_images(views, size=self.image_size, device=device, batch_size=batch_size)
         except UndecodableImageError as err:
             where = self._reader.member(int(keys[err.item])) if err.item is not None else \
-                f"{self._index.root}: one of samples {np.sort(keys)[:8].tolist()}{' ...' if len(keys) > 8 else ''}"
+                f"{self._index.where}: one of samples {np.sort(keys)[:8].tolist()}{' ...' if len(keys) > 8 else ''}"
             raise ShardError(f"{where} does not decode ({err.reason})") from err

@@ -3,11 +3,18 @@
 Both backends read their batches from here, so they see the very same samples in the same order, and
 a resumed run (epoch, step) sees exactly the batches the uninterrupted run would have seen: the order
 is recomputed from (seed, epoch), never carried in a reader's state.
+
+Datasets laid end to end (pipeline/datasets.py) may carry weights: dataset d then adds round(w_d * N_d)
+samples to every epoch, each of its samples floor(w_d) times and a random subset of them once more for
+the fraction, drawn anew from (seed, epoch, d); the epoch's order permutes that multiset. Without weights
+(or with every weight 1) an epoch is a permutation of all keys, exactly as for one dataset.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,10 +24,15 @@ from pipeline.augment import Augment, AugmentParams, draw_params
 # Domain tags keep the streams for the order and for per-step randomness (flips, augmentation) apart.
 _ORDER_STREAM = 0x5EED_0D0E
 _STEP_STREAM = 0x5EED_57E9
+_WEIGHT_STREAM = 0x5EED_3E16
 
 
 class BatchSizeError(InputError, ValueError):
     """The batch does not fit into one epoch."""
+
+
+class WeightsError(InputError, ValueError):
+    """Dataset weights that do not fit the datasets: the message names data.weights and the values."""
 
 
 @dataclass(frozen=True)
@@ -69,18 +81,69 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
     return steps
 
 
-def plan_epoch(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int,
-               world_size: int) -> EpochPlan:
+def check_weights(weights: Optional[Sequence[float]], datasets: int) -> Optional[tuple[float, ...]]:
+    """`weights` as a tuple of floats (None: 1 each, and so is every weight 1); raises WeightsError unless
+    there is one finite weight >= 0 per dataset and not all are 0."""
+    if weights is None:
+        return None
+    found = tuple(weights)
+    if len(found) != datasets:
+        raise WeightsError(f"weights (data.weights): expected one weight per dataset of data.shards ({datasets}), "
+                           f"found {len(found)}: {list(found)}")
+    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+               for w in found) or not any(w > 0 for w in found):
+        raise WeightsError(f"weights (data.weights): expected finite numbers >= 0, not all 0, found {list(found)}")
+    found = tuple(float(w) for w in found)
+    return None if all(w == 1.0 for w in found) else found
+
+
+def epoch_counts(sizes: Sequence[int], weights: Optional[Sequence[float]]) -> tuple[int, ...]:
+    """The samples each dataset adds to an epoch: round(w_d * N_d) (N_d without weights)."""
+    w = check_weights(weights, len(sizes))
+    return tuple(int(n) for n in sizes) if w is None else tuple(int(round(wd * n)) for wd, n in zip(w, sizes))
+
+
+def epoch_size(sizes: Union[int, Sequence[int]], weights: Optional[Sequence[float]] = None) -> int:
+    """The samples of one epoch (before the tail is dropped): sum over datasets of round(w_d * N_d)."""
+    return sum(epoch_counts([sizes] if isinstance(sizes, numbers.Integral) else sizes, weights))
+
+
+def _weighted_keys(sizes: Sequence[int], weights: tuple[float, ...], seed: int, epoch: int) -> np.ndarray:
+    """int64 [epoch_size]: the keys of one weighted epoch, before its permutation, dataset by dataset: each
+    of dataset d's keys floor(w_d) times, then a random subset of them for the rest of round(w_d * N_d),
+    drawn from (seed, epoch, d) alone."""
+    parts, first = [], 0
+    for d, (n, count) in enumerate(zip(sizes, epoch_counts(sizes, weights))):
+        keys = np.arange(first, first + n, dtype=np.int64)
+        whole, rest = divmod(count, n) if n else (0, 0)
+        parts += [keys] * whole
+        if rest:
+            pick = np.random.default_rng([_WEIGHT_STREAM, seed, epoch, d]).permutation(n)[:rest]
+            parts.append(keys[np.sort(pick)])
+        first += n
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def plan_epoch(sizes: Union[int, Sequence[int]], batch_size: int, *, seed: int, epoch: int, rank: int,
+               world_size: int, weights: Optional[Sequence[float]] = None) -> EpochPlan:
     """Permute all samples with (seed, epoch), drop the tail that does not fill a global batch, and give
     rank r the r-th slice of every global batch; the W slices of step s together are the global batch a
     single process with batch B*W would see at step s. Every rank holds the whole order (8 bytes a sample),
-    so that it knows each step's global batch without communicating (Batch.label_repeats counts over it)."""
+    so that it knows each step's global batch without communicating (Batch.label_repeats counts over it).
+
+    sizes: the number of samples, or each dataset's of a union (keys laid end to end); weights: one per
+    dataset (see the module's docstring), None for 1 each."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, found rank={rank}, "
                          f"world_size={world_size}")
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch: expected >= 0, found seed={seed}, epoch={epoch}")
+    sizes = [sizes] if isinstance(sizes, numbers.Integral) else [int(n) for n in sizes]
+    w = check_weights(weights, len(sizes))
+    pool = None if w is None else _weighted_keys(sizes, w, seed, epoch)  # None: every key once
+    num_samples = sum(sizes) if pool is None else len(pool)
     steps = steps_per_epoch(num_samples, batch_size, world_size)
     perm = np.random.default_rng([_ORDER_STREAM, seed, epoch]).permutation(num_samples)
-    used = perm[: steps * world_size * batch_size].reshape(steps, world_size * batch_size)
+    order = perm if pool is None else pool[perm]
+    used = order[: steps * world_size * batch_size].reshape(steps, world_size * batch_size)
     return EpochPlan(seed, epoch, rank, world_size, batch_size, used)

@@ -5,6 +5,8 @@ so one flat array per field, indexed by the key, locates every sample. The tars 
 read by offset: a batch costs B slices of a mapping, with no tar parsing on the hot path. Labels come from
 the converter's labels table (one gather a batch, checked once when opened); shard sets converted before
 it existed have none, and their labels are parsed from the `.cls` members (checked every batch).
+An index may span several directories laid end to end (pipeline/datasets.py joins them); its `datasets`
+say where each one's keys and classes start: messages name a sample's own tar and 9-digit member name.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def load_manifest(shards: Path) -> Manifest:
     return Manifest.load(shards)
 
 
-def _image_side(image_size: Any) -> int:
+def image_side(image_size: Any) -> int:
     sides = set(image_size) if isinstance(image_size, (tuple, list)) else {image_size}
     if len(sides) != 1:
         raise ShardError(f"manifest image_size: expected a square size, found {image_size!r}")
@@ -94,18 +96,48 @@ def _parse_idx(path: Path, first_key: int, count: int) -> tuple[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class ShardIndex:
-    """All samples of a shards directory, indexed by global key."""
+class DatasetSpan:
+    """One converted directory's place in a union: its own key k is the union's first_key + k, its own
+    label c the union's first_class + c. A lone directory starts at 0 and 0."""
 
-    root: Path
-    paths: tuple[Path, ...]  # the tars, in manifest order
+    dir: str
+    first_key: int
+    num_samples: int
+    first_class: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """All samples of a shards directory (or of several laid end to end), indexed by global key."""
+
+    root: Path  # the directory (the first one of a union)
+    paths: tuple[Path, ...]  # the tars, in manifest order (a union: each directory's in turn)
     encoding: str  # "jpeg" or "raw"
     image_size: int
     num_samples: int
     num_classes: int
     shard_of: np.ndarray  # int32 [N]
     table: np.ndarray  # uint32 (int64 for tars over 4 GiB) [N, 4]: image offset, image size, cls offset, cls size
-    label_table: Optional[np.ndarray] = None  # int32 [N], row = key; None: parse the .cls members
+    label_table: Optional[np.ndarray] = None  # int32 [N], row = key, the union's classes; None: parse the .cls members
+    datasets: tuple[DatasetSpan, ...] = ()  # () for one directory: filled in as (root, 0, N, 0, C)
+    shard_dataset: Optional[np.ndarray] = None  # int32 [len(paths)]: each tar's dataset; None: all the first
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            object.__setattr__(self, "datasets", (DatasetSpan(str(self.root), 0, self.num_samples, 0,
+                                                              self.num_classes),))
+        if self.shard_dataset is None:
+            object.__setattr__(self, "shard_dataset", np.zeros(len(self.paths), np.int32))
+
+    @property
+    def where(self) -> str:
+        """The directory, or a union's directories, for messages."""
+        return ", ".join(d.dir for d in self.datasets)
+
+    def local_key(self, key: int) -> int:
+        """Sample `key`'s key in its own directory (its member name there)."""
+        return int(key) - self.datasets[int(self.shard_dataset[int(self.shard_of[key])])].first_key
 
     @classmethod
     def open(cls, shards: str | os.PathLike) -> "ShardIndex":
@@ -134,7 +166,7 @@ class ShardIndex:
         found = sorted(ENCODINGS[e] for e in exts)
         if found != [enc]:
             raise ShardError(f"{root}: {MANIFEST_NAME} says encoding {enc!r}, the .idx files hold {found}")
-        side = _image_side(manifest.image_size)
+        side = image_side(manifest.image_size)
         table = np.concatenate(tables) if tables else np.zeros((0, 4), np.int64)
         if enc == "raw" and table.size and not (table[:, 1] == side * side * 3).all():
             bad = int(np.flatnonzero(table[:, 1] != side * side * 3)[0])
@@ -225,8 +257,9 @@ class ShardReader:
         return f"{self.sample(key)}.{EXTENSIONS[self.index.encoding]}"
 
     def sample(self, key: int) -> str:
-        """Where sample `key` lives, for messages: `<shard>.tar: sample 000000123`."""
-        return f"{self.index.paths[int(self.index.shard_of[key])]}: sample {int(key):09d}"
+        """Where sample `key` lives, for messages: `<shard>.tar: sample 000000123` (in a union, its own
+        directory's tar and key)."""
+        return f"{self.index.paths[int(self.index.shard_of[key])]}: sample {self.index.local_key(key):09d}"
 
     def step_labels(self, global_keys: np.ndarray, part: slice) -> tuple[np.ndarray, np.ndarray, int]:
         """(labels of `global_keys[part]` (a rank's), labels of all `global_keys` (its step's global batch),
@@ -243,20 +276,25 @@ class ShardReader:
         if self.index.label_table is not None:
             return self.index.label_table[keys].astype(np.int64)
         rows = self.index.table[keys, 2:].tolist()
-        shards = self.index.shard_of[keys].tolist()
+        shard_ids = self.index.shard_of[keys]
+        shards = shard_ids.tolist()
         out = np.empty(len(keys), np.int64)
         for i, (k, (off, size)) in enumerate(zip(shards, rows)):
             try:
                 out[i] = int((self._maps[k] or self._map(k))[off:off + size])
             except (ValueError, OverflowError) as err:
-                raise ShardError(f"{self.index.paths[k]}: sample {int(keys[i]):09d}.cls at offset {off} "
-                                 f"is not a decimal label") from err
+                raise ShardError(f"{self.sample(keys[i])}.cls at offset {off} is not a decimal label") from err
         # One vectorised test a batch: a label out of range would index past the margin head's weight
-        # (a CUDA assert on the GPU, a silently wrong class where it happens to fit).
-        classes = self.index.num_classes
+        # (a CUDA assert on the GPU, a silently wrong class where it happens to fit). A `.cls` member holds
+        # its own directory's label: checked against that directory's classes, then moved to the union's.
+        dataset = self.index.shard_dataset[shard_ids]
+        first = np.array([d.first_class for d in self.index.datasets], np.int64)[dataset]
+        classes = np.array([d.num_classes for d in self.index.datasets], np.int64)[dataset]
         bad = np.flatnonzero((out < 0) | (out >= classes))
         if bad.size:
             i = int(bad[0])
-            raise ShardError(f"{self.sample(keys[i])}.cls holds label {out[i]}, outside 0..{classes - 1} "
-                             f"({MANIFEST_NAME} says num_classes {classes})")
-        return out
+            span = self.index.datasets[int(dataset[i])]
+            manifest = MANIFEST_NAME if len(self.index.datasets) == 1 else str(Path(span.dir) / MANIFEST_NAME)
+            raise ShardError(f"{self.sample(keys[i])}.cls holds label {out[i]}, outside 0..{span.num_classes - 1} "
+                             f"({manifest} says num_classes {span.num_classes})")
+        return out + first

@@ -126,6 +126,7 @@ class TorchLoader:
         self.channels_last, self.decoder = channels_last, decoder
         self.num_workers = threads_per_rank() if num_workers is None else num_workers
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
+        self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
 
     def __len__(self) -> int:
         return self.plan.steps

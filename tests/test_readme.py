@@ -190,6 +190,8 @@ class World:
             if written is not None and value == written:
                 out = Path(self.path(value, write=True))
                 value = str(out)
+            elif key and value.startswith("[") and value.endswith("]"):  # a list (data.shards=[a,b]): each item
+                value = "[" + ",".join(self.path(v.strip(), copy=copy) for v in value[1:-1].split(",") if v.strip()) + "]"
             else:
                 value = self.path(value, copy=copy)
             done.append(f"{key}={value}" if key else value)

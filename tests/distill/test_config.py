@@ -131,3 +131,37 @@ def test_a_margin_left_unset_takes_its_losses_default(tmp_path, loss, default):
     assert head_from_config(cfg, 3).margin.m == 0.2
     with pytest.raises(ConfigError, match=r"distill\.m: expected"):
         configs.load(_write(tmp_path, MINIMAL), [f"distill.loss={loss}", "distill.m=2.0"])
+
+
+def test_data_shards_takes_a_list_of_directories(tmp_path):
+    listed = "output: runs/x\ndata: {shards: [/d/a, /d/b], weights: [2, 0.5]}\ndistill: {mode: none}\n"
+    cfg = configs.load(_write(tmp_path, listed))
+    assert cfg.data.shards == ("/d/a", "/d/b") and cfg.data.weights == (2.0, 0.5)
+    assert cfg.data.shard_dirs == ("/d/a", "/d/b")
+    assert configs.from_dict(configs.to_dict(cfg)) == cfg and configs.to_dict(cfg)["data"]["shards"] == ["/d/a", "/d/b"]
+    over = configs.load(_write(tmp_path, MINIMAL), ["data.shards=[/d/a, /d/b]", "data.weights=[1, 0]"])
+    assert over.data.shards == ("/d/a", "/d/b") and over.data.weights == (1.0, 0.0)
+    # One directory, in a list or not, is the same config; weights of 1 are the default's null.
+    for override in ("data.shards=[shards/x]", "data.shards=shards/x"):
+        one = configs.load(_write(tmp_path, MINIMAL), [override, "data.weights=[1]"])
+        assert one.data.shards == "shards/x" and one.data.weights is None and one.data.shard_dirs == ("shards/x",)
+        assert one == configs.load(_write(tmp_path, MINIMAL))
+    assert configs.load(_write(tmp_path, MINIMAL), ["data.shards=12"]).data.shards == "12"  # text stays verbatim
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["data.shards=[a, b]", "data.weights=[1]"], ["data.weights", "(2)", "(1.0,)"]),
+    (["data.shards=[a, b]", "data.weights=[1, -1]"], ["data.weights", ">= 0"]),
+    (["data.shards=[a, b]", "data.weights=[0, 0]"], ["data.weights", "not all 0"]),
+    (["data.shards=[a, b]", "data.weights=[1, .inf]"], ["data.weights", "inf"]),
+    (["data.shards=[a, b]", "data.weights=[1, x]"], ["data.weights", "float", "'x'"]),
+    (["data.weights=[2, 1]"], ["data.weights", "(1)"]),
+    (["data.shards=[a, a]"], ["data.shards", "each directory once"]),
+    (["data.shards=[]"], ["data.shards", "non-empty"]),
+    (["data.shards=[1, 2]"], ["data.shards", "str or a list of str"]),
+])
+def test_bad_data_shards_or_weights_name_the_key(tmp_path, overrides, words):
+    with pytest.raises(ConfigError) as info:
+        configs.load(_write(tmp_path, MINIMAL), overrides)
+    for word in words:
+        assert word in str(info.value)

@@ -1,0 +1,272 @@
+"""Train/test identity overlap: each training class's centre against every image of the verification sets.
+
+MS1M shares identities with LFW, CFP and AgeDB; a verification score over people the backbone was trained
+on is no longer a test on unseen identities. `python -m evaluate overlap` (evaluate/cli.py) flags them:
+
+- A training class's centre: its first K keys (key order, so the same images every run) through the
+  evaluator's image pass (evaluate.embed: the backbone with its flip, fused = e(x) + e(flip(x))), each
+  fused embedding L2-normalised, their mean normalised again. Images are decoded as training sees them
+  (pipeline.ShardSamples.images).
+- Every image of every verification set, through the same pass (decoded by pipeline.decode_images at
+  112 as `python -m evaluate` does), normalised.
+- A (class, image) whose cosine similarity is above the threshold is a suspected overlap.
+
+The default threshold, overridable by --threshold, comes from the sets' own held-out pairs:
+
+    T = max over the sets of max( mean similarity of the set's same-identity pairs,
+                                  99.9th percentile of its different-identity pairs' similarities
+                                  + 3 standard deviations of those similarities )
+
+Why: the audit makes C x N comparisons (85k MS1M classes x 12k LFW images is 1e9), so a threshold inside
+the impostor distribution flags strangers by the thousand. The pairs measure that distribution only down
+to about 1e-3 (LFW has 3000 different pairs), hence its 99.9th percentile (about 3 standard deviations
+out, were it normal) as the start, and 3 more standard deviations of the set's own impostor similarities
+to reach a rate near 1e-9 per comparison (6 sigma): a margin in the model's own units, so a model with
+a wide impostor spread gets a wide margin. Above that floor, the mean same-identity similarity is where
+true overlaps land: a centre averages K images of the person, so a new image of them is closer to it than
+to a typical single image, above the mean same-pair similarity more often than not; for a model that
+separates identities (typical of a trained ResNet on LFW: same-identity mean near 0.7, impostors near 0
+with a standard deviation near 0.1, so a floor near 0.6) this is the larger term. One threshold for all sets,
+the strictest of theirs, so that no set's impostor tail reaches it; the report gives every set's
+statistics, from which a user can pick a set's own --threshold. A set whose mean same-identity
+similarity does not exceed its impostor 99.9th percentile is one the model does not separate: the
+report warns that the audit cannot be trusted there (the demo's small teacher was such a model when
+this was written: same-identity mean 0.66, impostor 99.9th percentile 0.82 with a standard deviation of
+0.33, so a floor of 1.8, and nothing flagged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import pipeline
+from convert.errors import InputError
+from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, embed_encoded, pass_device
+from evaluate.verification import VerificationSet
+
+DEFAULT_PER_CLASS = 8
+IMPOSTOR_QUANTILE = 0.999
+IMPOSTOR_MARGIN_SD = 3.0  # standard deviations of the impostor similarities above their 99.9th percentile
+MATCH_CHUNK_ENTRIES = 2**26  # similarities computed at once: [images, classes] in float32, 256 MB
+MAX_MATCHES = 1_000_000  # per set: more means a threshold inside the impostor distribution, not overlaps
+
+
+class ThresholdError(InputError, ValueError):
+    """No threshold can be derived from the sets' pairs (no same or different pair anywhere), or one so low
+    that it flags more than MAX_MATCHES (class, image) pairs of a set."""
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); a zero row stays zero."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def class_keys(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The first `per_class` keys of each class (in key order), all of them ascending: int64 [M]."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, found {per_class}")
+    order = np.argsort(labels, kind="stable")  # grouped by class, keys ascending within each class
+    grouped = labels[order]
+    rank = np.arange(order.size) - np.searchsorted(grouped, grouped, side="left")
+    return np.sort(order[rank < per_class]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClassCentres:
+    centres: np.ndarray  # float32 [C, D], unit rows; a zero row for a class without samples
+    images: np.ndarray  # int64 [C], the images averaged into each
+
+    def __post_init__(self):
+        if self.centres.ndim != 2 or self.images.shape != (self.centres.shape[0],):
+            raise ValueError(f"centres must be [C, D] with images [C], found {self.centres.shape} and "
+                             f"{self.images.shape}")
+
+
+def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, per_class: int = DEFAULT_PER_CLASS,
+                  device=None, batch_size: int = 256, progress: bool = True) -> ClassCentres:
+    """Each training class's centre: the normalised mean of its first `per_class` images' normalised fused
+    embeddings. Images are decoded `batch_size * DECODE_BATCHES_PER_CALL` at a time, embedded in batches."""
+    dev = pass_device(model, device)
+    labels = samples.labels(np.arange(samples.num_samples))
+    keys = class_keys(labels, per_class)
+    sums = None
+    count = np.bincount(labels[keys], minlength=samples.num_classes)
+    step = batch_size * DECODE_BATCHES_PER_CALL
+    bar = tqdm(total=keys.size, desc="overlap: training classes", unit="img", disable=not progress)
+    try:
+        for s in range(0, keys.size, step):
+            chunk = keys[s:s + step]
+            images = samples.images(chunk, device=dev, batch_size=batch_size)  # [n, 3, S, S] on dev
+            emb = embed_batches(model, (images[b:b + batch_size] for b in range(0, chunk.size, batch_size)),
+                                total=chunk.size)
+            fused = torch.from_numpy(unit(emb.fused))
+            if sums is None:
+                sums = torch.zeros(samples.num_classes, fused.shape[1], dtype=torch.float64)
+            sums.index_add_(0, torch.from_numpy(labels[chunk]), fused.double())
+            bar.update(chunk.size)
+    finally:
+        bar.close()
+    return ClassCentres(centres=unit(sums.numpy()), images=count.astype(np.int64))
+
+
+def set_embeddings(model: torch.nn.Module, vset: VerificationSet, *, device=None, batch_size: int = 256,
+                   progress: bool = True) -> np.ndarray:
+    """float32 [N, D]: each image of the set, fused with its flip and normalised (as `python -m evaluate`)."""
+    emb = embed_encoded(model, vset.images, device=device, batch_size=batch_size,
+                        desc=f"overlap: {vset.name}" if progress else None, source=vset.source or vset.name)
+    return unit(emb.fused)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """A set's own pairs, by cosine similarity of their normalised fused embeddings."""
+
+    same: int
+    different: int
+    mean_same: Optional[float]  # None without same-identity pairs
+    impostor_quantile: Optional[float]  # the IMPOSTOR_QUANTILE of the different pairs; None without any
+    impostor_sd: Optional[float]  # the standard deviation of the different pairs' similarities
+
+    @property
+    def impostor_floor(self) -> Optional[float]:
+        """The impostor term of the rule: the quantile + IMPOSTOR_MARGIN_SD standard deviations."""
+        if self.impostor_quantile is None:
+            return None
+        return self.impostor_quantile + IMPOSTOR_MARGIN_SD * self.impostor_sd
+
+    def separates(self) -> Optional[bool]:
+        """Whether same-identity pairs score above the impostor tail on average (None: cannot tell)."""
+        if self.mean_same is None or self.impostor_quantile is None:
+            return None
+        return self.mean_same > self.impostor_quantile
+
+
+def pair_stats(emb: np.ndarray, issame: np.ndarray) -> PairStats:
+    """emb: [2P, D] unit rows, pair i = rows 2i and 2i+1; issame: bool [P]."""
+    issame = np.asarray(issame, dtype=bool)
+    if emb.shape[0] != 2 * issame.size:
+        raise ValueError(f"expected {2 * issame.size} embeddings for {issame.size} pairs, found {emb.shape[0]}")
+    sims = np.einsum("ij,ij->i", emb[0::2].astype(np.float64), emb[1::2].astype(np.float64))
+    same, diff = sims[issame], sims[~issame]
+    return PairStats(int(same.size), int(diff.size), float(same.mean()) if same.size else None,
+                     float(np.quantile(diff, IMPOSTOR_QUANTILE)) if diff.size else None,
+                     float(diff.std()) if diff.size else None)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    chosen_by: str  # "rule" or "--threshold"
+    how: str  # in words, with the numbers
+
+    def __post_init__(self):
+        if not np.isfinite(self.value):
+            raise ValueError(f"threshold must be finite, found {self.value}")
+
+
+def default_threshold(stats: Mapping[str, PairStats]) -> Threshold:
+    """The module docstring's rule over the sets' pair statistics."""
+    same = [(s.mean_same, name) for name, s in stats.items() if s.mean_same is not None]
+    diff = [(s.impostor_floor, name) for name, s in stats.items() if s.impostor_floor is not None]
+    if not same and not diff:
+        raise ThresholdError(f"sets {', '.join(stats) or '(none)'}: no same-identity or different-identity pair "
+                             f"to derive the threshold from; give --threshold")
+    parts = []
+    if same:
+        value, name = max(same)
+        parts.append((value, f"mean same-identity similarity {value:.4f} ({name})"))
+    if diff:
+        value, name = max(diff)
+        st = stats[name]
+        parts.append((value, f"99.9th percentile of different-identity similarity {st.impostor_quantile:.4f} + "
+                             f"{IMPOSTOR_MARGIN_SD:g} x its standard deviation {st.impostor_sd:.4f} = {value:.4f} "
+                             f"({name})"))
+    value = max(v for v, _ in parts)
+    how = ("default rule (evaluate/overlap.py), the largest over the sets' own pairs of the mean same-identity "
+           f"similarity and of the 99.9th percentile of different-identity similarity + {IMPOSTOR_MARGIN_SD:g} "
+           "standard deviations: " + "; ".join(text for _, text in parts) + f"; threshold {value:.4f}")
+    return Threshold(value, "rule", how)
+
+
+def given_threshold(value: float) -> Threshold:
+    return Threshold(float(value), "--threshold", f"given by --threshold: {float(value):.4f}")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A suspected overlap: image `image` of set `target` is closer than the threshold to `train_class`."""
+
+    target: str
+    image: int
+    train_class: int
+    similarity: float
+
+
+def matches(centres: ClassCentres, emb: np.ndarray, threshold: float, *, target: str,
+            device=None) -> list[Match]:
+    """Every (image, class) of one set with cosine similarity > threshold, by image, then similarity down."""
+    dev = pipeline.resolve_device(device if device is not None else "cpu")
+    c = torch.from_numpy(np.ascontiguousarray(centres.centres)).to(dev)
+    rows = max(1, MATCH_CHUNK_ENTRIES // max(1, c.shape[0]))
+    found = []
+    for s in range(0, emb.shape[0], rows):
+        e = torch.from_numpy(np.ascontiguousarray(emb[s:s + rows])).to(dev)
+        sims = e @ c.T  # [n, C]
+        image, cls = torch.nonzero(sims > threshold, as_tuple=True)
+        if len(found) + image.numel() > MAX_MATCHES:
+            raise ThresholdError(f"{target}: more than {MAX_MATCHES} (class, image) pairs above threshold "
+                                 f"{threshold:.4f}: that is the impostor distribution, not overlaps; raise "
+                                 f"--threshold")
+        values = sims[image, cls].double().cpu().numpy()
+        for i, k, v in zip((image + s).cpu().tolist(), cls.cpu().tolist(), values.tolist()):
+            found.append(Match(target, i, k, v))
+    found.sort(key=lambda m: (m.image, -m.similarity, m.train_class))
+    return found
+
+
+@dataclass(frozen=True)
+class SetAudit:
+    name: str
+    source: str
+    images: int
+    stats: PairStats
+    matches: tuple  # of Match
+
+    @property
+    def flagged_images(self) -> int:
+        return len({m.image for m in self.matches})
+
+    @property
+    def flagged_classes(self) -> tuple:
+        return tuple(sorted({m.train_class for m in self.matches}))
+
+
+def audit(centres: ClassCentres, sets: Sequence[tuple], threshold: Optional[float] = None,
+          device=None) -> tuple[Threshold, list[SetAudit]]:
+    """sets: (VerificationSet, its unit embeddings [N, D]) each. The threshold (given, or the rule's over
+    these sets) and every set's suspected overlaps."""
+    stats = {vset.name: pair_stats(emb, vset.issame) for vset, emb in sets}
+    chosen = default_threshold(stats) if threshold is None else given_threshold(threshold)
+    return chosen, [SetAudit(vset.name, vset.source, emb.shape[0], stats[vset.name],
+                             tuple(matches(centres, emb, chosen.value, target=vset.name, device=device)))
+                    for vset, emb in sets]
+
+
+def warnings_for(chosen: Threshold, audits: Sequence[SetAudit]) -> list[str]:
+    """What makes the audit's answer doubtful: a set the model does not separate, an unreachable threshold."""
+    out = []
+    for a in audits:
+        if a.stats.separates() is False:
+            out.append(f"{a.name}: the model does not separate identities here (mean same-identity similarity "
+                       f"{a.stats.mean_same:.4f} <= 99.9th percentile of different-identity similarity "
+                       f"{a.stats.impostor_quantile:.4f}): the audit can miss overlaps and flag strangers")
+    if chosen.value >= 1.0:
+        out.append(f"threshold {chosen.value:.4f} >= 1: no similarity can exceed it, nothing can be flagged")
+    return out

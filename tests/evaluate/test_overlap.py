@@ -1,0 +1,253 @@
+"""python -m evaluate overlap: training-class centres against verification images, the threshold rule,
+the report, and the exclusion list that `python -m convert rec --exclude-classes` rebuilds the shards with.
+
+The synthetic faces of convert.synthetic all look alike in pixel space (pooled-pixel cosines of two
+different identities reach 0.96, above most pairs of one identity), so no untrained stand-in tells them
+apart. These tests use identity patterns instead (conftest's smooth colour patterns, each photo of an
+identity varied by a pattern of its own), which conftest's PoolNet (pooled pixels through a fixed linear
+layer) separates the way a trained backbone separates faces: the same identity near 0.8, strangers
+below 0.45.
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import convert
+import models
+import pipeline
+from PIL import Image
+
+from convert.recordio import IRHeader, RecordWriter, pack
+from evaluate import cli, overlap, verification
+from tests.evaluate.conftest import TINY_EMB, TINY_NET, PoolNet, write_bin
+
+TRAIN_IDS = tuple(range(10))  # the training classes: .rec labels 0..9, 4 images each
+PER_ID = 4
+SHARED = (2, 5, 7)  # training identities that the overlapping set shows again (new photos)
+UNSEEN = tuple(range(50, 58))
+EMB = 128  # PoolNet's width: enough dimensions that strangers' similarities stay near 0.2 +- 0.1
+
+
+def photo(rng, identity: int, variation: float = 0.45) -> bytes:
+    """A JPEG of `identity`: its fixed 6x6 colour pattern (conftest.identity_image's) plus `variation`
+    times a pattern of this photo's own, smoothly upsampled to 112x112."""
+    base = np.random.default_rng(1000 + identity).integers(0, 256, (6, 6, 3)).astype(np.float32)
+    own = rng.integers(0, 256, (6, 6, 3)) - 127.5
+    pattern = np.clip(base + variation * own, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pattern).resize((112, 112), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_rec(folder: Path, identities, per_identity: int, seed: int = 0) -> Path:
+    """An im2rec-layout .rec (every record an image, the identity as its label) of identity patterns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with RecordWriter(folder / "train.rec", folder / "train.idx") as w:
+        key = 0
+        for identity in identities:
+            for _ in range(per_identity):
+                w.write_idx(key, pack(IRHeader(0, float(identity), key, 0), photo(rng, identity)))
+                key += 1
+    return folder
+
+
+def pair_bin(path: Path, identities, seed: int) -> None:
+    """A same-identity pair of every identity, and a different pair of each with the next one: new photos."""
+    rng = np.random.default_rng(seed)
+    images, issame = [], []
+    for i, a in enumerate(identities):
+        b = identities[(i + 1) % len(identities)]
+        images += [photo(rng, a), photo(rng, a), photo(rng, a), photo(rng, b)]
+        issame += [True, False]
+    write_bin(path, images, issame)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("overlap")
+    rec = write_rec(root / "rec", TRAIN_IDS, PER_ID)
+    convert.convert_rec(rec, root / "shards", workers=1, progress=False, samples_per_shard=16)
+    val = root / "val"
+    val.mkdir()
+    pair_bin(val / "shared.bin", SHARED, seed=11)
+    pair_bin(val / "unseen.bin", UNSEEN, seed=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return PoolNet(EMB).eval()
+
+
+def _embedded(net, path):
+    vset = verification.load_set(path)
+    return vset, overlap.set_embeddings(net, vset, device="cpu", progress=False)
+
+
+def test_class_keys_are_the_first_k_of_each_class_in_key_order():
+    labels = np.array([2, 0, 2, 1, 0, 2, 2, 0])
+    assert overlap.class_keys(labels, 2).tolist() == [0, 1, 2, 3, 4]
+    assert overlap.class_keys(labels, 9).tolist() == list(range(8))
+
+
+def test_centres_are_normalised_means_of_normalised_fused_embeddings(data, net):
+    samples = pipeline.ShardSamples(data / "shards")
+    c = overlap.class_centres(net, samples, per_class=3, device="cpu", batch_size=4, progress=False)
+    assert c.centres.shape == (len(TRAIN_IDS), EMB) and c.images.tolist() == [3] * len(TRAIN_IDS)
+    labels = samples.labels(np.arange(samples.num_samples))
+    keys = np.flatnonzero(labels == 4)[:3]
+    x = samples.images(keys, device="cpu")
+    with torch.no_grad():
+        fused = (net(x) + net(torch.flip(x, dims=[3]))).numpy()
+    expected = overlap.unit(overlap.unit(fused).mean(0, keepdims=True))[0]
+    np.testing.assert_allclose(c.centres[4], expected, atol=1e-5)
+
+
+def test_a_set_of_training_identities_is_flagged_and_one_of_unseen_identities_is_not(data, net):
+    samples = pipeline.ShardSamples(data / "shards")
+    centres = overlap.class_centres(net, samples, device="cpu", progress=False)
+    sets = [_embedded(net, data / "val" / "shared.bin"), _embedded(net, data / "val" / "unseen.bin")]
+    chosen, (shared, unseen) = overlap.audit(centres, sets)
+
+    stats = [overlap.pair_stats(e, v.issame) for v, e in sets]
+    rule = max(max(s.mean_same for s in stats), max(s.impostor_quantile + 3 * s.impostor_sd for s in stats))
+    assert chosen.chosen_by == "rule" and chosen.value == pytest.approx(rule)
+    assert all(s.separates() for s in stats) and overlap.warnings_for(chosen, [shared, unseen]) == []
+    assert shared.flagged_classes == SHARED  # contiguous labels are the .rec's here (no class_map)
+    assert all(m.similarity > chosen.value for m in shared.matches)
+    assert unseen.matches == ()
+
+
+def test_a_given_threshold_overrides_the_rule(data, net):
+    samples = pipeline.ShardSamples(data / "shards")
+    centres = overlap.class_centres(net, samples, per_class=2, device="cpu", progress=False)
+    sets = [_embedded(net, data / "val" / "unseen.bin")]
+    chosen, (unseen,) = overlap.audit(centres, sets, threshold=-1.0)
+    assert chosen.chosen_by == "--threshold" and len(unseen.matches) == unseen.images * len(TRAIN_IDS)
+    with pytest.raises(overlap.ThresholdError):
+        overlap.default_threshold({"empty": overlap.PairStats(0, 0, None, None, None)})
+
+
+def _overlap(*argv):
+    return cli.main(["overlap", "--device", "cpu", "--batch-size", "16", "--quiet", *argv])
+
+
+@pytest.fixture
+def stand_in(monkeypatch, net):
+    """`models.load_backbone` giving the PoolNet stand-in, whatever the checkpoint: the CLI's own path
+    from there on (no registered backbone separates identities untrained)."""
+    def load(spec, *, network=None, embedding_size=None, device="cpu"):
+        return models.LoadedBackbone(net.to(device), "poolnet", EMB, Path(spec), None)
+
+    monkeypatch.setattr(models, "load_backbone", load)
+
+
+def _entries(path):
+    return [line for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_cli_flags_writes_exclusions_and_the_rebuilt_shards_pass(data, tmp_path, stand_in, capsys):
+    from convert.cli import main as convert_main
+
+    out, excl = tmp_path / "r" / "overlap.json", tmp_path / "exclusions.txt"
+    assert _overlap("--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--val-data", str(data / "val"),
+                    "--output", str(out), "--write-exclusions", str(excl)) == 0
+    report = json.loads(out.read_text())
+    assert report["threshold_chosen_by"] == "rule" and f"threshold {report['threshold']:.4f}" in \
+        report["how_the_threshold_was_chosen"]
+    assert (report["shards"], report["checkpoint"], report["per_class"]) == (str(data / "shards"), str(tmp_path), 8)
+    assert report["sets"]["shared"]["classes_flagged"] == 3 and report["sets"]["unseen"]["overlaps"] == 0
+    assert {o["train_class"] for o in report["overlaps"]} == set(SHARED)
+    assert all(o["target"] == "shared" and o["similarity"] > report["threshold"] and 0 <= o["image"] < 12
+               for o in report["overlaps"])
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(report["overlaps"]) and rows[0]["target"] == "shared"
+    assert _entries(excl) == ["2", "5", "7"]
+    assert "3 of 10 training classes flagged" in capsys.readouterr().out
+
+    rebuilt = tmp_path / "rebuilt"
+    assert convert_main(["rec", str(data / "rec"), str(rebuilt), "--exclude-classes", str(excl), "--workers", "1",
+                         "--quiet"]) == 0
+    m = convert.Manifest.load(rebuilt)
+    assert m.num_classes == len(TRAIN_IDS) - len(SHARED) and m.exclusion.classes == SHARED
+    out2 = tmp_path / "r" / "rebuilt.json"
+    assert _overlap("--checkpoint", str(tmp_path), "--shards", str(rebuilt), "--val-data", str(data / "val"),
+                    "--output", str(out2), "--write-exclusions", str(tmp_path / "again.txt")) == 0
+    report2 = json.loads(out2.read_text())
+    assert report2["classes_flagged"] == 0 and report2["overlaps"] == [] and report2["num_classes"] == 7
+    assert report2["threshold"] == report["threshold"]  # the rule reads the sets' pairs only
+    assert _entries(tmp_path / "again.txt") == ["2", "5", "7"]  # the shards' own exclusion carried over
+
+    # Our contiguous labels of the rebuilt shards map back to the .rec's through the class_map.
+    assert _overlap("--checkpoint", str(tmp_path), "--shards", str(rebuilt), "--val-data", str(data / "val"),
+                    "--targets", "unseen", "--threshold", "-1", "--output", str(out2),
+                    "--write-exclusions", str(tmp_path / "all.txt")) == 0
+    report3 = json.loads(out2.read_text())
+    assert report3["threshold_chosen_by"] == "--threshold" and set(report3["sets"]) == {"unseen"}
+    assert all(o["source_class"] == m.class_map[o["train_class"]] for o in report3["overlaps"])
+    assert _entries(tmp_path / "all.txt") == [str(k) for k in TRAIN_IDS]
+
+
+def test_cli_with_a_registered_backbone(data, tmp_path, capsys):
+    torch.manual_seed(0)
+    torch.save(models.build(TINY_NET, embedding_size=TINY_EMB).state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"model": {"name": TINY_NET, "embedding_size": TINY_EMB}}))
+    out = tmp_path / "overlap.json"
+    assert _overlap("--checkpoint", str(tmp_path / "backbone.pth"), "--config", str(tmp_path / "cfg.yaml"), "--shards",
+                    str(data / "shards"), "--val-data", str(data / "val"), "--targets", "shared", "--per-class", "1",
+                    "--output", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert (report["network"], report["embedding_size"], report["class_images"]) == (TINY_NET, TINY_EMB, 10)
+    assert report["sets"]["shared"]["images"] == 12 and -1.0 <= report["threshold"]
+    assert out.with_suffix(".csv").read_text().startswith("target,image,pair,train_class,source_class,similarity")
+
+
+def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsys):
+    base = ["--checkpoint", str(tmp_path), "--shards", str(data / "shards")]
+
+    def fails(*argv, fragments):
+        assert _overlap(*argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("python -m evaluate overlap: error: "), err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(*base, "--val-data", str(empty), "--output", str(tmp_path / "r.json"),
+          fragments=[str(empty), "no verification set"])
+    fails(*base, "--val-data", str(data / "val"), "--targets", "IJBC", "--output", str(tmp_path / "r.json"),
+          fragments=["IJBC", "verification pair sets"])
+    fails(*base, "--val-data", str(data / "val"), "--targets", "lfw", "--output", str(tmp_path / "r.json"),
+          fragments=["lfw"])
+    fails(*base, "--val-data", str(data / "val"), "--output", str(tmp_path / "r.csv"), fragments=["r.csv"])
+    fails("--checkpoint", str(tmp_path), "--shards", str(empty), "--val-data", str(data / "val"),
+          "--output", str(tmp_path / "r.json"), fragments=[str(empty)])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_exclusion_list_names_source_classes_keeps_earlier_ones_and_reads_back(tmp_path):
+    from convert.class_exclusion import read_exclusion_list
+    from convert.manifest import ExclusionRecord, Manifest, ShardRecord
+    from evaluate import overlap_report
+
+    manifest = Manifest(num_samples=3, num_classes=3, image_size=112, encoding="jpeg", seed=0,
+                        shards=(ShardRecord("train-000000.tar", 3, 2048, "0" * 64),), source={},
+                        class_map=("alice", "bob", "carol"),
+                        exclusion=ExclusionRecord("/x/list.txt", "0" * 64, 1, 4, ("dave",)))
+    report = {"flagged_classes": [{"source_class": overlap_report.source_class(manifest, 1)}], "threshold": 0.7,
+              "checkpoint": "c.pt", "shards": "s", "val_data": "v"}
+    overlap_report.write_exclusions(tmp_path / "x.txt", report, manifest)
+    assert [name for _, name in read_exclusion_list(tmp_path / "x.txt").entries] == ["bob", "dave"]
+    report["flagged_classes"] = [{"source_class": "#hash"}]
+    with pytest.raises(overlap_report.ExclusionNameError, match="#hash"):
+        overlap_report.exclusion_lines(report, manifest)
