@@ -25,9 +25,7 @@ class Batch:
     global_labels: int64 [W*B], the labels of this step's GLOBAL batch: every rank's batch, in rank order
              (rank r's `labels` are global_labels[r*B:(r+1)*B]), as an all_gather of `labels` would give them;
              the same on every rank, known without communicating (the order is a function of seed and epoch).
-    label_repeats: the largest number of samples sharing one label in that global batch (>= 1); the
-             AdaDistill centre update runs that many rounds.
-    Batches built by pipeline.build_loader fill all four; the host fields are None only in batches made
+    Batches built by pipeline.build_loader fill all three; the host fields are None only in batches made
     elsewhere (a benchmark's baseline loader), whose consumers fall back to reading the tensors.
     """
 
@@ -38,7 +36,6 @@ class Batch:
     keys: Optional[np.ndarray] = None
     flips: Optional[np.ndarray] = None
     global_labels: Optional[np.ndarray] = None
-    label_repeats: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -66,13 +63,3 @@ class Batch:
             raise ValueError(f"Batch.flips: expected an array exactly when flipped is one, found flips "
                              f"{'None' if self.flips is None else 'an array'} and flipped "
                              f"{'None' if self.flipped is None else 'a tensor'}")
-        r = self.label_repeats
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r):
-            raise ValueError(f"Batch.label_repeats: expected an int >= 1, found {r!r}")
-
-
-def label_repeats(labels: np.ndarray) -> int:
-    """The largest number of entries sharing one value of `labels` (a global batch's labels), on the host."""
-    if labels.size == 0:
-        return 0
-    return int(np.unique(labels, return_counts=True)[1].max())

@@ -57,14 +57,14 @@ class DaliLoader:
             step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
             keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
             flips, params = plan.draws(step, aug, size)
-            labels, global_labels, repeats = reader.step_labels(plan.global_samples[step], plan.part)
+            labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
             out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
             if params is not None:
                 out += [getattr(params, name) for name in AUGMENT_INPUTS]
             out = tuple(out)
             # The graph reads these arrays without copying them: they stay referenced here until the
             # batch comes out of the pipeline.
-            pending.append((keys, labels, flips, global_labels, repeats, out))
+            pending.append((keys, labels, flips, global_labels, out))
             return out
 
         return source
@@ -84,13 +84,12 @@ class DaliLoader:
                     raise
                 except RuntimeError as err:
                     raise _refused(reader, pending, err) from err
-                keys, labels, flips, global_labels, repeats, _ = pending.popleft()  # in the order DALI asked
+                keys, labels, flips, global_labels, _ = pending.popleft()  # in the order DALI asked
                 yield Batch(images=to_torch(images, self.device, self.dtype, channels_last=self.channels_last),
                             labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
                             index=torch.from_numpy(keys).to(self.device, non_blocking=True),
                             flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None,
-                            keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels,
-                            label_repeats=repeats)
+                            keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels)
         finally:
             del pipe  # frees DALI's threads and buffers now, also when the consumer stops early
 

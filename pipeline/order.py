@@ -129,7 +129,7 @@ def plan_epoch(sizes: Union[int, Sequence[int]], batch_size: int, *, seed: int, 
     """Permute all samples with (seed, epoch), drop the tail that does not fill a global batch, and give
     rank r the r-th slice of every global batch; the W slices of step s together are the global batch a
     single process with batch B*W would see at step s. Every rank holds the whole order (8 bytes a sample),
-    so that it knows each step's global batch without communicating (Batch.label_repeats counts over it).
+    so that it knows each step's global batch without communicating (Batch.global_labels).
 
     sizes: the number of samples, or each dataset's of a union (keys laid end to end); weights: one per
     dataset (see the module's docstring), None for 1 each."""

@@ -25,7 +25,6 @@ import simplejpeg
 from convert.errors import InputError
 from convert.labels_table import labels_problem, read_labels
 from convert.manifest import ENCODINGS, EXTENSIONS, MANIFEST_NAME, Manifest
-from pipeline.batch import label_repeats
 from pipeline.image_check import header_problem
 
 
@@ -261,13 +260,13 @@ class ShardReader:
         directory's tar and key)."""
         return f"{self.index.paths[int(self.index.shard_of[key])]}: sample {self.index.local_key(key):09d}"
 
-    def step_labels(self, global_keys: np.ndarray, part: slice) -> tuple[np.ndarray, np.ndarray, int]:
-        """(labels of `global_keys[part]` (a rank's), labels of all `global_keys` (its step's global batch),
-        the largest number of samples sharing one label among them): Batch.labels, .global_labels and
-        .label_repeats. With the labels table that is one gather; without it the global batch's `.cls`
-        members are parsed (and checked, so that every rank stops at the same step on a bad label)."""
+    def step_labels(self, global_keys: np.ndarray, part: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(labels of `global_keys[part]` (a rank's), labels of all `global_keys` (its step's global batch)):
+        Batch.labels and .global_labels. With the labels table that is one gather; without it the global
+        batch's `.cls` members are parsed (and checked, so that every rank stops at the same step on a bad
+        label)."""
         everyone = self.labels(global_keys)
-        return everyone[part].copy(), everyone, label_repeats(everyone)
+        return everyone[part].copy(), everyone
 
     def labels(self, keys: np.ndarray) -> np.ndarray:
         """int64 [len(keys)]: each sample's label, a class of the manifest. From the labels table (one gather,

@@ -47,7 +47,7 @@ def _decode(view: np.ndarray, where: str) -> np.ndarray:
 
 class _Steps(torch.utils.data.Dataset):
     """Item s = step s of the plan: (uint8 [B,H,W,3] flipped images, labels, keys, flips, global labels,
-    label_repeats, aug params)."""
+    aug params)."""
 
     def __init__(self, index: ShardIndex, plan: EpochPlan, aug: Augment) -> None:
         self.reader, self.plan, self.aug = ShardReader(index), plan, aug
@@ -65,7 +65,7 @@ class _Steps(torch.utils.data.Dataset):
         plan, reader, index = self.plan, self.reader, self.reader.index
         keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
         flips, params = plan.draws(step, self.aug, index.image_size)
-        labels, global_labels, repeats = reader.step_labels(plan.global_samples[step], plan.part)
+        labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
         side = index.image_size
         out = np.empty((len(keys), side, side, 3), np.uint8)
         for i, (key, view) in enumerate(zip(keys.tolist(), reader.images(keys))):
@@ -75,7 +75,7 @@ class _Steps(torch.utils.data.Dataset):
                                  f"expected {side}x{side} (manifest image_size)")
             out[i] = img[:, ::-1] if flips[i] else img
         return torch.from_numpy(out), torch.from_numpy(labels), torch.from_numpy(keys), \
-            torch.from_numpy(flips), global_labels, repeats, params
+            torch.from_numpy(flips), global_labels, params
 
 
 def _augment(x: torch.Tensor, p: AugmentParams, aug: Augment) -> torch.Tensor:
@@ -146,7 +146,7 @@ class TorchLoader:
         for item in loader:
             if isinstance(item, ShardError):
                 raise item
-            images, labels, keys, flips, global_labels, repeats, params = item
+            images, labels, keys, flips, global_labels, params = item
             x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             if params is not None:
                 x = _augment(x, params, self.aug)
@@ -156,4 +156,4 @@ class TorchLoader:
                         labels=labels.to(self.device), index=keys.to(self.device),
                         flipped=flips.to(self.device) if self.with_flip else None,
                         keys=keys.numpy(), flips=flips.numpy() if self.with_flip else None,
-                        global_labels=global_labels, label_repeats=repeats)
+                        global_labels=global_labels)

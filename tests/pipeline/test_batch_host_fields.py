@@ -1,10 +1,9 @@
-"""Batch's host fields: keys and flips equal index and flipped, and label_repeats counts the GLOBAL batch."""
+"""Batch's host fields: keys and flips equal index and flipped, and global_labels are the GLOBAL batch's."""
 import numpy as np
 import pytest
 import torch
 
 import pipeline
-from pipeline.batch import label_repeats
 from tests.pipeline.conftest import read_tars, without_labels_table
 
 BACKENDS = ["dali", "torch"]
@@ -39,7 +38,7 @@ def test_label_repeats_counts_all_ranks(request, jpeg_shards, backend, world_siz
         global_labels = [tars[int(k)][1] for b in batches for k in b.index]  # read with tarfile, not the index
         assert sum(len(b.labels) for b in batches) == 24
         expected = _brute_force_repeats(global_labels)
-        assert [b.label_repeats for b in batches] == [expected] * world_size, step
+        assert [_brute_force_repeats(b.global_labels.tolist()) for b in batches] == [expected] * world_size, step
         for b in batches:  # every rank knows the whole global batch's labels, in rank order
             assert b.global_labels.dtype == np.int64 and b.global_labels.tolist() == global_labels
         assert [b.labels.tolist() for b in batches] == [
@@ -59,7 +58,6 @@ def test_keys_and_flips_equal_index_and_flipped(jpeg_shards, backend, with_flip)
             assert batch.flips.dtype == np.bool_ and np.array_equal(batch.flips, batch.flipped.numpy())
         else:
             assert batch.flips is None and batch.flipped is None
-        assert isinstance(batch.label_repeats, int) and batch.label_repeats >= 1
 
 
 def test_keys_are_the_batch_own(jpeg_shards):
@@ -70,24 +68,18 @@ def test_keys_are_the_batch_own(jpeg_shards):
     assert (again.keys >= 0).all() and np.array_equal(again.keys, loader.plan.samples[0])
 
 
-def test_label_repeats_helper():
-    assert label_repeats(np.array([3, 1, 3, 2, 3, 1])) == 3
-    assert label_repeats(np.arange(10)) == 1
-
-
 def test_batch_checks_its_host_fields():
     images, ids = torch.zeros(4, 3, 8, 8), torch.arange(4)
     keys = np.arange(4, dtype=np.int64)
     flips = np.zeros(4, bool)
     pipeline.Batch(images, ids, ids)  # host fields are optional: batches made outside the pipeline
     pipeline.Batch(images, ids, ids, torch.zeros(4, dtype=torch.bool), keys=keys, flips=flips,
-                   global_labels=np.arange(8), label_repeats=2)
+                   global_labels=np.arange(8))
     bad = [dict(keys=keys.astype(np.int32)), dict(keys=keys[:3]), dict(keys=torch.arange(4)),
-           dict(keys=keys, flips=flips.astype(np.uint8)), dict(label_repeats=0), dict(label_repeats=True),
-           dict(label_repeats=2.0), dict(global_labels=np.arange(6)), dict(global_labels=np.arange(2)),
+           dict(keys=keys, flips=flips.astype(np.uint8)), dict(global_labels=np.arange(6)), dict(global_labels=np.arange(2)),
            dict(global_labels=np.arange(8, dtype=np.int32)), dict(global_labels=np.zeros((2, 4), np.int64))]
     for kw in bad:
-        with pytest.raises(ValueError, match=r"Batch\.(keys|flips|global_labels|label_repeats)"):
+        with pytest.raises(ValueError, match=r"Batch\.(keys|flips|global_labels)"):
             pipeline.Batch(images, ids, ids, **kw)
     with pytest.raises(ValueError, match=r"Batch\.flips: expected an array exactly when flipped is one"):
         pipeline.Batch(images, ids, ids, keys=keys, flips=flips)

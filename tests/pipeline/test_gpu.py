@@ -57,4 +57,3 @@ def test_gpu_nhwc_layout_and_host_fields(jpeg_shards):
         assert torch.equal(a.images, b.images)
         assert (b.keys == a.index.cpu().numpy()).all() and (b.flips == b.flipped.cpu().numpy()).all()
         assert (b.global_labels == b.labels.cpu().numpy()).all()  # one rank: the global batch is its own
-        assert b.label_repeats == int(torch.unique(b.labels, return_counts=True)[1].max())
