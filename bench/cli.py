@@ -50,6 +50,8 @@ def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--step-batch-size", type=int,
                    help="step stage batch (default: cpu 64, cuda 512; --quick cpu 8, cuda 32)")
     p.add_argument("--step-steps", type=int, help="timed steps per round in the step stage (default: cpu 5, cuda 10)")
+    p.add_argument("--num-classes", type=int, help="step stage: classes of the margin head (default: the data's); "
+                                                   "the head's cost at 85742 (MS1MV2) or 2059906 (WebFace42M)")
     p.add_argument("--student", help="step stage student backbone (default: cpu mobilefacenet_s, cuda mobilefacenet)")
     p.add_argument("--teacher", help="step stage teacher backbone (default: cpu iresnet_s, cuda iresnet50)")
     p.add_argument("--workers", type=int, help="baseline DataLoader workers (default: one per usable core)")
@@ -105,7 +107,8 @@ def _settings(args, device: str, scratch: Path) -> Settings:
         warmup=_pick(args.warmup, DEFAULTS["warmup"], q), batch_size=_pick(args.batch_size, DEFAULTS["batch_size"], q),
         step_batch_size=_pick(args.step_batch_size, steps["step_batch_size"], q),
         step_steps=_pick(args.step_steps, steps["step_steps"], q), student=student, teacher=teacher,
-        workers=args.workers or cpu_threads(), scratch=scratch, quick=q, progress=not args.no_progress)
+        workers=args.workers or cpu_threads(), scratch=scratch, quick=q, progress=not args.no_progress,
+        step_num_classes=args.num_classes)
 
 
 def _known_errors() -> tuple:

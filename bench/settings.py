@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from convert.errors import InputError
 
@@ -30,6 +31,7 @@ class Settings:
     scratch: Path
     quick: bool = False
     progress: bool = True
+    step_num_classes: Optional[int] = None  # the step stage's head: this many classes (None: the data's own)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -37,5 +39,7 @@ class Settings:
         for key in ("repeats", "batch_size", "step_batch_size", "step_steps", "workers"):
             if getattr(self, key) < 1:
                 raise BenchError(f"--{key.replace('_', '-')}: expected >= 1, found {getattr(self, key)}")
+        if self.step_num_classes is not None and self.step_num_classes < 1:
+            raise BenchError(f"--num-classes: expected >= 1, found {self.step_num_classes}")
         if self.warmup < 0:
             raise BenchError(f"--warmup: expected >= 0, found {self.warmup}")

@@ -120,6 +120,12 @@ class GeomConfig:
             _check(_number(value) and value >= 0, f"distill.geom.{key}", "a finite number >= 0", value)
 
 
+# distill.shard_classes: auto shards the class centres from this many classes on (with 2+ ranks): MS1MV2
+# (85,742) keeps the replicated head it was tuned with; Glint360K and WebFace42M (2M, 4.1 GB of fp32
+# centres at D=512) are sharded.
+SHARD_AUTO_MIN_CLASSES = 100_000
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     mode: Literal["adadistill", "none"] = "adadistill"# adadistill: teacher-driven class centres; none: a plain margin head (no teacher)
@@ -134,6 +140,8 @@ class DistillConfig:
     # from it (flip is then the only augmentation allowed) and never builds the teacher network.
     teacher_cache: Optional[str] = None           # directory from `python -m distill cache-teacher`; the teacher is then never run
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
+    shard_classes: Union[bool, Literal["auto"]] = "auto"  # true: rank r of W holds only the centres of classes [r*C/W, (r+1)*C/W) (softmax across ranks, same results); auto: on with 2+ ranks from 100,000 classes (SHARD_AUTO_MIN_CLASSES) or with sample_rate < 1
+    sample_rate: float = 1.0                      # distill.mode none only: Partial FC, each rank's logits use its batch's classes plus a random sample of its other classes, this share of its rows (an approximation of the full softmax); 1 = every class
 
     def __post_init__(self) -> None:
         check_margin("distill.", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
@@ -141,6 +149,18 @@ class DistillConfig:
             _check(self.teacher_cache is not None and self.mode == "adadistill", "distill.centres_from_cache",
                    "false unless distill.teacher_cache is set and distill.mode is adadistill",
                    f"true with teacher_cache={self.teacher_cache!r}, mode={self.mode}")
+        _check(isinstance(self.shard_classes, bool) or self.shard_classes == "auto", "distill.shard_classes",
+               "true, false or auto", self.shard_classes)
+        _check(_number(self.sample_rate) and 0 < self.sample_rate <= 1, "distill.sample_rate", "a number in (0, 1]",
+               self.sample_rate)
+        if self.sample_rate < 1:
+            # AdaDistill moves the centres of the batch's classes only and needs every logit of the softmax
+            # against teacher-driven centres; sampling is arcface_torch's Partial FC for trained centres.
+            _check(self.mode == "none", "distill.sample_rate", "1 unless distill.mode is none (Partial FC samples "
+                   "trained centres)", f"{self.sample_rate} with mode={self.mode}")
+            _check(self.shard_classes is not False, "distill.sample_rate", "1 with distill.shard_classes: false "
+                   "(each rank samples among its own classes: set shard_classes to true or auto)",
+                   f"{self.sample_rate} with shard_classes=false")
         if self.geom is not None:
             _check(self.loss == "adaface" and self.mode == "adadistill", "distill.geom",
                    "null unless distill.loss is adaface and distill.mode is adadistill",

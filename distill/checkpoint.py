@@ -24,17 +24,20 @@ from models import CHECKPOINTS_DIR, LATEST, CheckpointError
 REQUIRED_KEYS = ("student", "head", "optimizer", "scheduler", "scaler", "step", "epoch", "epoch_step", "rng",
                  "config")
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+_ROWS = re.compile(r"^step-(\d{9})\.head$")
 
 __all__ = ["CheckpointError", "REQUIRED_KEYS", "RESUMABLE_KEYS", "capture_rng", "directory", "file_name", "latest",
            "load", "prune", "recipe_changes", "resolve_resume", "restore_rng", "save", "seed_all"]
 
 # Keys a resumed run may change without changing what the run computes: where it stops, how it logs,
 # saves and evaluates, where its files are, how the data is read (same samples, same order), the memory
-# layout, and whether the teacher runs online or from its cache (checked against the same weights).
+# layout, whether the teacher runs online or from its cache (checked against the same weights), and whether
+# the class centres are sharded across ranks (the same results; the rows are re-sharded on load).
 RESUMABLE_KEYS = ("output", "resume", "resume_changes", "train.max_steps", "train.epochs", "train.log_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.channels_last",
                   "train.tensorboard", "train.tf32",
-                  "data.backend", "distill.teacher_cache", "distill.centres_from_cache", "eval.")
+                  "data.backend", "distill.teacher_cache", "distill.centres_from_cache", "distill.shard_classes",
+                  "eval.")
 
 
 def directory(output: str | Path) -> Path:
@@ -43,6 +46,12 @@ def directory(output: str | Path) -> Path:
 
 def file_name(step: int) -> str:
     return f"step-{step:09d}.pt"
+
+
+def rows_dir(output: str | Path, step: int) -> Path:
+    """The folder of a sharded head's per-rank row files of checkpoint `step` (distill.head_rows); a folder,
+    so that the evaluator's batch mode, which reads every *.pt file of checkpoints/, never sees them."""
+    return directory(output) / f"step-{step:09d}.head"
 
 
 def save(output: str | Path, state: dict) -> Path:
@@ -138,7 +147,21 @@ def prune(output: str | Path, *, keep: int, steps_per_epoch: int) -> None:
     for step in mid_epoch[:-keep]:
         path = folder / file_name(step)
         if path != newest:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # the main file first: it is what commits the row files
+            _remove_rows(output, step)
+    # row folders that no main file names, older than the newest checkpoint: a save killed between them
+    for p in list(folder.iterdir()):
+        m = _ROWS.match(p.name)
+        if m and steps and int(m.group(1)) < steps[-1] and not (folder / file_name(int(m.group(1)))).exists():
+            _remove_rows(output, int(m.group(1)))
+
+
+def _remove_rows(output: str | Path, step: int) -> None:
+    rows = rows_dir(output, step)
+    if rows.is_dir():
+        for file in rows.iterdir():
+            file.unlink(missing_ok=True)
+        rows.rmdir()
 
 
 # The random number generators. The data order and flips do not depend on these (the pipeline derives

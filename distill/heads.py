@@ -13,11 +13,29 @@ from torch import nn
 from configs import GeomConfig
 
 from .centres import coefficients, rounds_from_host, update_centres
+from .class_shard import ClassShard
 from .distributed import gather_rows
 from .margins import MARGINS, clip_norms, norm_scaler
 
 KD_MODES = ("none", "adadistill")
 ALPHA_MODES = ("weighted", "plain")
+INIT_BLOCK = 4096  # classes per seeded block of the initial centres (init_centres)
+
+
+def init_centres(start: int, stop: int, embedding_size: int, seed: int) -> torch.Tensor:
+    """Rows [start, stop) of the initial centres N(0, 0.01^2), as the originals draw them.
+
+    Drawn in blocks of INIT_BLOCK classes, block b from its own generator (seed, b): a rank that holds
+    only some classes (distill.shard_classes) draws its rows without the other ranks' (2M x 512 floats
+    would be 4 GB), and they equal the replicated head's rows, so both start alike."""
+    out = torch.empty(stop - start, embedding_size)
+    for block in range(start // INIT_BLOCK, (stop + INIT_BLOCK - 1) // INIT_BLOCK if stop > start else 0):
+        lo, hi = block * INIT_BLOCK, (block + 1) * INIT_BLOCK
+        g = torch.Generator().manual_seed((seed * 1_000_003 + block) % 2 ** 63)
+        rows = torch.empty(INIT_BLOCK, embedding_size).normal_(0.0, 0.01, generator=g)
+        a, b = max(lo, start), min(hi, stop)
+        out[a - start:b - start] = rows[a - lo:b - lo]
+    return out
 
 
 def geometry_weight(geom: GeomConfig, epoch_progress: float) -> float:
@@ -60,11 +78,16 @@ class Head(nn.Module):
     """
 
     def __init__(self, loss: str, num_classes: int, embedding_size: int, kd: str, margin,
-                 alpha: str, geom: GeomConfig | None) -> None:
+                 alpha: str, geom: GeomConfig | None, rows: tuple[int, int] | None = None) -> None:
+        """`rows`: the classes [start, stop) whose centres this head holds (a sharded head); None: all."""
         super().__init__()
         self.loss, self.kd, self.margin, self.alpha_mode, self.geom = loss, kd, margin, alpha, geom
         self.num_classes, self.embedding_size = num_classes, embedding_size
-        init = torch.empty(num_classes, embedding_size).normal_(0.0, 0.01)
+        start, stop = rows or (0, num_classes)
+        if torch.empty(0).device.type == "meta":  # shapes only (`python -m distill plan`): draw nothing
+            init = torch.empty(stop - start, embedding_size)
+        else:  # one draw from torch's generator: every rank seeded alike draws the same centres
+            init = init_centres(start, stop, embedding_size, int(torch.randint(0, 2 ** 62, ())))
         if kd == "none":
             self.centres = nn.Parameter(init)
         else:
@@ -155,8 +178,12 @@ class Head(nn.Module):
             update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0], rounds)
 
 
-def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", **options: Any) -> Head:
+def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", *,
+               shard: ClassShard | None = None, sample_rate: float = 1.0, **options: Any) -> Head:
     """Make a margin head.
+
+    shard: this rank's classes (distill.class_shard) for a sharded head (distill.sharded_head), whose
+    centres are only those rows; sample_rate < 1: Partial FC sampling (a sharded head with kd="none").
 
     loss: a registered margin ("arcface", "cosface", "adaface"); kd: "none" or "adadistill".
     options: s, m (every loss; defaults 64 and 0.5 / 0.35 / 0.4), h, t_alpha (adaface only; defaults
@@ -194,14 +221,27 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
         if not margin_cls.uses_norms:
             raise ValueError(f"build_head: option geom (the geometry-aware margin) needs loss 'adaface', found {loss!r}")
         geom = _geometry(geom)
-    return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
+    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+        raise ValueError(f"build_head: sample_rate must be in (0, 1], found {sample_rate!r}")
+    if sample_rate < 1 and (kd != "none" or shard is None):
+        raise ValueError(f"build_head: sample_rate {sample_rate} (Partial FC) needs kd='none' and a shard; found "
+                         f"kd={kd!r}, shard={shard}")
+    if shard is None:
+        return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
+    if shard.num_classes != num_classes:
+        raise ValueError(f"build_head: the shard splits {shard.num_classes} classes, the head has {num_classes}")
+    from .sharded_head import ShardedHead  # it subclasses Head: imported here, not at the top (a cycle)
+    return ShardedHead(loss, num_classes, embedding_size, kd, margin, alpha, geom, shard=shard,
+                       sample_rate=float(sample_rate))
 
 
-def head_from_config(cfg, num_classes: int) -> Head:
+def head_from_config(cfg, num_classes: int, shard: ClassShard | None = None) -> Head:
     """The head a run's config (configs.RunConfig) describes, for `num_classes` classes; a margin left
-    null (distill.m) takes its loss's default."""
+    null (distill.m) takes its loss's default. `shard`: this rank's classes when the run shards them
+    (distill.class_shard.shard_for_run)."""
     d = cfg.distill
     adaface = d.loss == "adaface"
     return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
-                      kd="adadistill" if d.mode == "adadistill" else "none", s=d.s, m=d.m,
+                      kd="adadistill" if d.mode == "adadistill" else "none", shard=shard,
+                      sample_rate=d.sample_rate if shard is not None else 1.0, s=d.s, m=d.m,
                       h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha, geom=d.geom)

@@ -1,7 +1,8 @@
 """Margin logits: turn cosines to the class centres into the scaled logits of a margin softmax.
 
-Every margin here is a small frozen dataclass (its hyper-parameters) with one method,
-`logits(cos, labels, z_hat)`, registered by name in `MARGINS`. The stateful parts (class centres,
+Every margin here is a small frozen dataclass (its hyper-parameters) with `target(cos_y, z_hat)` (the
+target logit's cosine after the margin) and `logits(cos, labels, z_hat)` (`margin_logits`, shared by
+all), registered by name in `MARGINS`. The stateful parts (class centres,
 AdaFace's norm statistics) live in `distill.heads.Head`; these functions are pure.
 
 Shapes: cos [B, C] (cosine of each normalised student embedding to each normalised centre),
@@ -26,6 +27,9 @@ class Margin(Protocol):
     s: float
     m: float
     uses_norms: ClassVar[bool]
+    clamps_cosines: ClassVar[bool]
+
+    def target(self, cos_y: torch.Tensor, z_hat: torch.Tensor | None) -> torch.Tensor: ...
 
     def logits(self, cos: torch.Tensor, labels: torch.Tensor, z_hat: torch.Tensor | None) -> torch.Tensor: ...
 
@@ -50,6 +54,23 @@ def _with_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) 
     return cos.scatter(1, labels[:, None], target[:, None])
 
 
+def margin_logits(margin: Margin, cos: torch.Tensor, labels: torch.Tensor, z_hat: torch.Tensor | None = None,
+                  owned: torch.Tensor | None = None) -> torch.Tensor:
+    """s * cos with the margin on each row's target column: every margin's `logits`.
+
+    `owned` (bool [B], or None for all rows) is for a sharded head, whose `cos` holds only its own classes'
+    columns: a row whose class is elsewhere keeps its cosine at column labels[i] (any valid column, 0 by
+    convention). torch.where sends that row's gradient to the gathered cosine itself, so values and
+    gradients equal the full head's columns exactly."""
+    if margin.clamps_cosines:
+        cos = cos.clamp(-1 + EPS, 1 - EPS)
+    cos_y = cos.gather(1, labels[:, None]).squeeze(1)
+    target = margin.target(cos_y, z_hat)
+    if owned is not None:
+        target = torch.where(owned, target, cos_y)
+    return margin.s * _with_target(cos, labels, target)
+
+
 @register("arcface")
 @dataclass(frozen=True)
 class ArcFaceMargin:
@@ -59,16 +80,19 @@ class ArcFaceMargin:
     s: float = 64.0
     m: float = 0.5
     uses_norms: ClassVar[bool] = False
+    clamps_cosines: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_margin("arcface: option ", s=self.s, m=self.m)
 
-    def logits(self, cos, labels, z_hat=None):
-        target = cos.gather(1, labels[:, None]).squeeze(1)
+    def target(self, cos_y, z_hat=None):
         # The originals (AdaDistill utils/losses.py, arcface_torch) take acos of values that rounding
         # can push past +-1, and acos' gradient is infinite at +-1: clamp to [-1+eps, 1-eps] first.
-        theta = torch.acos(target.clamp(-1 + EPS, 1 - EPS))
-        return self.s * _with_target(cos, labels, torch.cos(theta + self.m))
+        theta = torch.acos(cos_y.clamp(-1 + EPS, 1 - EPS))
+        return torch.cos(theta + self.m)
+
+    def logits(self, cos, labels, z_hat=None):
+        return margin_logits(self, cos, labels, z_hat)
 
 
 @register("cosface")
@@ -80,13 +104,16 @@ class CosFaceMargin:
     s: float = 64.0
     m: float = 0.35
     uses_norms: ClassVar[bool] = False
+    clamps_cosines: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_margin("cosface: option ", s=self.s, m=self.m)
 
+    def target(self, cos_y, z_hat=None):
+        return cos_y - self.m
+
     def logits(self, cos, labels, z_hat=None):
-        target = cos.gather(1, labels[:, None]).squeeze(1)
-        return self.s * _with_target(cos, labels, target - self.m)
+        return margin_logits(self, cos, labels, z_hat)
 
 
 @register("adaface")
@@ -102,18 +129,19 @@ class AdaFaceMargin:
     h: float = 0.333
     t_alpha: float = 0.01
     uses_norms: ClassVar[bool] = True
+    clamps_cosines: ClassVar[bool] = True  # every cosine, the others' too
 
     def __post_init__(self) -> None:
         check_margin("adaface: option ", s=self.s, m=self.m, h=self.h, t_alpha=self.t_alpha)
 
-    def logits(self, cos, labels, z_hat=None):
+    def target(self, cos_y, z_hat=None):
         if z_hat is None:
             raise ValueError("adaface: logits need z_hat, the norm scaler of each sample")
-        cos = cos.clamp(-1 + EPS, 1 - EPS)
-        target = cos.gather(1, labels[:, None]).squeeze(1)
-        theta = torch.acos(target) - self.m * z_hat  # theta_y + g_angle
-        target = torch.cos(theta.clamp(EPS, math.pi - EPS)) - (self.m + self.m * z_hat)
-        return self.s * _with_target(cos, labels, target)
+        theta = torch.acos(cos_y) - self.m * z_hat  # theta_y + g_angle
+        return torch.cos(theta.clamp(EPS, math.pi - EPS)) - (self.m + self.m * z_hat)
+
+    def logits(self, cos, labels, z_hat=None):
+        return margin_logits(self, cos, labels, z_hat)
 
 
 def norm_scaler(norms: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, h: float,

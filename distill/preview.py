@@ -17,6 +17,7 @@ import configs
 import models
 import pipeline
 from configs import ConfigError, RunConfig
+from distill.class_shard import shards_classes
 from distill.heads import head_from_config
 from distill.optim import decay_groups, plan as make_plan
 
@@ -34,6 +35,9 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
         head = head_from_config(cfg, num_classes)
     decayed, undecayed = decay_groups([student, head], cfg.train.weight_decay_on)
+    sharded = shards_classes(cfg.distill, num_classes, world_size)
+    replicated_bytes = head_bytes(cfg, num_classes, world_size, sharded=False)
+    sharded_bytes = head_bytes(cfg, num_classes, world_size, sharded=True)
     warmup_curve = [{"step": s, "lr": plan.lr_at(s)} for s in sorted({0, plan.warmup_steps // 4,
                     plan.warmup_steps // 2, 3 * plan.warmup_steps // 4, plan.warmup_steps - 1})] if plan.warmup_steps else []
     return {
@@ -59,20 +63,32 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
                          "decayed_params": sum(p.numel() for p in decayed),
                          "undecayed_params": sum(p.numel() for p in undecayed)},
         "grad_clip": cfg.train.grad_clip,
-        "head_bytes_per_rank": _head_bytes(cfg, num_classes),
+        "shard_classes": sharded,
+        "head_bytes_per_rank": replicated_bytes if not sharded else sharded_bytes,
+        "head_bytes_replicated": replicated_bytes,
+        "head_bytes_sharded": sharded_bytes,
     }
 
 
-def _head_bytes(cfg: RunConfig, num_classes: int) -> dict[str, int]:
-    """fp32 bytes one rank holds for the head: every rank holds all C centres today (see the README)."""
-    centres = num_classes * cfg.model.embedding_size * _FP32
+def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool) -> dict[str, int]:
+    """fp32 bytes one rank holds for the head (the README's memory table comes from here).
+
+    Replicated: all C centres on every rank, and the logits of its B samples against all C classes.
+    Sharded: ceil(C/W) centres, and the logits of the global batch (W*B rows) against them, so the
+    [rows x columns] working set stays B x C while the centres shrink W-fold; with Partial FC only
+    sample_rate of the columns are in the logits."""
+    rows = -(-num_classes // world_size) if sharded else num_classes
+    columns = max(1, int(cfg.distill.sample_rate * rows)) if sharded else num_classes
+    logit_rows = cfg.train.batch_size * (world_size if sharded else 1)
+    centres = rows * cfg.model.embedding_size * _FP32
     trained = cfg.distill.mode == "none"  # centres are parameters: a gradient and a momentum buffer each
+    # each step: the normalised centres (the sampled ones), and the cosines, logits and their gradient
+    step = columns * cfg.model.embedding_size * _FP32 + 3 * logit_rows * columns * _FP32
     return {
         "centres": centres,
         "optimizer_state": 2 * centres if trained else 0,
-        # each step: the normalised centres, and the [B, C] cosines, logits and their gradient
-        "step_working_set": centres + 3 * cfg.train.batch_size * num_classes * _FP32,
-        "total": centres * (4 if trained else 2) + 3 * cfg.train.batch_size * num_classes * _FP32,
+        "step_working_set": step,
+        "total": centres * (3 if trained else 1) + step,
     }
 
 
@@ -108,9 +124,13 @@ def format_text(p: dict[str, Any]) -> str:
     lines.append(f"weight decay     {wd['value']:g} on {wd['on']}: {wd['decayed_params']:,} parameters decayed, "
                  f"{wd['undecayed_params']:,} not")
     lines.append("gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
-    hb = p["head_bytes_per_rank"]
-    lines.append(f"head per rank    {_gib(hb['total'])} (centres {_gib(hb['centres'])}, optimizer state "
-                 f"{_gib(hb['optimizer_state'])}, per-step working set {_gib(hb['step_working_set'])}; fp32)")
+    for layout in ("replicated", "sharded"):
+        hb = p[f"head_bytes_{layout}"]
+        chosen = "  <- this run" if p["shard_classes"] == (layout == "sharded") else ""
+        where = "every centre on every rank" if layout == "replicated" else f"1/{p['world_size']} of the centres a rank"
+        lines.append(f"head {layout:<11} {_gib(hb['total'])} a rank ({where}: centres {_gib(hb['centres'])}, "
+                     f"optimizer state {_gib(hb['optimizer_state'])}, per-step working set "
+                     f"{_gib(hb['step_working_set'])}; fp32){chosen}")
     return "\n".join(lines)
 
 

@@ -332,19 +332,24 @@ class CachedTeacher:
 
 
 def plain_class_means(cache: Union[str, os.PathLike], manifest: CacheManifest, num_classes: int,
-                      block: int = 65536) -> torch.Tensor:
+                      block: int = 65536, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """[C, D] float32: per class, the mean of its samples' L2-normalised plain-view embeddings (the head
     mixes normalised teacher embeddings into its centres, so the centres start in that space). A class
-    without samples keeps a zero row."""
+    without samples keeps a zero row. `rows` = (start, stop): only those classes' means, [stop - start, D]
+    (a sharded head's rank reads the whole cache but sums only its own classes)."""
     emb = open_embeddings(cache, manifest)
     labels = np.load(Path(cache) / LABELS, mmap_mode="r")
     if labels.shape != (manifest.num_samples,):
         raise TeacherCacheError(f"class means: expected {manifest.num_samples} labels, found {labels.shape}")
-    sums = torch.zeros(num_classes, manifest.embedding_size, dtype=torch.float64)
-    counts = torch.zeros(num_classes, dtype=torch.float64)
+    first, stop = rows or (0, num_classes)
+    sums = torch.zeros(stop - first, manifest.embedding_size, dtype=torch.float64)
+    counts = torch.zeros(stop - first, dtype=torch.float64)
     for start in range(0, manifest.num_samples, block):
-        f = torch.nn.functional.normalize(torch.from_numpy(emb[start:start + block, PLAIN].astype(np.float32)), dim=1)
-        lab = torch.from_numpy(labels[start:start + block].astype(np.int64))
+        lab = labels[start:start + block].astype(np.int64)
+        mine = np.flatnonzero((lab >= first) & (lab < stop))
+        f = torch.nn.functional.normalize(
+            torch.from_numpy(emb[start:start + block, PLAIN][mine].astype(np.float32)), dim=1)
+        lab = torch.from_numpy(lab[mine] - first)
         sums.index_add_(0, lab, f.double())
         counts.index_add_(0, lab, torch.ones(len(lab), dtype=torch.float64))
     return (sums / counts.clamp(min=1)[:, None]).float()

@@ -26,9 +26,11 @@ import pipeline
 from configs import RunConfig
 from convert.errors import InputError
 from convert.files import write_atomic
-from distill import checkpoint, distributed, teacher as teachers, teacher_cache, verify
+from distill import checkpoint, distributed, head_rows, teacher as teachers, teacher_cache, verify
+from distill.class_shard import shard_for_run
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
+from distill.sharded_softmax import ShardedLogits
 from distill.optim import Plan, build_optimizer, plan as make_plan, set_lr
 
 # Bits of the per-step health flag, OR-ed over ranks in one all-reduce.
@@ -59,7 +61,7 @@ class Run:
     cfg: RunConfig
     ctx: distributed.DistContext
     student: nn.Module                    # DDP-wrapped when distributed
-    head: nn.Module                       # DDP-wrapped when it has trained parameters (distill.mode: none)
+    head: nn.Module                       # DDP-wrapped when it has trained parameters (distill.mode: none), unless sharded
     teacher: Optional[Callable]           # batch -> [B, D] teacher embeddings (online or cached); None: no KD
     optimizer: torch.optim.Optimizer
     plan: Plan
@@ -122,6 +124,9 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
                 f"decoder: {first.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
+        saved_ranks = int(saved.get("world_size", ctx.world_size))
+        if saved_ranks != ctx.world_size:
+            log.message(_elastic_note(saved, saved_ranks, run))
     if changes:
         log.write({"event": "resume_changes", "step": pos.step,
                    "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}})
@@ -204,21 +209,32 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    head = head_from_config(cfg, num_classes)
-    if cfg.distill.centres_from_cache and ctx.is_main:  # the teacher's class means, not noise; broadcast below
+    # distill.shard_classes: this rank's classes, or None (every rank holds every centre)
+    shard = shard_for_run(cfg.distill, num_classes, ctx.rank, ctx.world_size)
+    head = head_from_config(cfg, num_classes, shard)
+    if cfg.distill.centres_from_cache and (ctx.is_main or shard is not None):  # the teacher's class means
         manifest = teacher_cache.CacheManifest.load(cfg.distill.teacher_cache)
+        rows = (shard.start, shard.stop) if shard is not None else None  # a sharded head: its own rows only
         with torch.no_grad():
-            head.centres.copy_(teacher_cache.plain_class_means(cfg.distill.teacher_cache, manifest, num_classes))
+            head.centres.copy_(teacher_cache.plain_class_means(cfg.distill.teacher_cache, manifest, num_classes,
+                                                               rows=rows))
     head = head.to(ctx.device)
-    distributed.broadcast_state(ctx, head)
+    if shard is None:  # rank 0's centres everywhere; a sharded head's rows are each rank's own (drawn alike)
+        distributed.broadcast_state(ctx, head)
     optimizer = build_optimizer([student, head], cfg.train, lr=plan.lr_at(0))
 
-    wrapped_head = _wrap(head, ctx, sync_buffers=False) if any(p.requires_grad for p in head.parameters()) else head
+    # Trained centres are DDP's (their [C, D] gradient all-reduced each step) unless sharded: each rank's
+    # rows then get their whole gradient from the cross-entropy across ranks (distill.sharded_softmax).
+    trained = any(p.requires_grad for p in head.parameters())
+    wrapped_head = _wrap(head, ctx, sync_buffers=False) if trained and shard is None else head
     return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype)
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the head's margin logits (a module-level function: tests inject NaNs here)."""
+def compute_loss(logits, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the head's margin logits (a module-level function: tests inject NaNs here); a
+    sharded head's ShardedLogits take the cross-entropy across ranks (collective), labels included."""
+    if isinstance(logits, ShardedLogits):
+        return logits.cross_entropy()
     return F.cross_entropy(logits, labels)
 
 
@@ -309,14 +325,17 @@ def _log(log: RunLog, meter: Meter, run: Run, pos: Position) -> None:
 
 
 def _save(out: Path, run: Run, pos: Position) -> int:
-    """Collective (every rank hands in its RNG state); rank 0 writes the file."""
+    """Collective (every rank hands in its RNG state; a sharded head's ranks each write their rows); rank 0
+    writes the main file."""
     rng_states = distributed.gather_objects(run.ctx, checkpoint.capture_rng())
+    head_state, optimizer_state, rows = head_rows.save_parts(out, pos.step, run.head_module, run.optimizer, run.ctx)
     if run.ctx.is_main:
         checkpoint.save(out, {
-            "student": run.student_module.state_dict(), "head": run.head_module.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.plan.state_dict(), "scaler": {},
+            "student": run.student_module.state_dict(), "head": head_state,
+            "optimizer": optimizer_state, "scheduler": run.plan.state_dict(), "scaler": {},
             "step": pos.step, "epoch": pos.epoch, "epoch_step": pos.epoch_step, "rng": rng_states,
-            "config": configs.to_dict(run.cfg), "skipped": pos.skipped, "world_size": run.ctx.world_size})
+            "config": configs.to_dict(run.cfg), "skipped": pos.skipped, "world_size": run.ctx.world_size,
+            **({"head_rows": rows} if rows is not None else {})})
         checkpoint.prune(out, keep=run.cfg.train.keep_checkpoints, steps_per_epoch=run.plan.steps_per_epoch)
     distributed.barrier(run.ctx)
     return pos.step
@@ -325,8 +344,7 @@ def _save(out: Path, run: Run, pos: Position) -> int:
 def _restore(path: Path, state: dict, run: Run) -> Position:
     try:
         run.student_module.load_state_dict(state["student"])
-        run.head_module.load_state_dict(state["head"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        head_rows.restore(path, state, run.head_module, run.optimizer)  # re-shards the centres as this run holds them
     except (RuntimeError, ValueError, KeyError) as e:
         raise checkpoint.CheckpointError(f"{path} does not fit this config (model {state['config']['model']}): "
                                          f"{e}") from e
@@ -337,6 +355,18 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
         checkpoint.seed_all(int(state["step"]) * 1000 + run.ctx.rank)
     return Position(step=int(state["step"]), epoch=int(state["epoch"]), epoch_step=int(state["epoch_step"]),
                     skipped=int(state.get("skipped", 0)))
+
+
+def _elastic_note(saved: dict, saved_ranks: int, run: Run) -> str:
+    """What a resume on another world size changes (recipe_changes has already refused another global batch)."""
+    rows = saved.get("head_rows")
+    shard = getattr(run.head_module, "shard", None)
+    layout = f"sharded over {run.ctx.world_size} rank(s)" if shard is not None else "replicated on every rank"
+    was = f"{rows['world_size']} row files" if rows is not None else "one replicated tensor"
+    return (f"resumed on {run.ctx.world_size} rank(s) a run saved on {saved_ranks}: the same global batch of "
+            f"{run.plan.global_batch} ({run.cfg.train.batch_size} per rank), the same samples and flips at every "
+            f"step; the class centres re-sharded from {was} to {layout}. BatchNorm statistics are computed per "
+            f"rank, so the losses stay close to, not equal to, those the old world size would give.")
 
 
 def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):

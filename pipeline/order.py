@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -62,11 +62,20 @@ class EpochPlan:
         return self.global_samples[:, self.part]
 
     def draws(self, step: int, aug: Augment, size: int) -> tuple[np.ndarray, Optional[AugmentParams]]:
-        """Step `step`'s random decisions on this rank: flips (bool [B], p = 0.5) and augmentation
-        parameters (None when all are off). Both backends call this, so they flip and crop alike."""
-        rng = np.random.default_rng([_STEP_STREAM, self.seed, self.epoch, step, self.rank])
-        flips = rng.random(self.batch_size) < 0.5
-        return flips, draw_params(aug, rng, self.batch_size, size)
+        """Step `step`'s random decisions for this rank's samples: flips (bool [B], p = 0.5) and augmentation
+        parameters (None when all are off). Both backends call this, so they flip and crop alike.
+
+        The draws are made for the whole global batch from (seed, epoch, step) and this rank takes its
+        columns: a sample's flip and crop depend on its place in the global batch, not on the rank that
+        reads it, so W ranks x B and 1 rank x W*B see the same augmented samples (a run resumed on another
+        number of ranks with the same global batch goes on exactly as its data would have)."""
+        rng = np.random.default_rng([_STEP_STREAM, self.seed, self.epoch, step])
+        n = self.world_size * self.batch_size
+        flips = rng.random(n) < 0.5
+        params = draw_params(aug, rng, n, size)
+        if params is not None:
+            params = AugmentParams(*(getattr(params, f.name)[self.part] for f in fields(AugmentParams)))
+        return flips[self.part], params
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:

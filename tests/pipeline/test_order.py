@@ -38,3 +38,20 @@ def test_draws_are_reproducible_and_fair():
 def test_batch_larger_than_the_epoch():
     with pytest.raises(BatchSizeError, match="2 x world_size 4 = 8 samples a step, but the epoch holds only 7"):
         plan_epoch(7, 2, seed=0, epoch=0, rank=0, world_size=4)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_draws_follow_the_global_position_not_the_rank(world_size):
+    """W ranks x B/W draw the flips and augmentation parameters 1 rank x B draws, sample by sample: a
+    run resumed on another number of ranks with the same global batch augments as it would have."""
+    aug = Augment(crop=0.5, low_res=0.5, photometric=0.5)
+    whole = plan_epoch(4096, 64, seed=5, epoch=2, rank=0, world_size=1)
+    parts = [plan_epoch(4096, 64 // world_size, seed=5, epoch=2, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    for step in (0, 7):
+        flips, params = whole.draws(step, aug, 112)
+        drawn = [p.draws(step, aug, 112) for p in parts]
+        assert np.array_equal(np.concatenate([f for f, _ in drawn]), flips)
+        for name in ("roi_start", "roi_end", "low_res_side", "brightness", "contrast", "saturation"):
+            assert np.array_equal(np.concatenate([getattr(q, name) for _, q in drawn]), getattr(params, name))
+        assert np.array_equal(np.concatenate([p.samples[step] for p in parts]), whole.samples[step])
