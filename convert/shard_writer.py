@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 from convert.files import atomic_path, write_atomic
@@ -24,6 +25,7 @@ from convert.manifest import ShardRecord
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile pads the archive to a multiple of its record size
 _ZEROS = bytes(_BLOCK)
+_FLUSH_BYTES = 4 * 2**20
 INDEX_VERSION = "v1.2"
 OWNER = "adadistill"
 MODE = 0o444
@@ -69,20 +71,40 @@ class ShardWriter:
         self.idx_path = os.path.join(directory, name + ".idx")
         self.ext = ext
         self._tar = atomic_path(self.tar_path)
-        self._f = open(self._tar.tmp, "wb", buffering=4 * 2**20)
+        self._f = open(self._tar.tmp, "wb")
         self._sha = hashlib.sha256()
+        # Samples gather in a buffer that is written and hashed a few MB at a time; the hashing runs in
+        # a thread (hashlib releases the GIL on large buffers), beside the next samples' Python work.
+        self._buffer = bytearray()
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
+        self._hashed: Optional[Future] = None
         self._lines = []
         self._offset = 0
         self.samples = 0
 
     def _emit(self, data) -> None:
-        self._sha.update(data)
+        self._buffer += data
+        self._offset += len(data)
+        if len(self._buffer) >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        if self._hashed is not None:
+            self._hashed.result()  # one chunk at a time, in order
+        self._hashed = self._hashing.submit(self._sha.update, chunk)
         try:
-            self._f.write(data)
+            self._f.write(chunk)
         except OSError as error:
             self._failed(error)
             raise
-        self._offset += len(data)
+
+    def _digest(self) -> str:
+        if self._hashed is not None:
+            self._hashed.result()
+        self._hashing.shutdown()
+        return self._sha.hexdigest()
 
     def _failed(self, error: OSError) -> None:
         """Drop the temporary file; raise files.WriteError naming the shard when `error` is a full disk, a refused
@@ -111,8 +133,9 @@ class ShardWriter:
         """Finish the tar, write the index, rename both into place; returns the manifest record."""
         self._emit(bytes(2 * _BLOCK))
         self._emit(bytes(-self._offset % _RECORD))
+        self._flush()
         try:
-            self._f.close()  # flushes the last buffered bytes: where a full disk shows itself
+            self._f.close()  # flushes the last buffered bytes: where a full disk may show itself
         except OSError as error:
             self._failed(error)
             raise
@@ -132,11 +155,12 @@ class ShardWriter:
             raise
         return ShardRecord(
             name=os.path.basename(self.tar_path), samples=self.samples, bytes=self._offset,
-            sha256=self._sha.hexdigest(),
+            sha256=self._digest(),
         )
 
     def abort(self) -> None:
         """Drop the temporary file (a failed conversion leaves no half shard under a final name)."""
+        self._hashing.shutdown(wait=True, cancel_futures=True)
         try:
             self._f.close()
         except OSError:

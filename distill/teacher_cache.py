@@ -250,9 +250,8 @@ def build(teacher: OnlineTeacher, teacher_spec: str, shards: pipeline.Shards, ou
 def _embed(teacher: OnlineTeacher, samples: pipeline.ShardSamples, keys: np.ndarray, batch_size: int,
            device: torch.device):
     """float16 [n, D] plain and mirrored teacher embeddings of the samples `keys`."""
-    images = samples.images(keys, device=device, batch_size=batch_size)
     plain, mirrored = [], []
-    for x in images.split(batch_size):
+    for x in samples.image_batches(keys, device=device, batch_size=batch_size):  # DALI's batches, not joined
         plain.append(teacher.embed(x).cpu())
         mirrored.append(teacher.embed(x.flip(3)).cpu())
     return torch.cat(plain).half().numpy(), torch.cat(mirrored).half().numpy()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import pipeline
 
-# Images decoded per call of pipeline.decode_images, in backbone batches: one DALI graph serves
+# Images decoded per call of pipeline.decode_batches, in backbone batches: one header check serves
 # several batches, and the decoded floats stay a few hundred MB.
 DECODE_BATCHES_PER_CALL = 8
 
@@ -83,16 +83,17 @@ def _decoded_batches(encoded: Sequence[bytes], device: torch.device, batch_size:
     n = len(encoded)
     for s in range(0, n, step):
         try:
-            images = pipeline.decode_images(list(encoded[s:s + step]), size=size, device=device,
-                                            batch_size=batch_size)
+            # decode_batches checks every header of the slice before its first batch, so an error comes
+            # before this slice yields anything; its batches are DALI's own memory (no copy)
+            images = list(pipeline.decode_batches(list(encoded[s:s + step]), size=size, device=device,
+                                                  batch_size=batch_size))
         except pipeline.UndecodableImageError as err:  # its position is within this call's slice
             if err.item is None:
                 raise pipeline.UndecodableImageError(
                     f"{source}: images {s}..{min(s + step, n) - 1} of {n}: {err.reason}", reason=err.reason) from err
             raise pipeline.UndecodableImageError(f"{source}: image {s + err.item} of {n} does not decode "
                                                  f"({err.reason})", item=s + err.item, reason=err.reason) from err
-        for b in range(0, images.shape[0], batch_size):
-            yield images[b:b + batch_size]
+        yield from images
 
 
 def embed_encoded(model: torch.nn.Module, encoded: Sequence[bytes], *, device=None, batch_size: int = 256,

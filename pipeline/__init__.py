@@ -1,11 +1,12 @@
 """Shards to normalized batches on the device: DALI (GPU, or the same graph on CPU), or a torch fallback.
 
-Public API: build_loader, Batch, ShardSamples, decode_images, Augment, steps_per_epoch, resolve_device,
+Public API: build_loader, Batch, ShardSamples, decode_images, decode_batches, Augment, steps_per_epoch, resolve_device,
 cpu_threads; for several shards directories laid end to end: dataset_layout, DatasetSpan, shard_dirs,
 layout_text, epoch_size, and Shards (the type of a shards argument: a directory or a
 sequence of them); its errors, each an InputError whose message names the file, sample or argument:
 ShardError, UndecodableImageError, BatchSizeError, WeightsError, UnknownAugmentationError, LoaderOptionError,
-PipelineDeviceError (and its DaliUnavailableError). The only package that imports DALI.
+PipelineDeviceError (and its DaliUnavailableError). The only package of the data path that imports DALI
+(bench/dali_native.py builds DALI alone, as a baseline).
 
 Modules:
   loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
@@ -21,7 +22,8 @@ Modules:
   dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
   dali_loader.py   the DALI backend: external source fed in the exact order, zero-copy to torch
   torch_loader.py  the torch backend (no DALI): DataLoader workers, libjpeg-turbo decode, same order
-  decode.py        decode_images: encoded images to a normalised batch (the evaluator's, the cache's)
+  decode.py        decode_images, decode_batches: encoded images to normalised batches (the evaluator's,
+                   the cache's), through DALI graphs kept for the process
   image_check.py   which encoded image does not decode and why, before DALI sees it and after it refused one
   batch.py         the Batch contract
   device.py        the device argument resolved, and the cores a rank may use
@@ -30,7 +32,7 @@ from pipeline.augment import Augment, UnknownAugmentationError
 from pipeline.backend_choice import DaliUnavailableError
 from pipeline.batch import Batch
 from pipeline.datasets import Shards, dataset_layout, layout_text, shard_dirs
-from pipeline.decode import decode_images
+from pipeline.decode import decode_batches, decode_images
 from pipeline.device import PipelineDeviceError, cpu_threads, resolve_device
 from pipeline.image_check import UndecodableImageError
 from pipeline.loader import LoaderOptionError, ShardSamples, build_loader
@@ -39,5 +41,5 @@ from pipeline.shard_index import DatasetSpan, ShardError
 
 __all__ = ["Augment", "Batch", "BatchSizeError", "DaliUnavailableError", "DatasetSpan", "LoaderOptionError",
            "PipelineDeviceError", "ShardError", "ShardSamples", "Shards", "UndecodableImageError", "UnknownAugmentationError",
-           "WeightsError", "build_loader", "cpu_threads", "dataset_layout", "decode_images", "epoch_size",
+           "WeightsError", "build_loader", "cpu_threads", "dataset_layout", "decode_batches", "decode_images", "epoch_size",
            "layout_text", "resolve_device", "shard_dirs", "steps_per_epoch"]

@@ -8,7 +8,9 @@ the order is a seeded permutation per (seed, epoch) over all samples (a global s
 buffer for identity mix), split per rank with the tail dropped; resuming is starting at `step`. The
 images enter DALI through one batched `fn.external_source` as zero-copy views of the memory-mapped tars,
 located with the shards' DALI `.idx` files, so the reader adds only a list of B views per batch; the
-decoding, flips and normalization run in DALI's threads (or on the GPU).
+decoding, flips and normalization run in DALI's threads (or on the GPU). The built graph (and the maps of
+the tars) outlive the epoch: the next loader with the same settings feeds its epoch into them, so a run
+pays for building DALI's operators and refilling its queue once, not every epoch.
 
 A sample that does not decode stops the epoch with a ShardError naming its shard and key: each image's
 header is checked as its batch is fed (pipeline/image_check.py; bytes DALI's parser cannot take could
@@ -16,15 +18,16 @@ end the process), and a batch DALI still refuses is searched for the culprit amo
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from pipeline.augment import Augment
 from pipeline.batch import Batch
-from pipeline.dali_graph import AUGMENT_INPUTS, build_train_graph, to_torch
+from pipeline.dali_graph import AUGMENT_INPUTS, PREFETCH, build_train_graph, to_torch
 from pipeline.order import EpochPlan
 from pipeline.image_check import dali_reason, first_undecodable
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
@@ -38,7 +41,7 @@ class DaliLoader:
     def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
                  dtype: torch.dtype, aug: Augment, with_flip: bool, channels_last: bool = False,
                  hw_decoder_load: Optional[float] = None, decoder: str = "", num_threads: Optional[int] = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = PREFETCH) -> None:
         self.index, self.plan, self.start_step = index, plan, start_step
         self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
         self.channels_last, self.hw_decoder_load, self.decoder = channels_last, hw_decoder_load, decoder
@@ -49,11 +52,12 @@ class DaliLoader:
     def __len__(self) -> int:
         return self.plan.steps
 
-    def _source(self, reader: ShardReader, pending: deque):
+    def _feed(self, reader: ShardReader, pending: deque) -> Callable[[], tuple]:
+        """This epoch's input: one batch a call, in the plan's order; StopIteration at the epoch's end."""
         plan, aug, size = self.plan, self.aug, self.index.image_size
         steps = iter(range(self.start_step, plan.steps))
 
-        def source() -> tuple:
+        def feed() -> tuple:
             step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
             keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
             flips, params = plan.draws(step, aug, size)
@@ -67,19 +71,24 @@ class DaliLoader:
             pending.append((keys, labels, flips, global_labels, out))
             return out
 
-        return source
+        return feed
+
+    def _graph_key(self) -> tuple:
+        return (self.index.encoding, self.plan.batch_size, self.index.image_size, self.device, self.aug,
+                self.num_threads, self.prefetch, self.hw_decoder_load, self.channels_last)
 
     def __iter__(self) -> Iterator[Batch]:
         pending: deque = deque()
-        reader = ShardReader(self.index)
-        pipe = build_train_graph(self._source(reader, pending), encoding=self.index.encoding,
-                                 batch_size=self.plan.batch_size, size=self.index.image_size, device=self.device,
-                                 aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch,
-                                 hw_decoder_load=self.hw_decoder_load, channels_last=self.channels_last)
+        graph = _KEPT.take(self._graph_key(), self._build)
+        if graph.reader is None or graph.reader.index is not self.index:
+            graph.reader = ShardReader(self.index)  # its maps of the tars, kept with the graph: no page faults anew
+        reader = graph.reader
+        graph.feed = self._feed(reader, pending)
+        finished = False
         try:
             for _ in range(self.start_step, self.plan.steps):
                 try:
-                    (images,) = pipe.run()
+                    (images,) = graph.pipe.run()
                 except ShardError:  # raised by our source (a header or a label): it names the sample already
                     raise
                 except RuntimeError as err:
@@ -90,8 +99,74 @@ class DaliLoader:
                             index=torch.from_numpy(keys).to(self.device, non_blocking=True),
                             flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None,
                             keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels)
+            finished = _ended(graph.pipe)
         finally:
-            del pipe  # frees DALI's threads and buffers now, also when the consumer stops early
+            graph.feed = None
+            if finished:
+                graph.pipe.reset()  # ready for the next epoch's input
+                _KEPT.give_back(self._graph_key(), graph)
+            # else: stopped early, or failed, with batches in flight: the graph is dropped (its threads and
+            # buffers freed now) and the next epoch builds a new one
+
+    def _build(self) -> "_Graph":
+        graph = _Graph()
+        graph.pipe = build_train_graph(graph.source, encoding=self.index.encoding, batch_size=self.plan.batch_size,
+                                       size=self.index.image_size, device=self.device, aug=self.aug,
+                                       num_threads=self.num_threads, prefetch=self.prefetch,
+                                       hw_decoder_load=self.hw_decoder_load, channels_last=self.channels_last)
+        return graph
+
+
+def _ended(pipe) -> bool:
+    """Whether the graph's input ended with the last batch read (the state in which reset() readies it for
+    another epoch): the run after it raises StopIteration at once."""
+    try:
+        pipe.run()
+    except StopIteration:
+        return True
+    return False
+
+
+class _Graph:
+    """A built training graph and the epoch feeding it: the graph's source calls `feed`, which each epoch
+    replaces with its own, and the reader of the shards it last read."""
+
+    def __init__(self) -> None:
+        self.pipe = None
+        self.feed: Optional[Callable[[], tuple]] = None
+        self.reader: Optional[ShardReader] = None  # the last epoch's, reused when the next reads the same index
+
+    def source(self) -> tuple:
+        if self.feed is None:
+            raise StopIteration
+        return self.feed()
+
+
+class _KeptGraphs:
+    """Built training graphs not in use, by what they were built for. A training run builds one loader an
+    epoch, and building DALI's graph (its operators, threads and buffers) costs tens of milliseconds and a
+    pipeline refill every epoch; an epoch that ends cleanly leaves its graph here for the next one. A graph
+    is taken out while an epoch iterates it, so two loaders never share one."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self._idle: dict[tuple, _Graph] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple, build: Callable[[], _Graph]) -> _Graph:
+        with self._lock:
+            graph = self._idle.pop(key, None)
+        return graph if graph is not None else build()
+
+    def give_back(self, key: tuple, graph: _Graph) -> None:
+        with self._lock:
+            self._idle.pop(key, None)
+            while len(self._idle) >= self._keep:  # bounded: each holds a few batches of buffers
+                self._idle.pop(next(iter(self._idle)))
+            self._idle[key] = graph
+
+
+_KEPT = _KeptGraphs()
 
 
 def _refused(reader: ShardReader, pending: deque, err: RuntimeError) -> ShardError:

@@ -7,7 +7,7 @@ import math
 import numbers
 import threading
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
 from pipeline.datasets import Shards, join_indexes, shard_dirs
 from pipeline.order import check_weights, plan_epoch
-from pipeline.decode import decode_images
+from pipeline.decode import decode_batches
 from pipeline.image_check import UndecodableImageError
 from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
 
@@ -151,12 +151,24 @@ class ShardSamples:
         """float32 [len(keys), 3, S, S], RGB, (x - 127.5) / 127.5 on `device`: JPEG shards decoded by
         `decode_images` (the training loader's DALI decoder), raw shards only normalised. A sample that
         does not decode raises ShardError naming its shard and key."""
+        parts = list(self.image_batches(keys, device=device, batch_size=batch_size))
+        if not parts:
+            return torch.empty((0, 3, self.image_size, self.image_size), device=resolve_device(device))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def image_batches(self, keys: np.ndarray, *, device: Union[str, torch.device] = "auto",
+                      batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """`images(keys)` in batches of at most `batch_size`, in order, without joining them (no copy: each
+        is DALI's output, pipeline.decode_batches). Every sample's header is checked before the first batch."""
         views = self.encoded(keys)
         if self.encoding == "raw":  # HWC uint8 pixels: nothing to decode
-            pixels = torch.from_numpy(np.stack(views)).to(resolve_device(device))
-            return pixels.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
+            dev = resolve_device(device)
+            for s in range(0, len(views), batch_size):
+                pixels = torch.from_numpy(np.stack(views[s:s + batch_size])).to(dev)
+                yield pixels.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
+            return
         try:
-            return decode_images(views, size=self.image_size, device=device, batch_size=batch_size)
+            yield from decode_batches(views, size=self.image_size, device=device, batch_size=batch_size)
         except UndecodableImageError as err:
             where = self._reader.member(int(keys[err.item])) if err.item is not None else \
                 f"{self._index.where}: one of samples {np.sort(keys)[:8].tolist()}{' ...' if len(keys) > 8 else ''}"

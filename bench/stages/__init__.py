@@ -7,9 +7,10 @@ Modules:
 - registry.py: `@register(name)` and the data-flow order of the stages.
 - convert.py: `.rec` -> JPEG shards with convert.convert_rec (and its validation pass alone) vs copying the .rec.
 - read.py: every sample's bytes out of the shards vs the same images out of the .rec.
-- decode.py: pipeline.decode_images vs the decode ceiling and torchvision's decode_jpeg.
-- loader.py: the pipeline stage, epochs of pipeline.build_loader batches vs the insightface-style DataLoader,
-  the decode ceiling and a torchvision decode_jpeg loop.
+- decode.py: pipeline.decode_batches and decode_images vs a plain DALI graph, the decode ceiling and
+  torchvision's decode_jpeg.
+- loader.py: the pipeline stage, epochs of pipeline.build_loader batches vs DALI's own webdataset reader, the
+  insightface-style DataLoader, the decode ceiling and a torchvision decode_jpeg loop.
 - step.py: the distillation step fed by the pipeline vs the reference step, with the data wait.
 """
 from bench.stages.registry import STAGES, stage_names

@@ -77,7 +77,7 @@ def test_bench_json_holds_the_stages_and_the_torchvision_baseline_or_its_reason(
     assert {r["stage"] for r in doc["results"]} == {"decode", "pipeline", "step"}
     pairs = {(r["stage"], r["name"], r["baseline"]) for r in doc["results"]}
     assert {("step", "step", "reference_step"), ("step", "step_cache", "step")} <= pairs
-    for stage, ours in (("decode", "decode_images"), ("pipeline", "pipeline_jpeg")):
+    for stage, ours in (("decode", "decode_batches"), ("pipeline", "pipeline_jpeg")):
         measured = (stage, ours, "torchvision_nvjpeg") in pairs
         left_out = [s for s in doc["skipped"] if (s["stage"], s["name"]) == (stage, "torchvision_nvjpeg")]
         assert measured != bool(left_out), (stage, doc["skipped"])

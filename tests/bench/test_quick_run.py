@@ -53,8 +53,11 @@ def test_json_holds_every_stage_with_the_documented_keys(quick):
         assert r["ratio"] == pytest.approx(r["img_per_s"] / r["baseline_img_per_s"])
     step = next(r for r in doc["results"] if r["stage"] == "step")
     assert 0 <= step["data_wait"] <= 1 and 0 <= step["baseline_data_wait"] <= 1
+    # DALI alone, as a user would write it: the native webdataset reader and a plain decode graph
+    assert {("pipeline", "pipeline_jpeg", "dali_readers_webdataset"),
+            ("decode", "decode_batches", "dali_plain_graph")} <= pairs
     # torchvision's decoder is measured where it decodes here, else left out with the reason.
-    for stage, ours in (("decode", "decode_images"), ("pipeline", "pipeline_jpeg")):
+    for stage, ours in (("decode", "decode_batches"), ("pipeline", "pipeline_jpeg")):
         left_out = [s for s in doc["skipped"] if (s["stage"], s["name"]) == (stage, "torchvision_nvjpeg")]
         assert ((stage, ours, "torchvision_nvjpeg") in pairs) != bool(left_out) and all(s["reason"] for s in left_out)
 

@@ -83,11 +83,13 @@ def test_an_epoch_decodes_every_full_batch_in_batches(data, stand_in):
     assert tvd.decode_round(shard_jpegs(data), "cpu", 10)().images == data.images
 
 
-def test_the_decode_stage_measures_it_against_decode_images(data, stand_in, tmp_path):
+def test_the_decode_stage_measures_it_against_decode_batches(data, stand_in, tmp_path):
     out = STAGES["decode"](_settings(tmp_path), data)
     assert not [r for r in out if isinstance(r, Skipped)]
     pairs = {(r.name, r.baseline) for r in out if isinstance(r, Result)}
-    assert pairs == {("decode_images", "decode_ceiling"), ("decode_images", "torchvision_nvjpeg")}
+    assert pairs == {("decode_batches", "dali_plain_graph"), ("decode_images", "dali_plain_graph"),
+                     ("decode_batches", "decode_ceiling"), ("decode_images", "decode_ceiling"),
+                     ("decode_batches", "torchvision_nvjpeg")}
     tv = next(r for r in out if r.baseline == "torchvision_nvjpeg")
     assert "decode_jpeg" in tv.baseline_description and tv.baseline_img_per_s > 0
 
@@ -99,7 +101,9 @@ def test_without_torchvision_the_stage_runs_and_says_why_it_was_left_out(data, m
     out = STAGES["decode"](_settings(tmp_path), data)
     assert [(s.stage, s.name, s.reason) for s in out if isinstance(s, Skipped)] == [
         ("decode", "torchvision_nvjpeg", reason)]
-    assert {(r.name, r.baseline) for r in out if isinstance(r, Result)} == {("decode_images", "decode_ceiling")}
+    assert {(r.name, r.baseline) for r in out if isinstance(r, Result)} == {
+        ("decode_batches", "dali_plain_graph"), ("decode_images", "dali_plain_graph"),
+        ("decode_batches", "decode_ceiling"), ("decode_images", "decode_ceiling")}
 
 
 def test_a_torchvision_that_does_not_load_or_decode_is_left_out_with_its_error(data, monkeypatch, tmp_path):

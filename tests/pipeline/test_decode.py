@@ -113,3 +113,45 @@ def test_decode_on_gpu_matches_cpu(images):
     cpu = decode_images(images, device="cpu")
     # nvJPEG's IDCT differs slightly from libjpeg-turbo's.
     assert (gpu.cpu() - cpu).abs().max().item() * 127.5 <= 8.0
+
+
+def test_kept_graphs_give_what_a_fresh_graph_gives(images):
+    """decode_images keeps one graph per (size, device, batch, resize): JPEGs of the target size skip the
+    resize (exact either way), and a call after a refused batch or an early stop starts afresh."""
+    from pipeline.decode import decode_batches
+
+    jpegs = [images[0], images[2], images[4]]  # 112 x 112 JPEGs only: the graph without the resize
+    plain = decode_images(jpegs, batch_size=2, device="cpu")
+    mixed = decode_images(jpegs + [images[1]], batch_size=2, device="cpu")[:3]  # a PNG: the graph with it
+    assert torch.equal(plain, mixed)
+    with pytest.raises(UndecodableImageError):
+        decode_images([*jpegs, images[2][:len(images[2]) // 2]], batch_size=2, device="cpu")
+    batches = decode_batches(jpegs * 3, batch_size=2, device="cpu")
+    next(batches)
+    batches.close()  # stopped with batches in flight
+    assert torch.equal(decode_images(jpegs, batch_size=2, device="cpu"), plain)
+    parts = list(decode_batches(jpegs, batch_size=2, device="cpu"))
+    assert [p.shape[0] for p in parts] == [2, 1] and torch.equal(torch.cat(parts), plain)
+
+
+def test_one_mean_for_all_channels_normalizes_as_a_list_of_three():
+    """dali_graph normalizes with a scalar mean and std (DALI's faster path): bit for bit what per-channel
+    lists of the same values give, with and without the mirror."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    pixels = [np.random.default_rng(k).integers(0, 256, (112, 112, 3), dtype=np.uint8) for k in range(4)]
+    pipe = Pipeline(batch_size=4, num_threads=1, device_id=None, exec_dynamic=True)
+    with pipe:
+        x = fn.external_source(source=lambda: pixels, batch=True, dtype=types.UINT8, layout="HWC")
+        mirror = fn.external_source(source=lambda: np.array([0, 1, 0, 1], np.int32), batch=True)
+        outs = [fn.crop_mirror_normalize(x, mirror=mirror, mean=mean, std=std, output_layout=layout,
+                                         dtype=types.FLOAT)
+                for layout in ("CHW", "HWC")
+                for mean, std in ((dali_graph._MEAN, dali_graph._STD), ([127.5] * 3, [127.5] * 3))]
+        pipe.set_outputs(*outs)
+    pipe.build()
+    chw, chw_list, hwc, hwc_list = (np.asarray(o.as_tensor()) for o in pipe.run())
+    assert np.array_equal(chw, chw_list) and np.array_equal(hwc, hwc_list)
+    mirrored = ((pixels[1][:, ::-1].astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)
+    assert np.abs(chw[1] - mirrored).max() < 1e-6

@@ -140,3 +140,21 @@ def test_png_members_decode_in_both_backends(tmp_path, backend):
             expected = (torch.from_numpy(expected.astype(np.float32)).permute(2, 0, 1) - 127.5) / 127.5
             assert label == key % 2
             torch.testing.assert_close(image, expected, rtol=0, atol=1e-6)  # PNG is lossless
+
+
+def test_kept_graph_serves_the_next_epoch_and_is_not_shared(jpeg_shards):
+    """The DALI graph an epoch ends with serves the next loader (pipeline/dali_loader.py keeps it); an epoch
+    left midway drops its graph, and two loaders iterated side by side never share one."""
+    reference = [_epoch(jpeg_shards, 16, "dali", seed=2, epoch=e) for e in (0, 1)]
+    for e in (0, 1):
+        batches = iter(pipeline.build_loader(jpeg_shards, 16, seed=2, epoch=e, device="cpu", backend="dali",
+                                             with_flip=True))
+        next(batches)
+        batches.close()  # left after one batch, others in flight
+    side_by_side = zip(*(pipeline.build_loader(jpeg_shards, 16, seed=2, epoch=e, device="cpu", backend="dali",
+                                               with_flip=True) for e in (0, 1)))
+    for step, (a, b) in enumerate(side_by_side):
+        for got, want in ((a, reference[0][step]), (b, reference[1][step])):
+            assert torch.equal(got.index, want.index) and torch.equal(got.images, want.images)
+    again = _epoch(jpeg_shards, 16, "dali", seed=2, epoch=1)
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.index, b.index) for a, b in zip(again, reference[1]))
