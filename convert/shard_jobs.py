@@ -57,9 +57,9 @@ def write_shard(job: ShardJob) -> ShardRecord:
     writer = ShardWriter(job.out, job.name, job.ext)
     try:
         for j, (i, label) in enumerate(zip(job.indices.tolist(), job.labels.tolist())):
-            data = _SOURCE.read(i)[1]
+            data = _SOURCE.image(i)
             if job.transcode:
-                data = to_member(data, job.encoding, job.size, job.resize, _SOURCE.where(i), job.max_pixels)
+                data = to_member(bytes(data), job.encoding, job.size, job.resize, _SOURCE.where(i), job.max_pixels)
             writer.write(job.first_key + j, data, label)
             if (j + 1) % _REPORT_EVERY == 0:
                 _REPORT(_REPORT_EVERY)

@@ -1,7 +1,8 @@
 """Conversion sources: an insightface/im2rec .rec, or one sub-folder of images per identity.
 
-A source is a picklable list of items; `read(i)` returns (source label, encoded image bytes) and
-`where(i)` names the item in error messages. Worker processes reopen files lazily.
+A source is a picklable list of items; `read(i)` returns (source label, encoded image bytes), `image(i)` the
+encoded image alone (for the writing pass, after the validation pass checked the labels; a view of the mapped
+file where it can be) and `where(i)` names the item in error messages. Worker processes reopen files lazily.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 
 from convert.errors import InputError
 from convert.rec_layout import image_keys, insightface_image_end
-from convert.recordio import RecordReader, unpack
+from convert.recordio import IR_SIZE, RecordReader, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -87,6 +88,17 @@ class RecSource:
             raise SourceError(f"{self.where(i)}: label {header.label} is not a non-negative integer")
         return int(label), payload
 
+    def image(self, i: int) -> memoryview:
+        """Item i's encoded image without its label check (the validation pass made it), as a view of the
+        mapped .rec where its record is one part: what the shard writer copies into a shard."""
+        if self._reader is None:
+            self.read(i)  # opens the reader (and says what is wrong with item i, if anything)
+        record = self._reader.view(self.keys[i])
+        if len(record) < IR_SIZE:
+            return memoryview(self.read(i)[1])  # read() names the problem
+        flag = int.from_bytes(record[:4], "little")
+        return record[IR_SIZE + 4 * flag:]
+
     def describe(self) -> dict:
         st = os.stat(self.rec)
         return {"kind": "rec", "path": self.rec, "layout": self.layout, "images": len(self.keys),
@@ -136,6 +148,10 @@ class FolderSource:
     def read(self, i: int) -> tuple:
         with open(os.path.join(self.root, self.paths[i]), "rb") as f:
             return self.labels[i], f.read()
+
+    def image(self, i: int) -> bytes:
+        """Item i's encoded image (the file's bytes)."""
+        return self.read(i)[1]
 
     def describe(self) -> dict:
         listing = hashlib.sha256()

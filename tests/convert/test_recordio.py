@@ -46,6 +46,9 @@ def test_split_records_round_trip(tmp_path, payload):
             w.write_idx(k, r)
     reader = RecordReader(rec, idx)
     assert [reader.read(k) for k in range(3)] == records
+    # view(): the mapped file where a record is one part, the joined parts where it is split
+    assert [bytes(reader.view(k)) for k in range(3)] == records
+    reader.close()
     with pytest.warns(UserWarning, match="scanning"):
         scanned = RecordReader(rec)
     assert [r for _, r in scanned] == records
