@@ -84,59 +84,70 @@ def _checked(encoded: Sequence[bytes], size: int) -> tuple[list[np.ndarray], boo
 
 
 class _KeptGraphs:
-    """The decode graphs of this process, one per (size, device, batch size, resize), built on first use.
+    """The decode graphs of this process, one per (size, device, batch size, resize), built on first use; the
+    `keep` used last are kept.
 
     A graph's input is a queue that each call fills with its batches; the source raises StopIteration when
-    the queue is empty (DALI's end of input), the call reads every output and then resets the graph. One
-    call at a time uses a graph (a lock); a graph whose run failed is dropped, not reused."""
+    the queue is empty (DALI's end of input), the call reads every output and then resets the graph. A call
+    takes its graph out while it runs and gives it back when it has read it to the end, so calls that
+    overlap (two iterators read in turns, other threads) each get a graph of their own; a graph whose run
+    failed, or whose reader stopped early, is dropped, not reused."""
 
-    def __init__(self) -> None:
-        self._graphs: dict[tuple, tuple] = {}
+    def __init__(self, keep: int = 4) -> None:
+        self._idle: dict[tuple, tuple] = {}  # in order of last use: the oldest is dropped beyond `keep`
+        self._keep = keep
         self._lock = threading.Lock()
 
-    def _graph(self, key: tuple):
+    def _take(self, key: tuple) -> tuple:
         from pipeline.dali_graph import build_decode_graph  # DALI is imported only when used
 
-        if key not in self._graphs:
-            size, device, batch_size, resize = key
-            queue: deque = deque()
+        with self._lock:
+            kept = self._idle.pop(key, None)
+        if kept is not None:
+            return kept
+        size, device, batch_size, resize = key
+        queue: deque = deque()
 
-            def source() -> list:
-                if not queue:
-                    raise StopIteration  # the end of this call's images
-                return queue.popleft()
+        def source() -> list:
+            if not queue:
+                raise StopIteration  # the end of this call's images
+            return queue.popleft()
 
-            pipe = build_decode_graph(source, batch_size=batch_size, size=size, device=device, resize=resize)
-            self._graphs[key] = (pipe, queue)
-        return self._graphs[key]
+        return build_decode_graph(source, batch_size=batch_size, size=size, device=device, resize=resize), queue
+
+    def _give_back(self, key: tuple, graph: tuple) -> None:
+        with self._lock:
+            self._idle.pop(key, None)
+            while len(self._idle) >= self._keep:  # each holds a few batches of buffers
+                self._idle.pop(next(iter(self._idle)))
+            self._idle[key] = graph
 
     def run(self, arrays: list, *, size: int, device: torch.device, batch_size: int,
             resize: bool) -> Iterator[torch.Tensor]:
         from pipeline.dali_graph import to_torch
 
         key = (size, device, batch_size, resize)
-        with self._lock:
-            pipe, queue = self._graph(key)
-            queue.extend(arrays[s:s + batch_size] for s in range(0, len(arrays), batch_size))
-            done, finished = 0, False
-            try:
-                while True:
-                    try:
-                        (images,) = pipe.run()
-                    except StopIteration:
-                        break
-                    except RuntimeError as err:
-                        raise _refused(arrays, done, err) from err
-                    part = to_torch(images, device, torch.float32)
-                    done += len(part)
-                    yield part
-                finished = True
-            finally:
-                if finished:
-                    pipe.reset()  # ready for the next call's images
-                else:  # failed, or the caller stopped early with batches in flight: start afresh next time
-                    queue.clear()
-                    del self._graphs[key]
+        pipe, queue = graph = self._take(key)
+        queue.extend(arrays[s:s + batch_size] for s in range(0, len(arrays), batch_size))
+        done, finished = 0, False
+        try:
+            while True:
+                try:
+                    (images,) = pipe.run()
+                except StopIteration:
+                    break
+                except RuntimeError as err:
+                    raise _refused(arrays, done, err) from err
+                part = to_torch(images, device, torch.float32)
+                done += len(part)
+                yield part
+            finished = True
+        finally:
+            if finished:
+                pipe.reset()  # ready for the next call's images
+                self._give_back(key, graph)
+            else:  # failed, or the caller stopped early with batches in flight: dropped
+                queue.clear()
         if done != len(arrays):
             raise RuntimeError(f"decode_images: DALI returned {done} images for {len(arrays)} inputs")
 

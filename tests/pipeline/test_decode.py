@@ -132,6 +132,12 @@ def test_kept_graphs_give_what_a_fresh_graph_gives(images):
     assert torch.equal(decode_images(jpegs, batch_size=2, device="cpu"), plain)
     parts = list(decode_batches(jpegs, batch_size=2, device="cpu"))
     assert [p.shape[0] for p in parts] == [2, 1] and torch.equal(torch.cat(parts), plain)
+    # two calls read in turns (each takes a graph of its own) and a call inside another's loop
+    firsts, seconds = decode_batches(jpegs, batch_size=2, device="cpu"), decode_batches(jpegs, batch_size=2, device="cpu")
+    turns = [p for pair in zip(firsts, seconds) for p in pair]
+    assert all(torch.equal(a, b) for a, b in zip(turns[::2], turns[1::2]))
+    for part in decode_batches(jpegs, batch_size=2, device="cpu"):
+        assert torch.equal(decode_images(jpegs, batch_size=2, device="cpu"), plain)
 
 
 def test_one_mean_for_all_channels_normalizes_as_a_list_of_three():
