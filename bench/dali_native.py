@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
-from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from bench.harness import Sample
 from convert.manifest import Manifest
+from pipeline.dali_graph import to_torch  # the hand-over to torch ours uses: only the graphs differ
 from pipeline.device import threads_per_rank
 
 READER_NAME = "dali_readers_webdataset"
@@ -46,15 +46,6 @@ def _normalized(encoded, device: torch.device, mirror=None):
     images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
     extra = {} if mirror is None else {"mirror": mirror}
     return fn.crop_mirror_normalize(images, mean=_MEAN, std=_STD, output_layout="CHW", dtype=types.FLOAT, **extra)
-
-
-def _to_torch(batch, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        dense = batch.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    return torch.from_numpy(np.asarray(batch.as_tensor()))
 
 
 def reader_rounds(shards: Path, batch_size: int, device: str, shuffle_buffer: int = 1024) -> Callable[[], Sample]:
@@ -89,7 +80,7 @@ def reader_rounds(shards: Path, batch_size: int, device: str, shuffle_buffer: in
             pipe.schedule_run()
             scheduled += 1
         for _ in range(steps):
-            n += _to_torch(pipe.outputs()[0], dev).shape[0]
+            n += to_torch(pipe.outputs()[0], dev, torch.float32).shape[0]
             if scheduled < steps:
                 pipe.schedule_run()
                 scheduled += 1
@@ -129,7 +120,7 @@ def plain_decode_rounds(jpegs: list, batch_size: int, device: str) -> Callable[[
                 (images,) = pipe.run()
             except StopIteration:
                 break
-            n += _to_torch(images, dev).shape[0]
+            n += to_torch(images, dev, torch.float32).shape[0]
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start

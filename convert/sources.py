@@ -75,14 +75,18 @@ class RecSource:
     def where(self, i: int) -> str:
         return f"{self.rec} key {self.keys[i]}"
 
-    def read(self, i: int) -> tuple:
+    def _records(self) -> RecordReader:
+        """This process's reader of the .rec, opened on first use (workers get the source without it)."""
         if self._reader is None:
             # Scanning a .rec without .idx was already warned about once, in __init__.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._reader = RecordReader(self.rec, self.idx)
+        return self._reader
+
+    def read(self, i: int) -> tuple:
         key = self.keys[i]
-        header, payload = unpack(self._reader.read(key))
+        header, payload = unpack(self._records().read(key))
         label = header.label if header.flag == 0 else (header.label[0] if header.label else float("nan"))
         if not (label == label and float(label).is_integer() and label >= 0):
             raise SourceError(f"{self.where(i)}: label {header.label} is not a non-negative integer")
@@ -91,9 +95,7 @@ class RecSource:
     def image(self, i: int) -> memoryview:
         """Item i's encoded image without its label check (the validation pass made it), as a view of the
         mapped .rec where its record is one part: what the shard writer copies into a shard."""
-        if self._reader is None:
-            self.read(i)  # opens the reader (and says what is wrong with item i, if anything)
-        record = self._reader.view(self.keys[i])
+        record = self._records().view(self.keys[i])
         if len(record) < IR_SIZE:
             return memoryview(self.read(i)[1])  # read() names the problem
         flag = int.from_bytes(record[:4], "little")

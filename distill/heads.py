@@ -149,6 +149,17 @@ class Head(nn.Module):
         return self.margin.logits(cos, labels, z_hat), stats
 
     @torch.no_grad()
+    def _update_norm_stats(self, all_norms: torch.Tensor) -> None:
+        """AdaFace's EMA of the feature norms over the global batch: this batch first, then z_hat
+        (mk-minchul/AdaFace head.py); unbiased std."""
+        if all_norms.numel() < 2:
+            raise ValueError("adaface: the (global) batch must hold at least 2 samples to estimate the "
+                             f"std of the feature norms; found {all_norms.numel()}")
+        t = self.margin.t_alpha
+        self.batch_mean.copy_(all_norms.mean() * t + (1 - t) * self.batch_mean)
+        self.batch_std.copy_(all_norms.std() * t + (1 - t) * self.batch_std)
+
+    @torch.no_grad()
     def _update_state(self, labels, f_t, coef, norms, global_labels=None) -> None:
         """AdaFace EMA and AdaDistill centres from the global batch (one gather for both)."""
         columns = []
@@ -161,13 +172,7 @@ class Head(nn.Module):
         all_labels, packed = gather_rows(labels, torch.cat(columns, dim=1))
         if norms is not None:
             all_norms, packed = packed[:, 0], packed[:, 1:]
-            if all_norms.numel() < 2:
-                raise ValueError("adaface: the (global) batch must hold at least 2 samples to estimate the "
-                                 f"std of the feature norms; found {all_norms.numel()}")
-            # EMA with this batch first, then z_hat (mk-minchul/AdaFace head.py); unbiased std.
-            t = self.margin.t_alpha
-            self.batch_mean.copy_(all_norms.mean() * t + (1 - t) * self.batch_mean)
-            self.batch_std.copy_(all_norms.std() * t + (1 - t) * self.batch_std)
+            self._update_norm_stats(all_norms)
         if coef is not None:
             rounds = None
             if global_labels is not None:

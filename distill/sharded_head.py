@@ -107,12 +107,7 @@ class ShardedHead(Head):
     def _update_sharded_state(self, local, owned, f_t, coef, norms, global_labels) -> None:
         """The AdaFace EMA from every row (as every rank does), the AdaDistill update of this rank's rows."""
         if norms is not None:
-            if norms.numel() < 2:
-                raise ValueError("adaface: the (global) batch must hold at least 2 samples to estimate the "
-                                 f"std of the feature norms; found {norms.numel()}")
-            t = self.margin.t_alpha
-            self.batch_mean.copy_(norms.mean() * t + (1 - t) * self.batch_mean)
-            self.batch_std.copy_(norms.std() * t + (1 - t) * self.batch_std)
+            self._update_norm_stats(norms)
         if coef is None:
             return
         sh = self.shard

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 import pipeline
 
-# Images decoded per call of pipeline.decode_batches, in backbone batches: one header check serves
-# several batches, and the decoded floats stay a few hundred MB.
+# Images decoded per call of pipeline.decode_batches, in backbone batches: an error names its image by its
+# place in the call, offset here by the call's start.
 DECODE_BATCHES_PER_CALL = 8
 
 
@@ -82,18 +82,15 @@ def _decoded_batches(encoded: Sequence[bytes], device: torch.device, batch_size:
     step = batch_size * DECODE_BATCHES_PER_CALL
     n = len(encoded)
     for s in range(0, n, step):
-        try:
-            # decode_batches checks every header of the slice before its first batch, so an error comes
-            # before this slice yields anything; its batches are DALI's own memory (no copy)
-            images = list(pipeline.decode_batches(list(encoded[s:s + step]), size=size, device=device,
-                                                  batch_size=batch_size))
+        try:  # its batches are DALI's own memory (no copy), handed on one by one
+            yield from pipeline.decode_batches(list(encoded[s:s + step]), size=size, device=device,
+                                               batch_size=batch_size)
         except pipeline.UndecodableImageError as err:  # its position is within this call's slice
             if err.item is None:
                 raise pipeline.UndecodableImageError(
                     f"{source}: images {s}..{min(s + step, n) - 1} of {n}: {err.reason}", reason=err.reason) from err
             raise pipeline.UndecodableImageError(f"{source}: image {s + err.item} of {n} does not decode "
                                                  f"({err.reason})", item=s + err.item, reason=err.reason) from err
-        yield from images
 
 
 def embed_encoded(model: torch.nn.Module, encoded: Sequence[bytes], *, device=None, batch_size: int = 256,

@@ -24,6 +24,7 @@ Modules:
   torch_loader.py  the torch backend (no DALI): DataLoader workers, libjpeg-turbo decode, same order
   decode.py        decode_images, decode_batches: encoded images to normalised batches (the evaluator's,
                    the cache's), through DALI graphs kept for the process
+  kept_graphs.py   built DALI graphs kept for reuse (the loader's from epoch to epoch, decode's from call to call)
   image_check.py   which encoded image does not decode and why, before DALI sees it and after it refused one
   batch.py         the Batch contract
   device.py        the device argument resolved, and the cores a rank may use

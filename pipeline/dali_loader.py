@@ -18,7 +18,6 @@ end the process), and a batch DALI still refuses is searched for the culprit amo
 """
 from __future__ import annotations
 
-import threading
 from collections import deque
 from typing import Callable, Iterator, Optional
 
@@ -28,6 +27,7 @@ import torch
 from pipeline.augment import Augment
 from pipeline.batch import Batch
 from pipeline.dali_graph import AUGMENT_INPUTS, PREFETCH, build_train_graph, to_torch
+from pipeline.kept_graphs import KeptGraphs
 from pipeline.order import EpochPlan
 from pipeline.image_check import dali_reason, first_undecodable
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
@@ -79,7 +79,8 @@ class DaliLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         pending: deque = deque()
-        graph = _KEPT.take(self._graph_key(), self._build)
+        key = self._graph_key()
+        graph = _KEPT.take(key, self._build)
         if graph.reader is None or graph.reader.index is not self.index:
             graph.reader = ShardReader(self.index)  # its maps of the tars, kept with the graph: no page faults anew
         reader = graph.reader
@@ -104,7 +105,7 @@ class DaliLoader:
             graph.feed = None
             if finished:
                 graph.pipe.reset()  # ready for the next epoch's input
-                _KEPT.give_back(self._graph_key(), graph)
+                _KEPT.give_back(key, graph)
             # else: stopped early, or failed, with batches in flight: the graph is dropped (its threads and
             # buffers freed now) and the next epoch builds a new one
 
@@ -142,31 +143,8 @@ class _Graph:
         return self.feed()
 
 
-class _KeptGraphs:
-    """Built training graphs not in use, by what they were built for. A training run builds one loader an
-    epoch, and building DALI's graph (its operators, threads and buffers) costs tens of milliseconds and a
-    pipeline refill every epoch; an epoch that ends cleanly leaves its graph here for the next one. A graph
-    is taken out while an epoch iterates it, so two loaders never share one."""
-
-    def __init__(self, keep: int = 2) -> None:
-        self._idle: dict[tuple, _Graph] = {}
-        self._keep = keep
-        self._lock = threading.Lock()
-
-    def take(self, key: tuple, build: Callable[[], _Graph]) -> _Graph:
-        with self._lock:
-            graph = self._idle.pop(key, None)
-        return graph if graph is not None else build()
-
-    def give_back(self, key: tuple, graph: _Graph) -> None:
-        with self._lock:
-            self._idle.pop(key, None)
-            while len(self._idle) >= self._keep:  # bounded: each holds a few batches of buffers
-                self._idle.pop(next(iter(self._idle)))
-            self._idle[key] = graph
-
-
-_KEPT = _KeptGraphs()
+# A training run builds one loader an epoch: an epoch that ends cleanly leaves its graph for the next.
+_KEPT = KeptGraphs(keep=2)
 
 
 def _refused(reader: ShardReader, pending: deque, err: RuntimeError) -> ShardError:
