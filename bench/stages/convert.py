@@ -1,6 +1,7 @@
 """Stage convert: `.rec` -> JPEG shards with `convert.convert_rec`, against copying the .rec (the physical limit).
 
-Each round converts into a fresh directory (nothing to resume) and removes it afterwards. The copy is
+Each round converts into a fresh directory (nothing to resume) and removes it after its clock stops (removing
+a written output is the benchmark's housekeeping, not the converter's or the copy's work). The copy is
 written and fsync-ed, as the converter fsyncs every shard and the manifest, so both pay the same
 durability; both read the source from the page cache after the warm-up.
 
@@ -13,23 +14,39 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from pathlib import Path
+from typing import Callable
 
 from bench.data import BenchData
-from bench.harness import Contender, Pair, compare, measure, timed
+from bench.harness import Contender, Pair, Sample, compare, measure, timed
 from bench.settings import Settings
 from bench.stages.registry import register
 
 GOAL = 1 / 3  # the project's target: conversion at a third of copy speed or better
+GOAL_VS_VALIDATION = 0.8  # and the writing pass costs a quarter of the decoding pass or less
 
 
-def _convert(data: BenchData, out, workers: int) -> int:
+def _into(out: Path, work: Callable[[], int]) -> Callable[[], Sample]:
+    """A round that times `work()` (which writes `out`) from an empty `out` to its return; `out` is removed
+    before the clock starts and after it stops."""
+
+    def run() -> Sample:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        try:
+            images = work()
+            return Sample(images, time.perf_counter() - start)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    return run
+
+
+def _convert(data: BenchData, out: Path, workers: int) -> int:
     from convert import convert_rec
 
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        return convert_rec(data.rec, out, workers=workers, progress=False).num_samples
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    return convert_rec(data.rec, out, workers=workers, progress=False).num_samples
 
 
 def _validate(data: BenchData, workers: int) -> int:
@@ -40,16 +57,13 @@ def _validate(data: BenchData, workers: int) -> int:
     return int(validated.ok.sum())
 
 
-def _copy(data: BenchData, out) -> int:
+def _copy(data: BenchData, out: Path) -> int:
     os.makedirs(out, exist_ok=True)
     target = os.path.join(out, data.rec.name)
-    try:
-        shutil.copyfile(data.rec, target)
-        with open(target, "rb+") as f:
-            os.fsync(f.fileno())
-        return data.images
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    shutil.copyfile(data.rec, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+    return data.images
 
 
 @register("convert")
@@ -58,12 +72,12 @@ def run(settings: Settings, data: BenchData) -> list:
     contenders = [
         Contender("convert_rec", f"convert.convert_rec: validate, shuffle, write JPEG shards + .idx + manifest, "
                                  f"{settings.workers} process(es)",
-                  timed(lambda: _convert(data, scratch / "shards", settings.workers))),
+                  _into(scratch / "shards", lambda: _convert(data, scratch / "shards", settings.workers))),
         Contender("validation_pass", f"convert's first pass alone: decode every image once, "
                                      f"{settings.workers} process(es)", timed(lambda: _validate(data, settings.workers))),
-        Contender("copy", "copy the .rec file (and fsync)", timed(lambda: _copy(data, scratch / "copy"))),
+        Contender("copy", "copy the .rec file (and fsync)", _into(scratch / "copy", lambda: _copy(data, scratch / "copy"))),
     ]
     measured = measure(contenders, repeats=settings.repeats, warmup=settings.warmup, label="convert",
                        progress=settings.progress)
     return compare("convert", measured, [Pair("convert_rec", "copy", goal=GOAL), Pair("validation_pass", "copy"),
-                                         Pair("convert_rec", "validation_pass")])
+                                         Pair("convert_rec", "validation_pass", goal=GOAL_VS_VALIDATION)])

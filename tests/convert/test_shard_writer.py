@@ -39,3 +39,40 @@ def test_index_equals_dali_wds2idx(tmp_path):
         ic.create_index()
     assert (tmp_path / "s.idx").read_text() == (tmp_path / "ref.idx").read_text()
     assert sorted(os.listdir(tmp_path)) == ["ref.idx", "s.idx", "s.tar"]  # no temporary files left
+
+
+def test_shards_of_many_chunks_equal_tarwriter_and_hash_their_bytes(tmp_path):
+    """Samples worth several flushes: every chunk written, hashed and synced in order."""
+    import hashlib
+
+    wds = pytest.importorskip("webdataset")
+    rng = np.random.default_rng(1)
+    samples = [(k, rng.bytes(int(rng.integers(1, 3 << 20))), k % 7) for k in range(9)]
+    w = ShardWriter(str(tmp_path), "s", "jpg")
+    for key, image, label in samples:
+        w.write(key, memoryview(image), label)  # the converter hands views of the mapped .rec
+    rec = w.close()
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=0, user="adadistill", group="adadistill") as ref:
+        for key, image, label in samples:
+            ref.write({"__key__": f"{key:09d}", "cls": str(label).encode(), "jpg": image})
+    ours = (tmp_path / "s.tar").read_bytes()
+    assert ours == buf.getvalue() and rec.sha256 == hashlib.sha256(ours).hexdigest()
+
+
+def test_a_failing_sync_names_the_shard_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    from convert import shard_writer
+    from convert.files import WriteError
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shard_writer.os, "fdatasync", full)
+    w = ShardWriter(str(tmp_path), "s", "jpg")
+    with pytest.raises(WriteError, match=r"s\.tar.*No space left on device"):
+        for key in range(4):
+            w.write(key, bytes(3 << 20), 0)
+        w.close()
+    assert os.listdir(tmp_path) == []
