@@ -206,6 +206,8 @@ class ShardReader:
     def __init__(self, index: ShardIndex) -> None:
         self.index = index
         self._maps: list[Optional[mmap.mmap]] = [None] * len(index.paths)
+        self._bytes: list[Optional[np.ndarray]] = [None] * len(index.paths)  # uint8 over each map
+        self._checked: Optional[np.ndarray] = None  # bool [N]: keys whose header passed (a map never changes)
 
     def __getstate__(self) -> dict:  # maps do not cross process boundaries; workers reopen them
         return {"index": self.index}
@@ -220,13 +222,19 @@ class ShardReader:
                 m = self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return m
 
+    def _array(self, k: int) -> np.ndarray:
+        a = self._bytes[k]
+        if a is None:
+            a = self._bytes[k] = np.frombuffer(self._map(k), np.uint8)
+        return a
+
     def images(self, keys: np.ndarray) -> list[np.ndarray]:
         """uint8 views of each sample's image member (encoded bytes, or HWC pixels for raw shards)."""
         # One vectorised gather, then plain ints: this loop is the per-sample cost of the hot path.
         rows = self.index.table[keys, :2].tolist()
         shards = self.index.shard_of[keys].tolist()
-        maps = [self._maps[k] or self._map(k) for k in shards]
-        out = [np.frombuffer(m, np.uint8, size, off) for m, (off, size) in zip(maps, rows)]
+        arrays = [self._bytes[k] if self._bytes[k] is not None else self._array(k) for k in shards]
+        out = [a[off:off + size] for a, (off, size) in zip(arrays, rows)]
         if self.index.encoding == "raw":
             side = self.index.image_size
             out = [a.reshape(side, side, 3) for a in out]
@@ -234,16 +242,21 @@ class ShardReader:
 
     def checked_images(self, keys: np.ndarray) -> list[np.ndarray]:
         """`images(keys)`, each encoded image's header checked first (pipeline/image_check.py), so that
-        DALI is never handed bytes that could end the process; ShardError names the shard and the key."""
+        DALI is never handed bytes that could end the process; ShardError names the shard and the key.
+        A key is checked once per reader (the maps never change under it): a training run's later epochs
+        skip the checks."""
         views = self.images(keys)
         if self.index.encoding == "raw":
             return views
-        for key, view in zip(keys.tolist(), views):
-            if jpeg_size(view) is not None:  # the common case first, ~1 us: a JPEG whose header parses
+        if self._checked is None:
+            self._checked = np.zeros(self.index.num_samples, bool)
+        for i in np.flatnonzero(~self._checked[keys]).tolist():
+            if jpeg_size(views[i]) is not None:  # the common case first, ~1 us: a JPEG whose header parses
                 continue
-            problem = header_problem(view)  # why not, or None for another format DALI takes (PNG, ...)
+            problem = header_problem(views[i])  # why not, or None for another format DALI takes (PNG, ...)
             if problem is not None:
-                raise ShardError(f"{self.member(key)} does not decode ({problem})")
+                raise ShardError(f"{self.member(int(keys[i]))} does not decode ({problem})")
+        self._checked[keys] = True
         return views
 
     def member(self, key: int) -> str:
@@ -275,7 +288,7 @@ class ShardReader:
         out = np.empty(len(keys), np.int64)
         for i, (k, (off, size)) in enumerate(zip(shards, rows)):
             try:
-                out[i] = int((self._maps[k] or self._map(k))[off:off + size])
+                out[i] = int(self._map(k)[off:off + size])
             except (ValueError, OverflowError) as err:
                 raise ShardError(f"{self.sample(keys[i])}.cls at offset {off} is not a decimal label") from err
         # One vectorised test a batch: a label out of range would index past the margin head's weight

@@ -148,3 +148,21 @@ def test_label_beyond_the_manifest_classes_names_its_shard_and_key(tmp_path, mem
                                                   r"outside 0\.\.2 \(manifest\.json says num_classes 3\)") as info:
         list(pipeline.build_loader(shards, 4, device="cpu", backend=backend))
     assert _one_line(info.value)
+
+
+def test_headers_are_checked_once_per_key_and_a_failure_is_not_remembered(tmp_path, members, monkeypatch):
+    from pipeline import shard_index
+
+    bad = list(members)
+    bad[6] = _damaged(bad[6], "header")
+    shards = write_shards(tmp_path / "shards", bad, [i % 3 for i in range(12)], num_classes=3)
+    reader = shard_index.ShardReader(shard_index.ShardIndex.open(shards))
+    checked = []
+    monkeypatch.setattr(shard_index, "jpeg_size", lambda view: checked.append(view.size) or (112, 112))
+    reader.checked_images(np.arange(4))
+    reader.checked_images(np.arange(6))
+    assert len(checked) == 6  # keys 0..3 once, then only 4 and 5
+    monkeypatch.undo()
+    for _ in range(2):  # the damaged key fails every time it is fed, and its batch's keys stay unchecked
+        with pytest.raises(pipeline.ShardError, match=SAMPLE_6):
+            reader.checked_images(np.arange(4, 8))
