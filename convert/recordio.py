@@ -286,7 +286,7 @@ class RecordReader:
         return len(self._offsets)
 
     def close(self) -> None:
-        if isinstance(self._map, mmap.mmap):
+        if self._map:  # not None, not the b"" of an empty file (no isinstance: __del__ may run at shutdown)
             try:
                 self._map.close()
             except BufferError:  # a view() still in use: the map closes when the last view goes

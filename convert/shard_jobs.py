@@ -6,7 +6,7 @@ webdataset or torch: only numpy, simplejpeg, Pillow and this package.
 """
 from __future__ import annotations
 
-import time
+import multiprocessing
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -20,6 +20,9 @@ from convert.worker_pool import shared_counter, spawn_pool, worth_spawning
 _SOURCE = None  # the source, in each worker process
 _REPORT: Callable[[int], None] = lambda n: None  # counts samples written (to the bar, or a shared counter)
 _REPORT_EVERY = 256
+# Writing a sample costs ~20 us, starting the pool ~0.3 s: a pool pays off once it takes this many samples
+# off the longest path (a shard of 29,300 samples and one of 700 gain nothing from two processes).
+MIN_PARALLEL_WRITES = 16384
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,22 @@ def write_shard(job: ShardJob) -> ShardRecord:
     return writer.close()
 
 
+def _write_numbered(numbered: tuple) -> tuple:
+    k, job = numbered
+    return k, write_shard(job)
+
+
+def pool_saving(sizes: list, workers: int) -> int:
+    """Samples that `workers` processes take off the writing pass's longest path, for shards of `sizes`
+    samples: all of them but the largest shard, or but an equal share, whichever is larger."""
+    total = sum(sizes)
+    return total - max(max(sizes, default=0), -(-total // max(1, workers)))
+
+
 def run_jobs(source, jobs: list, workers: int, on_progress: Callable[[int], None]) -> Iterator[tuple]:
     """Yield (job, record) as each shard completes; on_progress(samples) is called as samples are written."""
-    total = sum(len(j.indices) for j in jobs)
-    if not worth_spawning(workers, len(jobs), total):
+    saving = pool_saving([len(j.indices) for j in jobs], workers)
+    if not worth_spawning(workers, len(jobs), saving, MIN_PARALLEL_WRITES):
         _init(source, on_progress)
         for job in jobs:
             yield job, write_shard(job)
@@ -81,12 +96,16 @@ def run_jobs(source, jobs: list, workers: int, on_progress: Callable[[int], None
     progress = shared_counter()
     seen = 0
     with spawn_pool(min(workers, len(jobs)), _init_worker, (source, progress)) as pool:
-        pending = [(job, pool.apply_async(write_shard, (job,))) for job in jobs]
-        while pending:
-            time.sleep(0.1)
-            now = progress.value
-            on_progress(now - seen)
-            seen = now
-            for item in [p for p in pending if p[1].ready()]:
-                pending.remove(item)
-                yield item[0], item[1].get()  # re-raises a worker's error here
+        finished = pool.imap_unordered(_write_numbered, enumerate(jobs))
+        for _ in jobs:
+            while True:  # the progress bar moves every 0.1 s; a finished shard is yielded at once
+                try:
+                    k, record = finished.next(timeout=0.1)  # re-raises a worker's error here
+                    break
+                except multiprocessing.TimeoutError:
+                    pass
+                finally:
+                    now = progress.value
+                    on_progress(now - seen)
+                    seen = now
+            yield jobs[k], record

@@ -17,9 +17,10 @@ MIN_PARALLEL_IMAGES = 2048
 _SPAWN = multiprocessing.get_context("spawn")
 
 
-def worth_spawning(workers: int, tasks: int, images: int) -> bool:
-    """Whether `tasks` tasks over `images` images should run in `workers` processes rather than in this one."""
-    return workers > 1 and tasks >= 2 and images >= MIN_PARALLEL_IMAGES
+def worth_spawning(workers: int, tasks: int, images: int, min_images: Optional[int] = None) -> bool:
+    """Whether `tasks` tasks over `images` images should run in `workers` processes rather than in this one
+    (`min_images`, default MIN_PARALLEL_IMAGES: below it, starting the processes costs more than they save)."""
+    return workers > 1 and tasks >= 2 and images >= (MIN_PARALLEL_IMAGES if min_images is None else min_images)
 
 
 def spawn_pool(processes: int, initializer: Optional[Callable[..., None]] = None,

@@ -121,10 +121,17 @@ def test_skip_corrupt_leaves_out_and_lists(synth_folder, tmp_path):
 
 @pytest.mark.parametrize("encoding", ["jpeg", "raw"])
 def test_worker_processes_give_the_same_bytes(synth_rec, tmp_path, monkeypatch, encoding):
+    from convert import shard_jobs, validation
+
     monkeypatch.setattr(worker_pool, "MIN_PARALLEL_IMAGES", 0)
+    monkeypatch.setattr(shard_jobs, "MIN_PARALLEL_WRITES", 0)
+    pools = []
+    for module in (shard_jobs, validation):  # both passes run in worker processes
+        monkeypatch.setattr(module, "spawn_pool", lambda n, *a, spawn=module.spawn_pool: pools.append(n) or spawn(n, *a))
     for name, workers in (("one", 1), ("two", 2)):
         convert.convert_rec(synth_rec, tmp_path / name, encoding=encoding, samples_per_shard=25, workers=workers,
                             progress=False)
+    assert pools == [2, 2]
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
 
 
@@ -150,3 +157,12 @@ def test_dali_webdataset_reader_reads_shards_with_our_index(synth_rec, tmp_path)
     got = [(np.array(jpg[i]).tobytes(), int(np.array(cls[i]).tobytes())) for i in range(N)]
     assert got == [expected[k] for k in range(N)]  # shard order, then key order
     assert all(np.array(img[i]).shape == (112, 112, 3) for i in range(N))
+
+
+def test_the_writing_pass_spawns_only_where_processes_shorten_it():
+    from convert.shard_jobs import pool_saving
+
+    assert pool_saving([29300, 700], 2) == 700  # the large shard is the pass either way
+    assert pool_saving([15000, 15000], 2) == 15000
+    assert pool_saving([100] * 300, 8) == 30000 - 3750
+    assert pool_saving([5000], 4) == 0 and pool_saving([], 2) == 0
