@@ -231,3 +231,29 @@ def test_two_ranks_build_the_same_cache(data, tmp_path):
                                np.load(data["cache"] / teacher_cache.EMBEDDINGS).astype(np.float32),
                                rtol=4e-3, atol=1e-2)
     assert np.array_equal(np.load(out / teacher_cache.LABELS), np.load(data["cache"] / teacher_cache.LABELS))
+
+
+def _centres_rank(rank: int, port: int, argv: list, out: str) -> None:
+    """One rank of a sharded head (distill.shard_classes: true) starting its centres from the cache."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = distributed.setup()
+    try:
+        run = train.build_run(train.configs.load(argv[1]), ctx, num_classes=IDENTITIES + 1, steps_per_epoch=1)
+        torch.save(run.head_module.centres.detach().clone(), os.path.join(out, f"rank-{rank}.pt"))
+    finally:
+        distributed.teardown(ctx)
+
+
+def test_sharded_centres_start_at_their_own_rows_of_the_class_means(data, tmp_path):
+    manifest = teacher_cache.CacheManifest.load(data["cache"])
+    means = teacher_cache.plain_class_means(data["cache"], manifest, IDENTITIES + 1)
+    argv = _config(tmp_path, data, "sharded_centres", cache=True, centres_from_cache=True, shard_classes=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_centres_rank, args=(port, argv, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    rows = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in range(2)]
+    assert [len(r) for r in rows] == [3, 4]  # 7 classes over 2 ranks: [0, 3) and [3, 7)
+    assert torch.equal(torch.cat(rows), means)
