@@ -8,7 +8,7 @@
 - `plain_decode_rounds`: a plain decode + normalize graph over encoded images in memory (external source,
   built once), each batch handed out as a torch tensor: what pipeline.decode_images does without its checks.
 
-Both use the cores of our graphs (pipeline.threads_per_rank) and the dynamic executor, with DALI's default
+Both use the thread count of our graphs (pipeline.device.dali_threads) and the dynamic executor, with DALI's default
 prefetch depth. Every round starts and ends with nothing in flight, as our loader's epochs and decode calls
 do, so no round's work spills outside its timing (onto the next contender) or is done before it starts.
 """
@@ -26,7 +26,7 @@ from nvidia.dali.pipeline import Pipeline
 from bench.harness import Sample
 from convert.manifest import Manifest
 from pipeline.dali_graph import to_torch  # the hand-over to torch ours uses: only the graphs differ
-from pipeline.device import threads_per_rank
+from pipeline.device import dali_threads
 
 READER_NAME = "dali_readers_webdataset"
 PLAIN_NAME = "dali_plain_graph"
@@ -36,7 +36,7 @@ _STD = [127.5, 127.5, 127.5]
 
 
 def _pipeline(batch_size: int, device: torch.device) -> Pipeline:
-    return Pipeline(batch_size=batch_size, num_threads=threads_per_rank(),
+    return Pipeline(batch_size=batch_size, num_threads=dali_threads(),
                     device_id=(device.index or 0) if device.type == "cuda" else None,
                     prefetch_queue_depth=_PREFETCH, exec_dynamic=True)
 

@@ -20,7 +20,7 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from pipeline.augment import Augment
-from pipeline.device import PipelineDeviceError, threads_per_rank
+from pipeline.device import PipelineDeviceError, dali_threads
 
 # Batches DALI works on ahead of the one being read. Fed by an external source, the graph only starts a
 # batch when run() asks for an earlier one, so a deeper queue is what keeps DALI's threads busy while the
@@ -86,7 +86,7 @@ def build_train_graph(source: Callable[[], tuple], *, encoding: str, batch_size:
     The output is NCHW float, or NHWC with `channels_last` (to_torch makes either a [B,3,H,W] tensor).
     `hw_decoder_load` reaches the mixed decoder only (None: DALI's default); the CPU graph has no use for it."""
     on_gpu = device.type == "cuda"
-    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or threads_per_rank(),
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or dali_threads(),
                     device_id=_device_id(device), prefetch_queue_depth=prefetch,
                     exec_dynamic=True)
     names = ("images", "mirror") + (AUGMENT_INPUTS if aug.any else ())
@@ -119,7 +119,7 @@ def build_decode_graph(source: Callable[[], list], *, batch_size: int, size: int
     (without it every image must already have that size), normalized. `source()` returns a batch of at most
     `batch_size` encoded images and raises StopIteration at the end of its input."""
     on_gpu = device.type == "cuda"
-    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or threads_per_rank(),
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or dali_threads(),
                     device_id=_device_id(device), prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
         encoded = fn.external_source(source=source, batch=True, dtype=types.UINT8)

@@ -158,3 +158,13 @@ def test_kept_graph_serves_the_next_epoch_and_is_not_shared(jpeg_shards):
             assert torch.equal(got.index, want.index) and torch.equal(got.images, want.images)
     again = _epoch(jpeg_shards, 16, "dali", seed=2, epoch=1)
     assert all(torch.equal(a.images, b.images) and torch.equal(a.index, b.index) for a, b in zip(again, reference[1]))
+
+
+def test_dali_graphs_run_a_thread_beyond_the_rank_s_cores(monkeypatch):
+    from pipeline import dali_graph
+    from pipeline.device import cpu_threads, dali_threads
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert dali_threads() == max(1, cpu_threads() // 2) + 1
+    pipe = dali_graph.build_decode_graph(lambda: [], batch_size=2, size=112, device=torch.device("cpu"))
+    assert pipe.num_threads == dali_threads()
