@@ -109,13 +109,13 @@ class ShardWriter:
             self._f.write(chunk)
             if self._synced is None or self._synced.done():
                 self._f.flush()
-                self._sync_and_wait()  # done already: re-raises its error, if any
+                self._wait_for_sync()  # done already: re-raises its error, if any
                 self._synced = self._syncing.submit(os.fdatasync, self._f.fileno())
         except OSError as error:
             self._failed(error)
             raise
 
-    def _sync_and_wait(self) -> None:
+    def _wait_for_sync(self) -> None:
         if self._synced is not None:
             self._synced.result()
 
@@ -148,7 +148,7 @@ class ShardWriter:
         self._emit(bytes(-self._offset % _RECORD))
         self._flush()
         try:
-            self._sync_and_wait()
+            self._wait_for_sync()
             self._syncing.shutdown()
             self._f.close()  # flushes the last buffered bytes: where a full disk may show itself
         except OSError as error:
