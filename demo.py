@@ -12,9 +12,10 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
   4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
   5. the three evaluated on the held-out pairs;
-  6. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
-  7. the benchmark suite, quick;
-  8. one summary, linking the curves.
+  6. the training identities audited against the held-out pairs (`python -m evaluate overlap`);
+  7. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
+  8. the benchmark suite, quick;
+  then one summary, linking the curves.
 """
 from __future__ import annotations
 

@@ -87,13 +87,15 @@ def resolve(excl: ExclusionList, source, labels: Optional[np.ndarray] = None) ->
     if labels is None:
         raise ValueError("resolve: a .rec source needs the labels of its images")
     present = np.unique(labels[labels >= 0])
-    wanted = [(number, _rec_label(excl, number, name)) for number, name in excl.entries]
-    for number, label in wanted:
-        if not np.isin(label, present):
-            raise ExclusionError(f"{excl.path}: line {number}: {label} is no label of the readable images of "
-                                 f"{source.rec} (its labels run {int(present[0])}..{int(present[-1])}, "
-                                 f"{len(present)} classes)")
-    return np.unique(np.asarray([label for _, label in wanted], dtype=np.int64))
+    numbers = [number for number, _ in excl.entries]
+    wanted = np.asarray([_rec_label(excl, number, name) for number, name in excl.entries], dtype=np.int64)
+    missing = np.flatnonzero(~np.isin(wanted, present))  # one pass for the whole list
+    if missing.size:
+        number, label = numbers[missing[0]], int(wanted[missing[0]])
+        raise ExclusionError(f"{excl.path}: line {number}: {label} is no label of the readable images of "
+                             f"{source.rec} (its labels run {int(present[0])}..{int(present[-1])}, "
+                             f"{len(present)} classes)")
+    return np.unique(wanted)
 
 
 def record(excl: ExclusionList, source, excluded: np.ndarray, samples: int) -> ExclusionRecord:

@@ -8,12 +8,14 @@ and their readers parse the `.cls` members.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from typing import Optional
 
 import numpy as np
 
-from convert.files import sha256_file, write_atomic
+from convert.files import write_atomic
 from convert.manifest import TableRecord
 
 LABELS_NAME = "labels.npy"
@@ -23,10 +25,11 @@ LABELS_DTYPE = np.dtype("<i4")  # the same bytes on every machine
 def write_labels(out: str, labels: np.ndarray) -> TableRecord:
     """Write `labels` (label of key 0, 1, ...) as OUT/labels.npy atomically; the same labels give the same
     bytes, so a resumed conversion stays byte-identical to an uninterrupted one."""
-    path = os.path.join(out, LABELS_NAME)
-    table = np.ascontiguousarray(labels, dtype=LABELS_DTYPE)
-    write_atomic(path, lambda f: np.save(f, table, allow_pickle=False))
-    return TableRecord(LABELS_NAME, os.path.getsize(path), sha256_file(path))
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(labels, dtype=LABELS_DTYPE), allow_pickle=False)
+    data = buffer.getbuffer()
+    write_atomic(os.path.join(out, LABELS_NAME), data)  # hashed from memory, not read back
+    return TableRecord(LABELS_NAME, data.nbytes, hashlib.sha256(data).hexdigest())
 
 
 def read_labels(path: str) -> np.ndarray:

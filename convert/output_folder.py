@@ -33,21 +33,20 @@ class OutputError(InputError, ValueError):
     """An output path that cannot receive the shards; the message names it."""
 
 
+def _as_recorded(out: str, rec) -> bool:
+    """Whether file `rec.name` is in `out` with the record's size and sha256."""
+    path = os.path.join(out, rec.name)
+    return os.path.isfile(path) and os.path.getsize(path) == rec.bytes and sha256_file(path) == rec.sha256
+
+
 def complete(out: str, rec: ShardRecord) -> bool:
     """Whether shard `rec` is in `out` as its record says: tar and index there, its size and sha256."""
-    tar = os.path.join(out, rec.name)
-    return (
-        os.path.isfile(tar) and os.path.isfile(os.path.join(out, rec.index_name))
-        and os.path.getsize(tar) == rec.bytes and sha256_file(tar) == rec.sha256
-    )
+    return os.path.isfile(os.path.join(out, rec.index_name)) and _as_recorded(out, rec)
 
 
 def table_complete(out: str, rec: Optional[TableRecord]) -> bool:
     """Whether the table `rec` (the labels table) is in `out` as its record says; True when there is none."""
-    if rec is None:
-        return True
-    path = os.path.join(out, rec.name)
-    return os.path.isfile(path) and os.path.getsize(path) == rec.bytes and sha256_file(path) == rec.sha256
+    return rec is None or _as_recorded(out, rec)
 
 
 def _remove_shards(out: str, records, table: Optional[TableRecord] = None) -> None:

@@ -69,6 +69,12 @@ def pack(header: IRHeader, payload: bytes) -> bytes:
 
 def unpack(record: bytes) -> tuple[IRHeader, bytes]:
     """Split a record into its IRHeader and payload (mx.recordio.unpack without numpy labels)."""
+    header, payload = split(record)
+    return header, bytes(payload)
+
+
+def split(record) -> tuple[IRHeader, memoryview]:
+    """unpack without the copy: the payload is a view of `record`."""
     if len(record) < IR_SIZE:
         raise RecordIOError(f"record of {len(record)} bytes is shorter than an IRHeader ({IR_SIZE} bytes)")
     flag, label, rid, rid2 = struct.unpack_from(_IR_FORMAT, record, 0)
@@ -78,7 +84,7 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
             raise RecordIOError(f"IRHeader says {flag} float labels but only {len(payload)} bytes follow it")
         label = tuple(float(v) for v in np.frombuffer(payload[: 4 * flag], dtype="<f4"))
         payload = payload[4 * flag :]
-    return IRHeader(int(flag), label, int(rid), int(rid2)), bytes(payload)
+    return IRHeader(int(flag), label, int(rid), int(rid2)), payload
 
 
 def encode_record(data: bytes) -> bytes:

@@ -79,7 +79,7 @@ class ShardWriter:
         # and hashed a few MB at a time; the hashing runs in a thread (hashlib releases the GIL on large
         # buffers), beside the next samples' Python work.
         self._parts: list = []
-        self._unflushed = 0
+        self._flushed = 0  # the offset up to which the tar is written
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
         self._hashed: Optional[Future] = None
         # The disk catches up as the shard is written: a thread flushes what was written so far (fdatasync)
@@ -91,23 +91,22 @@ class ShardWriter:
         self._offset = 0
         self.samples = 0
 
-    def _emit(self, *parts) -> None:
-        size = sum(len(p) for p in parts)
+    def _emit(self, size: int, *parts) -> None:
+        """Queue `parts`, `size` bytes in all (the caller knows it: no sum over the parts a sample)."""
         self._parts += parts
         self._offset += size
-        self._unflushed += size
-        if self._unflushed >= _FLUSH_BYTES:
+        if self._offset - self._flushed >= _FLUSH_BYTES:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, sync: bool = True) -> None:
         chunk = b"".join(self._parts)
-        self._parts, self._unflushed = [], 0
+        self._parts, self._flushed = [], self._offset
         if self._hashed is not None:
             self._hashed.result()  # one chunk at a time, in order
         self._hashed = self._hashing.submit(self._sha.update, chunk)
         try:
             self._f.write(chunk)
-            if self._synced is None or self._synced.done():
+            if sync and (self._synced is None or self._synced.done()):
                 self._f.flush()
                 self._wait_for_sync()  # done already: re-raises its error, if any
                 self._synced = self._syncing.submit(os.fdatasync, self._f.fileno())
@@ -122,7 +121,6 @@ class ShardWriter:
     def _digest(self) -> str:
         if self._hashed is not None:
             self._hashed.result()
-        self._hashing.shutdown()
         return self._sha.hexdigest()
 
     def _failed(self, error: OSError) -> None:
@@ -138,18 +136,26 @@ class ShardWriter:
         image_at = cls_at + _BLOCK + _BLOCK  # a label is under 512 bytes: one block of data
         # Members in sorted extension order, as TarWriter writes them: "cls" before "jpg" and "raw".
         self._lines.append(f"cls {cls_at} {len(cls)} {name}.cls {self.ext} {image_at} {len(image)} {name}.{self.ext}")
-        self._emit(ustar_header(f"{name}.cls", len(cls)), cls, _ZEROS[len(cls):],
-                   ustar_header(f"{name}.{self.ext}", len(image)), image, _ZEROS[:-len(image) % _BLOCK])
+        pad = -len(image) % _BLOCK
+        self._emit(3 * _BLOCK + len(image) + pad, ustar_header(f"{name}.cls", len(cls)), cls, _ZEROS[len(cls):],
+                   ustar_header(f"{name}.{self.ext}", len(image)), image, _ZEROS[:pad])
         self.samples += 1
 
     def close(self) -> Optional[ShardRecord]:
-        """Finish the tar, write the index, rename both into place; returns the manifest record."""
-        self._emit(bytes(2 * _BLOCK))
-        self._emit(bytes(-self._offset % _RECORD))
-        self._flush()
+        """Finish the tar, write the index, rename both into place; returns the manifest record (None for a
+        shard without samples, which leaves no file)."""
+        try:
+            return self._close()
+        finally:  # every way out: the two threads end with the shard
+            self._hashing.shutdown()
+            self._syncing.shutdown()
+
+    def _close(self) -> Optional[ShardRecord]:
+        end = 2 * _BLOCK + (-(self._offset + 2 * _BLOCK) % _RECORD)  # two zero blocks, then up to a record
+        self._emit(end, bytes(end))
+        self._flush(sync=False)  # the fsync before the rename syncs the tail
         try:
             self._wait_for_sync()
-            self._syncing.shutdown()
             self._f.close()  # flushes the last buffered bytes: where a full disk may show itself
         except OSError as error:
             self._failed(error)

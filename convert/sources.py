@@ -13,7 +13,7 @@ from typing import Optional
 
 from convert.errors import InputError
 from convert.rec_layout import image_keys, insightface_image_end
-from convert.recordio import IR_SIZE, RecordReader, unpack
+from convert.recordio import RecordIOError, RecordReader, split, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -95,11 +95,10 @@ class RecSource:
     def image(self, i: int) -> memoryview:
         """Item i's encoded image without its label check (the validation pass made it), as a view of the
         mapped .rec where its record is one part: what the shard writer copies into a shard."""
-        record = self._records().view(self.keys[i])
-        if len(record) < IR_SIZE:
+        try:
+            return split(self._records().view(self.keys[i]))[1]
+        except RecordIOError:
             return memoryview(self.read(i)[1])  # read() names the problem
-        flag = int.from_bytes(record[:4], "little")
-        return record[IR_SIZE + 4 * flag:]
 
     def describe(self) -> dict:
         st = os.stat(self.rec)

@@ -95,7 +95,7 @@ def _decoded_batches(encoded: Sequence[bytes], device: torch.device, batch_size:
 
 def embed_encoded(model: torch.nn.Module, encoded: Sequence[bytes], *, device=None, batch_size: int = 256,
                   size: int = 112, desc: Optional[str] = None, source: str = "images") -> Embeddings:
-    """Decode with `pipeline.decode_images` (resized to size x size) and embed with flips.
+    """Decode with `pipeline.decode_batches` (resized to size x size) and embed with flips.
 
     device: where to decode and run (see `pass_device`); None means the model's device. source: where the
     images were read from, named by the error for one that does not decode.

@@ -6,8 +6,8 @@ on is no longer a test on unseen identities. `python -m evaluate overlap` (evalu
 - A training class's centre: its first K keys (key order, so the same images every run) through the
   evaluator's image pass (evaluate.embed: the backbone with its flip, fused = e(x) + e(flip(x))), each
   fused embedding L2-normalised, their mean normalised again. Images are decoded as training sees them
-  (pipeline.ShardSamples.images).
-- Every image of every verification set, through the same pass (decoded by pipeline.decode_images at
+  (pipeline.ShardSamples.image_batches).
+- Every image of every verification set, through the same pass (decoded by pipeline.decode_batches at
   112 as `python -m evaluate` does), normalised.
 - A (class, image) whose cosine similarity is above the threshold is a suspected overlap.
 
@@ -103,8 +103,7 @@ def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, p
     try:
         for s in range(0, keys.size, step):
             chunk = keys[s:s + step]
-            images = samples.images(chunk, device=dev, batch_size=batch_size)  # [n, 3, S, S] on dev
-            emb = embed_batches(model, (images[b:b + batch_size] for b in range(0, chunk.size, batch_size)),
+            emb = embed_batches(model, samples.image_batches(chunk, device=dev, batch_size=batch_size),
                                 total=chunk.size)
             fused = torch.from_numpy(unit(emb.fused))
             if sums is None:
@@ -209,11 +208,10 @@ class Match:
     similarity: float
 
 
-def matches(centres: ClassCentres, emb: np.ndarray, threshold: float, *, target: str,
-            device=None) -> list[Match]:
-    """Every (image, class) of one set with cosine similarity > threshold, by image, then similarity down."""
-    dev = pipeline.resolve_device(device if device is not None else "cpu")
-    c = torch.from_numpy(np.ascontiguousarray(centres.centres)).to(dev)
+def matches(c: torch.Tensor, emb: np.ndarray, threshold: float, *, target: str) -> list[Match]:
+    """Every (image, class) of one set with cosine similarity > threshold, by image, then similarity down.
+    c: the class centres [C, D] (ClassCentres.centres) on the device that computes the similarities."""
+    dev = c.device
     rows = max(1, MATCH_CHUNK_ENTRIES // max(1, c.shape[0]))
     found = []
     for s in range(0, emb.shape[0], rows):
@@ -254,8 +252,10 @@ def audit(centres: ClassCentres, sets: Sequence[tuple], threshold: Optional[floa
     these sets) and every set's suspected overlaps."""
     stats = {vset.name: pair_stats(emb, vset.issame) for vset, emb in sets}
     chosen = default_threshold(stats) if threshold is None else given_threshold(threshold)
+    dev = pipeline.resolve_device(device if device is not None else "cpu")
+    c = torch.from_numpy(np.ascontiguousarray(centres.centres)).to(dev)  # once for every set
     return chosen, [SetAudit(vset.name, vset.source, emb.shape[0], stats[vset.name],
-                             tuple(matches(centres, emb, chosen.value, target=vset.name, device=device)))
+                             tuple(matches(c, emb, chosen.value, target=vset.name)))
                     for vset, emb in sets]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,12 +30,12 @@ def _into(out: Path, work: Callable[[], int]) -> Callable[[], Sample]:
     """A round that times `work()` (which writes `out`) from an empty `out` to its return; `out` is removed
     before the clock starts and after it stops."""
 
+    timed_work = timed(work)
+
     def run() -> Sample:
         shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
         try:
-            images = work()
-            return Sample(images, time.perf_counter() - start)
+            return timed_work()
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
