@@ -41,11 +41,15 @@ class Coefficients:
 
 
 @torch.no_grad()
-def coefficients(centres: torch.Tensor, labels: torch.Tensor, f_s: torch.Tensor, f_t: torch.Tensor,
-                 weighted: bool) -> Coefficients:
-    """alpha (plain) or alpha' (weighted) for each sample; f_s and f_t are unit rows [B, D]."""
+def coefficients(centres: Optional[torch.Tensor], labels: Optional[torch.Tensor], f_s: torch.Tensor,
+                 f_t: torch.Tensor, weighted: bool, lam: Optional[torch.Tensor] = None) -> Coefficients:
+    """alpha (plain) or alpha' (weighted) for each sample; f_s and f_t are unit rows [B, D]. lam: each
+    sample's cos(W_y, f_t) where the caller has it (a sharded head's, from the rank owning the class),
+    else computed from `centres[labels]`."""
     cos_st = (f_s * f_t).sum(dim=1).clamp(-1.0, 1.0)
-    lam = (F.normalize(centres[labels], dim=1) * f_t).sum(dim=1).clamp(ALPHA_MIN, 1.0)
+    if lam is None:
+        lam = (F.normalize(centres[labels], dim=1) * f_t).sum(dim=1)
+    lam = lam.clamp(ALPHA_MIN, 1.0)
     alpha = (cos_st * lam if weighted else cos_st).clamp(ALPHA_MIN, 1.0)
     return Coefficients(cos_st=cos_st, lam=lam, alpha=alpha)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -138,30 +139,20 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def prune(output: str | Path, *, keep: int, steps_per_epoch: int) -> None:
     """Delete mid-epoch checkpoints beyond the newest `keep` (0 keeps all). Checkpoints at an epoch's
     end are kept: they are what the evaluator's batch mode and users compare."""
-    if keep == 0:
-        return
     folder = directory(output)
     newest = latest(output)
     steps = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
     mid_epoch = [s for s in steps if s % steps_per_epoch != 0]
-    for step in mid_epoch[:-keep]:
+    for step in (mid_epoch[:-keep] if keep else []):
         path = folder / file_name(step)
         if path != newest:
             path.unlink(missing_ok=True)  # the main file first: it is what commits the row files
-            _remove_rows(output, step)
-    # row folders that no main file names, older than the newest checkpoint: a save killed between them
+    # row folders that no main file names, older than the newest checkpoint: those of the checkpoints just
+    # deleted, and a save killed between its row files and its main file
     for p in list(folder.iterdir()):
         m = _ROWS.match(p.name)
         if m and steps and int(m.group(1)) < steps[-1] and not (folder / file_name(int(m.group(1)))).exists():
-            _remove_rows(output, int(m.group(1)))
-
-
-def _remove_rows(output: str | Path, step: int) -> None:
-    rows = rows_dir(output, step)
-    if rows.is_dir():
-        for file in rows.iterdir():
-            file.unlink(missing_ok=True)
-        rows.rmdir()
+            shutil.rmtree(rows_dir(output, int(m.group(1))), ignore_errors=True)
 
 
 # The random number generators. The data order and flips do not depend on these (the pipeline derives

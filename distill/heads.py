@@ -14,7 +14,7 @@ from configs import GeomConfig
 
 from .centres import coefficients, rounds_from_host, update_centres
 from .class_shard import ClassShard
-from .distributed import gather_rows
+from .distributed import gather_rows, world_size
 from .margins import MARGINS, clip_norms, norm_scaler
 
 KD_MODES = ("none", "adadistill")
@@ -136,17 +136,35 @@ class Head(nn.Module):
         if self.training:
             self._update_state(labels, f_t, coef, norms, global_labels)
 
-        z_hat = None
-        if self.margin.uses_norms:
-            shift = 0.0
-            if self.geom is not None:
-                # geom uses the pre-update lambda (the one that weighted alpha), and cos_st.
-                geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
-                shift = geometry_weight(self.geom, epoch_progress) * geom
-            z_hat = norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
+        z_hat = self._z_hat(norms, coef, epoch_progress)
+        if z_hat is not None:
             stats["margin_scaler"] = z_hat.mean()
         cos = f_s @ F.normalize(self.centres, dim=1).t()  # [B, C]
         return self.margin.logits(cos, labels, z_hat), stats
+
+    def _z_hat(self, norms, coef, epoch_progress):
+        """AdaFace's normalised feature norms (None for a margin without them), shifted by the geometry term
+        where configured; the geometry uses the pre-update lambda (the one that weighted alpha), and cos_st."""
+        if not self.margin.uses_norms:
+            return None
+        shift = 0.0
+        if self.geom is not None:
+            geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
+            shift = geometry_weight(self.geom, epoch_progress) * geom
+        return norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
+
+    def _global_labels(self, labels, global_labels, n) -> torch.Tensor:
+        """The global batch's labels on the device: from the host's copy (no collective), else gathered."""
+        if global_labels is None:
+            return gather_rows(labels)[0]
+        if len(global_labels) != n:
+            raise ValueError(f"head: global_labels holds {len(global_labels)} labels, the gathered batch {n}")
+        if world_size() == 1:
+            return labels  # the same labels, already on the device
+        host = torch.from_numpy(np.asarray(global_labels, dtype=np.int64))
+        if labels.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(labels.device, non_blocking=True)
 
     @torch.no_grad()
     def _update_norm_stats(self, all_norms: torch.Tensor) -> None:
@@ -169,17 +187,14 @@ class Head(nn.Module):
             columns += [coef.alpha[:, None], f_t]
         if not columns:
             return
-        all_labels, packed = gather_rows(labels, torch.cat(columns, dim=1))
+        (packed,) = gather_rows(torch.cat(columns, dim=1))
         if norms is not None:
             all_norms, packed = packed[:, 0], packed[:, 1:]
             self._update_norm_stats(all_norms)
         if coef is not None:
-            rounds = None
-            if global_labels is not None:
-                if len(global_labels) != all_labels.shape[0]:
-                    raise ValueError(f"head: global_labels holds {len(global_labels)} labels, the gathered batch "
-                                     f"{all_labels.shape[0]}")
-                rounds = rounds_from_host(global_labels, self.centres.device)
+            # the labels of the global batch: the host's copy where the loader handed one (no gather)
+            all_labels = self._global_labels(labels, global_labels, packed.shape[0])
+            rounds = rounds_from_host(global_labels, self.centres.device) if global_labels is not None else None
             update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0], rounds)
 
 

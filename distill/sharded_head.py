@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .centres import ALPHA_MIN, Coefficients, rounds_from_host, update_centres
+from .centres import Coefficients, coefficients, rounds_from_host, update_centres
 from .class_shard import ClassShard
 from .distributed import gather_rows, world_size
-from .heads import Head, geometry_weight
-from .margins import clip_norms, margin_logits, norm_scaler
+from .heads import Head
+from .margins import clip_norms, margin_logits
 from .sharded_softmax import ShardedLogits, gather_with_grad
 
 
@@ -54,6 +54,9 @@ class ShardedHead(Head):
         owned = (labels_all >= sh.start) & (labels_all < sh.stop)
         local = torch.where(owned, labels_all - sh.start, 0)  # the column of the class where owned
         own = slice(sh.rank * b, (sh.rank + 1) * b)
+        # The same, on the host, where the loader handed the global batch's labels: no device sync later
+        host = None if global_labels is None else np.asarray(global_labels, dtype=np.int64)
+        mine = None if host is None else np.flatnonzero((host >= sh.start) & (host < sh.stop))
 
         f_s = F.normalize(z_all, dim=1)
         stats = {"cos_st": None, "alpha": None, "margin_scaler": self.margin.m}
@@ -66,61 +69,40 @@ class ShardedHead(Head):
         norms = clip_norms(z_all.norm(dim=1)) if self.margin.uses_norms else None
 
         if self.training:
-            self._update_sharded_state(local, owned, f_t, coef, norms, global_labels)
+            self._update_sharded_state(local, owned, f_t, coef, norms, host, mine)
 
-        z_hat = None
-        if self.margin.uses_norms:
-            shift = 0.0
-            if self.geom is not None:  # the pre-update lambda, as the replicated head
-                geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
-                shift = geometry_weight(self.geom, epoch_progress) * geom
-            z_hat = norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
+        z_hat = self._z_hat(norms, coef, epoch_progress)  # the pre-update lambda, as the replicated head
+        if z_hat is not None:
             stats["margin_scaler"] = z_hat[own].mean()
-        weights, target = self._columns(local, owned, global_labels)
+        weights, target = self._columns(local, owned, host, mine)
         cos = f_s @ F.normalize(weights, dim=1).t()  # [N, K]
         logits = margin_logits(self.margin, cos, target, z_hat, owned)
         return ShardedLogits(logits, target, owned, (own.start, own.stop)), stats
 
-    def _global_labels(self, labels, global_labels, n) -> torch.Tensor:
-        """The global batch's labels on the device: from the host's copy (no collective), else gathered."""
-        if global_labels is None:
-            return gather_rows(labels)[0]
-        if len(global_labels) != n:
-            raise ValueError(f"head: global_labels holds {len(global_labels)} labels, the gathered batch {n}")
-        host = torch.from_numpy(np.asarray(global_labels, dtype=np.int64))
-        if labels.device.type == "cuda":
-            host = host.pin_memory()
-        return host.to(labels.device, non_blocking=True)
-
     @torch.no_grad()
     def _coefficients(self, local, owned, f_s, f_t) -> Coefficients:
         """distill.centres.coefficients for every row of the global batch; lambda from the owner rank."""
-        cos_st = (f_s * f_t).sum(dim=1).clamp(-1.0, 1.0)
         lam = torch.where(owned, (F.normalize(self.centres[local], dim=1) * f_t).sum(dim=1), 0.0)
         if world_size() > 1:
             dist.all_reduce(lam)  # each row's lambda comes from exactly one rank, the others add 0
-        lam = lam.clamp(ALPHA_MIN, 1.0)
-        alpha = (cos_st * lam if self.alpha_mode == "weighted" else cos_st).clamp(ALPHA_MIN, 1.0)
-        return Coefficients(cos_st=cos_st, lam=lam, alpha=alpha)
+        return coefficients(None, None, f_s, f_t, self.alpha_mode == "weighted", lam=lam)
 
     @torch.no_grad()
-    def _update_sharded_state(self, local, owned, f_t, coef, norms, global_labels) -> None:
-        """The AdaFace EMA from every row (as every rank does), the AdaDistill update of this rank's rows."""
+    def _update_sharded_state(self, local, owned, f_t, coef, norms, host, mine) -> None:
+        """The AdaFace EMA from every row (as every rank does), the AdaDistill update of this rank's rows.
+        host, mine: the global batch's labels and this rank's rows of it on the host, or None."""
         if norms is not None:
             self._update_norm_stats(norms)
         if coef is None:
             return
-        sh = self.shard
-        if global_labels is not None:  # which rows are this rank's, and their rounds, from the host: no sync
-            host = np.asarray(global_labels, dtype=np.int64)
-            mine = np.flatnonzero((host >= sh.start) & (host < sh.stop))
+        if mine is not None:  # which rows are this rank's, and their rounds, from the host: no sync
             sel = torch.from_numpy(mine).to(local.device, non_blocking=True)
-            rounds = rounds_from_host(host[mine] - sh.start, local.device)
+            rounds = rounds_from_host(host[mine] - self.shard.start, local.device)
         else:
             sel, rounds = owned.nonzero().squeeze(1), None  # a host sync; callers with a Batch avoid it
         update_centres(self.centres, local[sel], f_t[sel], coef.alpha[sel], rounds)
 
-    def _columns(self, local, owned, global_labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def _columns(self, local, owned, host, mine) -> tuple[torch.Tensor, torch.Tensor]:
         """The centres the logits use, and each row's target column among them.
 
         Partial FC (arcface_torch partial_fc_v2.py `sample`), in training with sample_rate < 1: this
@@ -131,10 +113,8 @@ class ShardedHead(Head):
         if not (self.training and self.sample_rate < 1):
             return self.centres, local
         sh = self.shard
-        if global_labels is not None:
-            host = np.asarray(global_labels, dtype=np.int64)
-            positives = np.unique(host[(host >= sh.start) & (host < sh.stop)] - sh.start)
-            positive = torch.from_numpy(positives).to(local.device, non_blocking=True)
+        if mine is not None:
+            positive = torch.from_numpy(np.unique(host[mine] - sh.start)).to(local.device, non_blocking=True)
         else:
             positive = torch.unique(local[owned])  # sorted; a host sync
         wanted = max(1, int(self.sample_rate * sh.rows))
