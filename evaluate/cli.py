@@ -84,18 +84,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _model_and_run(p: argparse.ArgumentParser) -> None:
+    """The options every command shares: how to build the backbone, and where and how to run it."""
     p.add_argument("--config", type=Path, help="YAML whose model.name/embedding_size build the backbone")
     p.add_argument("--network", help="backbone name for a bare state dict (e.g. iresnet50)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _model_and_run(p)
     p.add_argument("--val-data", type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--ijb-root", type=Path, help="folder holding IJBB/IJBC (insightface) or IJB?_gt_aligned (CVLFace)")
     p.add_argument("--tinyface-root", type=Path, help="folder holding tinyface_aligned_pad_0.1")
     p.add_argument("--targets", nargs="+", metavar="TARGET",
                    help=f"subset of: {' '.join(ALL_TARGETS)}, or the name of any other NAME.bin under "
                         "--val-data (default: all with data)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _parser_single() -> argparse.ArgumentParser:
@@ -130,6 +135,19 @@ def _model_section(config: Path) -> dict:
     return section
 
 
+def _load(path: Path, args, device) -> models.LoadedBackbone:
+    """The backbone in `path` (checkpoint, run directory or .pth), named by --network or --config's model."""
+    given = _model_section(args.config) if args.config is not None else {}
+    return models.load_backbone(path, network=args.network or given.get("name"),
+                                embedding_size=given.get("embedding_size"), device=device)
+
+
+def _described(loaded) -> dict:
+    """What a report says of the backbone it ran."""
+    return {"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
+            "step": loaded.step}
+
+
 def _roots(args) -> DataRoots:
     """The data roots, each checked to be a folder (MissingDataError naming it)."""
     return DataRoots(args.val_data, args.ijb_root, args.tinyface_root)
@@ -144,9 +162,7 @@ def evaluate_checkpoint(path: Path, args, *, before_run: Optional[Callable[[Path
     device = pipeline.resolve_device(args.device)
     roots = _roots(args)
     to_run, skipped = plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))
-    given = _model_section(args.config) if args.config is not None else {}
-    loaded = models.load_backbone(path, network=args.network or given.get("name"),
-                                  embedding_size=given.get("embedding_size"), device=device)
+    loaded = _load(path, args, device)
     require_some(to_run, roots)
     if before_run is not None:
         before_run(Path(loaded.file))
@@ -156,8 +172,7 @@ def evaluate_checkpoint(path: Path, args, *, before_run: Optional[Callable[[Path
         results[target] = run_target(loaded.net, target, data, device=device, batch_size=args.batch_size,
                                      progress=not args.quiet)
         results[target]["seconds"] = round(time.perf_counter() - t0, 2)
-    return {"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
-            "step": loaded.step, "device": str(device), "results": results, "skipped": skipped,
+    return {**_described(loaded), "device": str(device), "results": results, "skipped": skipped,
             "protocols": {"verification": "insightface verification.evaluate (acc); VAL@FAR: largest threshold "
                                           "with training FAR <= 1e-3",
                           "ijb": "insightface eval_ijbc.py / CVLFace three configurations; headline "
@@ -278,8 +293,6 @@ def _parser_overlap() -> argparse.ArgumentParser:
                                 "verification sets: each class's centre against every set image "
                                 "(evaluate/overlap.py explains the default threshold).")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory or backbone .pth")
-    p.add_argument("--config", type=Path, help="YAML whose model.name/embedding_size build the backbone")
-    p.add_argument("--network", help="backbone name for a bare state dict (e.g. iresnet50)")
     p.add_argument("--shards", required=True, type=Path, help="the training shards (python -m convert)")
     p.add_argument("--val-data", required=True, type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--targets", nargs="+", metavar="SET",
@@ -293,9 +306,7 @@ def _parser_overlap() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="report JSON; the CSV goes beside it (.csv)")
     p.add_argument("--write-exclusions", type=Path, metavar="FILE",
                    help="write the flagged classes for `python -m convert rec|folder --exclude-classes FILE`")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _model_and_run(p)
     return p
 
 
@@ -329,9 +340,7 @@ def main_overlap(argv: Sequence[str]) -> int:
     samples = pipeline.ShardSamples(args.shards)
     manifest = Manifest.load(args.shards)
     device = pipeline.resolve_device(args.device)
-    given = _model_section(args.config) if args.config is not None else {}
-    loaded = models.load_backbone(args.checkpoint, network=args.network or given.get("name"),
-                                  embedding_size=given.get("embedding_size"), device=device)
+    loaded = _load(args.checkpoint, args, device)
     sets = [verification.load_set(p) for p in paths.values()]
 
     progress = not args.quiet
@@ -342,8 +351,7 @@ def main_overlap(argv: Sequence[str]) -> int:
     chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device)
     warnings = overlap.warnings_for(chosen, audits)
     report = overlap_report.build(
-        checkpoint={"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
-                    "step": loaded.step},
+        checkpoint=_described(loaded),
         shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
         chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
         exclusions=args.write_exclusions)
