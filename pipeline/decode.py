@@ -32,9 +32,14 @@ def decode_images(encoded: Sequence[bytes], *, size: int = 112, device: str | to
     where batches will do).
     """
     dev = resolve_device(device)
-    parts = list(decode_batches(encoded, size=size, device=dev, batch_size=batch_size))
+    return joined(decode_batches(encoded, size=size, device=dev, batch_size=batch_size), size, dev)
+
+
+def joined(batches: Iterator[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Batches of [n, 3, size, size] as one tensor: a lone batch as it is, none as an empty one."""
+    parts = list(batches)
     if not parts:
-        return torch.empty((0, 3, size, size), dtype=torch.float32, device=dev)
+        return torch.empty((0, 3, size, size), dtype=torch.float32, device=device)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 

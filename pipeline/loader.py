@@ -18,7 +18,7 @@ from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
 from pipeline.datasets import Shards, join_indexes, shard_dirs
 from pipeline.order import check_weights, plan_epoch
-from pipeline.decode import decode_batches
+from pipeline.decode import decode_batches, joined
 from pipeline.image_check import UndecodableImageError
 from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
 
@@ -151,10 +151,8 @@ class ShardSamples:
         """float32 [len(keys), 3, S, S], RGB, (x - 127.5) / 127.5 on `device`: JPEG shards decoded by
         `decode_images` (the training loader's DALI decoder), raw shards only normalised. A sample that
         does not decode raises ShardError naming its shard and key."""
-        parts = list(self.image_batches(keys, device=device, batch_size=batch_size))
-        if not parts:
-            return torch.empty((0, 3, self.image_size, self.image_size), device=resolve_device(device))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return joined(self.image_batches(keys, device=device, batch_size=batch_size), self.image_size,
+                      resolve_device(device))
 
     def image_batches(self, keys: np.ndarray, *, device: Union[str, torch.device] = "auto",
                       batch_size: int = 256) -> Iterator[torch.Tensor]:
