@@ -84,7 +84,7 @@ class DaliLoader:
         if graph.reader is None or graph.reader.index is not self.index:
             graph.reader = ShardReader(self.index)  # its maps of the tars, kept with the graph: no page faults anew
         reader = graph.reader
-        graph.feed = self._feed(reader, pending)
+        graph.source.feed = self._feed(reader, pending)
         finished = False
         try:
             for _ in range(self.start_step, self.plan.steps):
@@ -102,7 +102,7 @@ class DaliLoader:
                             keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels)
             finished = _ended(graph.pipe)
         finally:
-            graph.feed = None
+            graph.source.feed = None
             if finished:
                 graph.pipe.reset()  # ready for the next epoch's input
                 _KEPT.give_back(key, graph)
@@ -128,19 +128,28 @@ def _ended(pipe) -> bool:
     return False
 
 
-class _Graph:
-    """A built training graph and the epoch feeding it: the graph's source calls `feed`, which each epoch
-    replaces with its own, and the reader of the shards it last read."""
+class _Source:
+    """A training graph's input: the epoch's `feed`, which each epoch replaces with its own (None between
+    epochs: the input has ended). The graph holds it, and it holds nothing of the graph: a dropped _Graph
+    is no reference cycle, so its pipeline shuts down at once instead of at a later garbage collection
+    (which a forked DataLoader worker may run: DALI's shutdown then hangs the worker)."""
 
     def __init__(self) -> None:
-        self.pipe = None
         self.feed: Optional[Callable[[], tuple]] = None
-        self.reader: Optional[ShardReader] = None  # the last epoch's, reused when the next reads the same index
 
-    def source(self) -> tuple:
+    def __call__(self) -> tuple:
         if self.feed is None:
             raise StopIteration
         return self.feed()
+
+
+class _Graph:
+    """A built training graph, its source, and the reader of the shards it last read."""
+
+    def __init__(self) -> None:
+        self.source = _Source()
+        self.pipe = None
+        self.reader: Optional[ShardReader] = None  # the last epoch's, reused when the next reads the same index
 
 
 # A training run builds one loader an epoch: an epoch that ends cleanly leaves its graph for the next.

@@ -168,3 +168,28 @@ def test_dali_graphs_run_a_thread_beyond_the_rank_s_cores(monkeypatch):
     assert dali_threads() == max(1, cpu_threads() // 2) + 1
     pipe = dali_graph.build_decode_graph(lambda: [], batch_size=2, size=112, device=torch.device("cpu"))
     assert pipe.num_threads == dali_threads()
+
+
+def test_an_epoch_left_midway_shuts_its_graph_down_at_once(jpeg_shards):
+    """The dropped graph is no reference cycle: its pipeline goes with the last reference, not at a later
+    garbage collection (which a forked DataLoader worker may run, and hang in DALI's shutdown)."""
+    import gc
+    import weakref
+
+    from pipeline import dali_loader
+
+    built = []
+    real_build = dali_loader.build_train_graph
+    gc.collect()
+    gc.disable()
+    try:
+        dali_loader.build_train_graph = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+        batches = iter(pipeline.build_loader(jpeg_shards, 24, seed=3, device="cpu", backend="dali"))  # a batch
+        # size no other test uses: a graph built here, not one kept from before
+        next(batches)
+        pipe = weakref.ref(built.pop())
+        batches.close()
+        assert pipe() is None
+    finally:
+        dali_loader.build_train_graph = real_build
+        gc.enable()
