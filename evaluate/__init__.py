@@ -16,6 +16,13 @@ Modules, one job each:
   image, and the rule for its default threshold.
 - overlap_report: the audit's JSON report, its CSV of suspected overlaps and the exclusion list for
   `python -m convert rec|folder --exclude-classes`.
+- own_data_cli: `python -m evaluate embed | pairs | threshold`, a user's own images (cli dispatches to it).
+- image_sources: any images a user holds (identity folders, a flat folder, a .rec, shards, a .bin) as one list.
+- embed_images: every image of a source through the image pass into a Parquet file.
+- pairs: a pair set from identity folders whose 10 folds share no identity.
+- landmarks: the landmarks CSV, and 112x112 crops aligned from it by the IJB alignment.
+- thresholds: the cosine threshold and TAR at each FAR of a pair set (every verification result has them).
+- roc_plot: the ROC of several models on one pair set, operating points marked.
 
 Importing this package imports none of them (the training loop picks what it needs).
 """

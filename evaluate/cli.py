@@ -373,6 +373,10 @@ def main_overlap(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["embed"], ["pairs"], ["threshold"]):  # a user's own data: evaluate/own_data_cli.py
+        from evaluate.own_data_cli import COMMANDS
+        prog, command = COMMANDS[argv[0]]
+        return run_command(prog, lambda: command(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["overlap"]:
         return run_command(OVERLAP_PROG, lambda: main_overlap(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["batch"]:

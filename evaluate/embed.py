@@ -52,8 +52,11 @@ def pass_device(model: torch.nn.Module, device=None) -> torch.device:
 
 
 def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], *, total: int,
-                  desc: Optional[str] = None) -> Embeddings:
-    """Run normalised image batches [b,3,H,W] (on the model's device) and their flips through `model`."""
+                  desc: Optional[str] = None, flip: bool = True) -> Embeddings:
+    """Run normalised image batches [b,3,H,W] (on the model's device) and their flips through `model`.
+
+    flip=False: the single pass, fused = e(x) and xnorm over the N embeddings (`python -m evaluate embed
+    --no-flip`); the evaluators always fuse."""
     was_training = model.training
     model.eval()
     parts, norm_sum, count = [], 0.0, 0
@@ -62,16 +65,21 @@ def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], *, to
         with torch.inference_mode():
             for images in batches:
                 e = model(images).float()
-                ef = model(torch.flip(images, dims=[3])).float()
-                norm_sum += float(e.norm(dim=1).double().sum() + ef.norm(dim=1).double().sum())
-                count += 2 * e.shape[0]
-                parts.append((e + ef).cpu().numpy())
+                norm_sum += float(e.norm(dim=1).double().sum())
+                count += e.shape[0]
+                if flip:
+                    ef = model(torch.flip(images, dims=[3])).float()
+                    norm_sum += float(ef.norm(dim=1).double().sum())
+                    count += ef.shape[0]
+                    e = e + ef
+                parts.append(e.cpu().numpy())
                 bar.update(images.shape[0])
     finally:
         bar.close()
         model.train(was_training)
-    if count // 2 != total:
-        raise RuntimeError(f"embedding pass produced {count // 2} embeddings for {total} images")
+    passes = 2 if flip else 1
+    if count // passes != total:
+        raise RuntimeError(f"embedding pass produced {count // passes} embeddings for {total} images")
     if not parts:
         raise ValueError("embedding pass got no images")
     return Embeddings(fused=np.concatenate(parts), xnorm=norm_sum / count)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import sklearn.preprocessing
@@ -190,20 +190,30 @@ def evaluate(embeddings, issame, nfolds: int = 10) -> dict:
     }
 
 
-def test(model, vset: VerificationSet, *, device=None, batch_size: int = 256, nfolds: int = 10,
-         progress: bool = True) -> dict:
-    """The image pass and the metric: what the training loop's callback and the CLI both call.
-
-    Returns `evaluate`'s dict plus xnorm (mean L2 norm of the raw embeddings of both passes) and
-    pairs (the number of pairs).
-    """
+def normalised_embeddings(model, vset: VerificationSet, *, device=None, batch_size: int = 256,
+                          progress: bool = True) -> tuple[np.ndarray, float]:
+    """(fused embeddings L2-normalised, float64 [2P, D]; xnorm): the image pass as `test` makes it."""
     from evaluate.embed import embed_encoded
 
     emb = embed_encoded(model, vset.images, device=device, batch_size=batch_size,
                         desc=f"verify {vset.name}" if progress else None, source=vset.source or vset.name)
     # float64 and sklearn's normalize, as insightface's `test` does.
-    fused = sklearn.preprocessing.normalize(emb.fused.astype(np.float64))
+    return sklearn.preprocessing.normalize(emb.fused.astype(np.float64)), emb.xnorm
+
+
+def test(model, vset: VerificationSet, *, device=None, batch_size: int = 256, nfolds: int = 10,
+         progress: bool = True, fars: Optional[Sequence[float]] = None) -> dict:
+    """The image pass and the metric: what the training loop's callback and the CLI both call.
+
+    Returns `evaluate`'s dict plus xnorm (mean L2 norm of the raw embeddings of both passes), pairs (the
+    number of pairs) and thresholds (evaluate.thresholds.operating_points: the cosine threshold and TAR at
+    FAR 1e-1, 1e-2, ... down to what the set's impostor pairs support, or at `fars`).
+    """
+    from evaluate.thresholds import operating_points, scores
+
+    fused, xnorm = normalised_embeddings(model, vset, device=device, batch_size=batch_size, progress=progress)
     result = evaluate(fused, vset.issame, nfolds=nfolds)
-    result["xnorm"] = emb.xnorm
+    result["xnorm"] = xnorm
     result["pairs"] = int(vset.issame.size)
+    result["thresholds"] = operating_points(scores(fused), vset.issame, fars)
     return result

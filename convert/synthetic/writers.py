@@ -1,4 +1,5 @@
-"""Write the synthetic identity dataset: an insightface-layout .rec, identity folders, or a .bin pair set.
+"""Write the synthetic identity dataset: an insightface-layout .rec, identity folders, or a .bin pair set
+(write_bin: insightface's .bin format, also for `python -m evaluate pairs`).
 
 Images come from `faces.render`, encoded as JPEG quality 95, generated in parallel over
 processes (one task per identity) and written in identity order, so the output depends only on
@@ -203,7 +204,16 @@ def write_pairs_bin(
     for first, second, same in chosen:
         bins += [jpeg_of[first], jpeg_of[second]]
         issame.append(bool(same))
+    return write_bin(path, bins, issame)
+
+
+def write_bin(path: Union[str, os.PathLike], bins: Sequence[bytes], issame: Sequence[bool]) -> str:
+    """insightface's .bin at `path`, atomically: a pickle of (list of encoded images, list of bools), pair i
+    = bins[2i], bins[2i+1]; what insightface's load_bin and evaluate.verification.load_bin read."""
+    if len(bins) != 2 * len(issame):
+        raise ValueError(f"expected 2 images per pair = {2 * len(issame)}, found {len(bins)}")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_atomic(path, pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
+    write_atomic(path, pickle.dumps(([bytes(b) for b in bins], [bool(x) for x in issame]),
+                                    protocol=pickle.HIGHEST_PROTOCOL))
     return path
