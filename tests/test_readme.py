@@ -39,10 +39,15 @@ PY = sys.executable
 TINY_TRAINING = ("train.max_steps=2", "train.batch_size=8", "model.name=mobilefacenet_s", "eval.targets=[]")
 # Sample values for the Slurm example's shell variables (its `head=$(...)` included).
 SHELL_SAMPLES = {"SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[0-1]", "head": "node0"}
-FIXED_PATHS = {"/data/faces_emore": "emore", "/data/my_identities": "identities", "/data/facerec_val": "empty"}
+FIXED_PATHS = {"/data/faces_emore": "emore", "/data/my_identities": "identities", "/data/facerec_val": "empty",
+               "/data/my_people": "people"}
+# The own-data pair sets are cut down to this many pairs (appended after the README's --pairs, which argparse
+# lets win), as training is cut down by TINY_TRAINING: the image passes over them stay a few seconds.
+TINY_PAIRS = ("--pairs", "40")
 PRODUCED = re.compile(r"(/data/shards|/data/cache|runs)/[\w.-]+")  # written by one README command, read by others
 FORMS = ("python -m convert rec|folder|verify ...", "python -m distill --config FILE key=value ...",
          "python -m distill cache-teacher ...", "python -m distill plan ...", "python -m evaluate [batch] ...",
+         "python -m evaluate embed|pairs|threshold ...",
          "python -m bench ...",
          "python -m configs.reference", "[srun] torchrun ... -m distill ...", "make TARGET ...",
          "huggingface-cli|hf download ...")
@@ -95,7 +100,8 @@ def kind(argv: tuple[str, ...]) -> Optional[str]:
     if argv[:2] == ("python", "-m"):
         return {("convert", "rec"): "convert", ("convert", "folder"): "convert", ("convert", "verify"): "convert",
                 ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher",
-                ("distill", "plan"): "plan"}.get(
+                ("distill", "plan"): "plan", ("evaluate", "embed"): "own-data", ("evaluate", "pairs"): "own-data",
+                ("evaluate", "threshold"): "own-data"}.get(
             (module, sub), module if module in ("evaluate", "bench") else
             "reference" if argv[2:] == ("configs.reference",) else None)
     if argv[:1] == ("torchrun",) or argv[:2] == ("srun", "torchrun"):
@@ -114,6 +120,8 @@ def writes(argv: tuple[str, ...]) -> Optional[str]:
         return argv[argv.index("--out") + 1]
     if kind(argv) == "train":
         return next((a.split("=", 1)[1] for a in argv if a.startswith("output=")), None)
+    if kind(argv) == "own-data" and argv[3] == "pairs" and "--output" in argv:
+        return argv[argv.index("--output") + 1]
     return None
 
 
@@ -137,11 +145,13 @@ class World:
         self.root = root
         self.emore = root / "faces_emore"  # train.rec/train.idx and lfw.bin, like MS1MV2's folder
         self.identities, self.empty, self.teacher_shards = root / "ids", root / "facerec_val", root / "t_shards"
+        self.people = root / "people"  # 20 identities: the fewest whose pair set has 10 identity-disjoint folds
         self.empty.mkdir()
         self._runs: dict = {}
         self._teachers: dict = {}
         for argv in (["synth", self.emore, "--identities", "8", "--per-identity", "6"],
                      ["synth", self.identities, "--identities", "4", "--per-identity", "3", "--format", "folder"],
+                     ["synth", self.people, "--identities", "20", "--per-identity", "3", "--format", "folder"],
                      # 100 pairs: each of the 10 folds gets same and different pairs
                      ["synth-bin", self.emore / "lfw.bin", "--identities", "4", "--pairs", "100",
                       "--first-identity", "8"],
@@ -175,7 +185,8 @@ class World:
                 expect_ok(done, f"{value!r} is made by README.md:{writers[0].line}, which failed")
                 if not copy:
                     return str(made)
-            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-")) / "x"
+            # the suffix kept: a command may name its output by it (python -m evaluate pairs X.bin)
+            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-")) / f"x{Path(value).suffix}"
             if not write:
                 shutil.copytree(made, fresh)
             return str(fresh)
@@ -205,7 +216,8 @@ class World:
                 args, out = distill_args(self, command.argv[3:], command.line)
             else:
                 args, out = self.localize(command.argv[3:], writes(command.argv))
-            extra = {"convert": ["--workers", "1"] if args[0] != "verify" else [], "cache-teacher": ["--no-progress"]}
+            extra = {"convert": ["--workers", "1"] if args[0] != "verify" else [], "cache-teacher": ["--no-progress"],
+                     "own-data": list(TINY_PAIRS)}
             self._runs[command] = run([PY, "-m", command.argv[2], *args, *extra.get(k, [])]), out
         return self._runs[command]
 
@@ -252,6 +264,34 @@ def check_evaluate(w: World, c: Command) -> None:
     reports = sorted(where.glob("*.json"))
     assert reports and '"lfw"' in reports[0].read_text(), f"README.md:{c.line}: no report with lfw in {where}"
     assert not batch or (where / "summary.csv").is_file(), f"README.md:{c.line}: no summary.csv in {where}"
+
+
+def check_own_data(w: World, c: Command) -> None:
+    """pairs, threshold and embed as written (pairs cut to TINY_PAIRS), each output checked for what it must hold."""
+    import pyarrow.parquet as pq
+
+    if c.argv[3] == "pairs":
+        done, out = w.run_once(c)
+        expect_ok(done, f"README.md:{c.line}: {c.text}")
+        assert out.is_file() and out.with_suffix(".csv").is_file(), f"README.md:{c.line}: no {out} and its .csv"
+        return
+    args = []
+    for before, word in zip(("",) + c.argv[3:], c.argv[3:]):  # the files it writes go to fresh paths
+        args.append(w.path(word, write=True) if before in ("--output", "--roc") else w.path(word))
+    out = Path(args[args.index("--output") + 1]) if "--output" in args else None
+    expect_ok(run([PY, "-m", "evaluate", *args, "--quiet"]), f"README.md:{c.line}: {c.text}")
+    if c.argv[3] == "embed":
+        assert pq.read_table(out).num_rows == 60, f"README.md:{c.line}: {out} should hold the 60 images"
+        return
+    if out is not None:
+        import json
+        fars = [m["results"][name]["thresholds"]["far"] for m in json.loads(out.read_text())["models"]
+                for name in m["results"]]
+        asked = [c.argv[i + 1] for i, a in enumerate(c.argv) if a == "--far"]
+        assert fars and all(f"{float(f):g}" in points for points in fars for f in asked), \
+            f"README.md:{c.line}: {out} lacks FAR {asked}: {fars}"
+    if "--roc" in args:
+        assert Path(args[args.index("--roc") + 1]).read_bytes()[:4] == b"\x89PNG", f"README.md:{c.line}: no ROC"
 
 
 def check_bench(w: World, c: Command) -> None:
@@ -313,7 +353,7 @@ def check_hub(w: World, c: Command) -> None:
 
 
 CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "plan": check_plan,
-          "evaluate": check_evaluate, "bench": check_bench, "reference": check_reference,
+          "evaluate": check_evaluate, "own-data": check_own_data, "bench": check_bench, "reference": check_reference,
           "torchrun": check_torchrun, "make": check_make, "hub": check_hub}
 
 
