@@ -146,9 +146,10 @@ def _print_points(name: str, result: dict) -> None:
 
 
 def main_threshold(argv: Sequence[str]) -> int:
-    args = _parser_threshold().parse_args(argv)
+    parser = _parser_threshold()
+    args = parser.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.checkpoint):
-        raise verification.DataFileError(f"--names: {len(args.names)} names for {len(args.checkpoint)} checkpoints")
+        parser.error(f"--names: {len(args.names)} names for {len(args.checkpoint)} checkpoints")
     vset = verification.load_set(args.data)
     problem = verification.fold_problem(vset.issame)
     if problem is not None:

@@ -186,7 +186,8 @@ class World:
                 if not copy:
                     return str(made)
             # the suffix kept: a command may name its output by it (python -m evaluate pairs X.bin)
-            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-")) / f"x{Path(value).suffix}"
+            folder = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-"))
+            fresh = folder / f"x{Path(value).suffix}"
             if not write:
                 shutil.copytree(made, fresh)
             return str(fresh)
