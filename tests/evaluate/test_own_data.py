@@ -17,6 +17,8 @@ import torch
 from sklearn.model_selection import KFold
 
 import models
+import pipeline
+from convert import convert_rec
 from convert.synthetic import write_synthetic
 from evaluate import cli, verification
 from evaluate.ijb.align import ARCFACE_TEMPLATE
@@ -149,7 +151,6 @@ def test_embed_real_faces_as_the_evaluation_does(tmp_path, realfaces, checkpoint
 
     assert _run("embed", *_model_args(checkpoint), "--images", src, "--output", out, "--no-flip") == 0
     single = np.asarray(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
-    import pipeline
     with torch.no_grad():
         direct = checkpoint[1](pipeline.decode_images([(src / f).read_bytes() for f in files], device="cpu"))
     assert np.allclose(single, direct.numpy(), atol=1e-4)
@@ -162,9 +163,12 @@ def test_embed_reads_flat_folders_recs_and_bins(tmp_path, checkpoint):
     for p in sorted((tmp_path / "ids").glob("*/*.jpg")):
         (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     write_synthetic(tmp_path / "rec", 2, 2, seed=0, fmt="rec", workers=1)
+    convert_rec(str(tmp_path / "rec"), str(tmp_path / "shards"), seed=0, workers=1)
+    shard_labels = pipeline.ShardSamples(tmp_path / "shards").labels(np.arange(4)).tolist()
     write_bin(tmp_path / "set.bin", *pair_set(2))
     for src, keys, labels in ((flat, sorted(os.listdir(flat)), [None] * 4),
                               (tmp_path / "rec", ["1", "2", "3", "4"], [0, 0, 1, 1]),
+                              (tmp_path / "shards", [f"{k:09d}" for k in range(4)], shard_labels),
                               (tmp_path / "set.bin", ["0", "1", "2", "3"], [None] * 4)):
         out = tmp_path / f"{src.name}.parquet"
         assert _run("embed", *_model_args(checkpoint), "--images", src, "--output", out) == 0, src
