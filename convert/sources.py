@@ -60,7 +60,7 @@ class RecSource:
             self.layout = "im2rec" if insightface_image_end(reader) is None else "insightface"
         finally:
             reader.close()
-        if not self.keys:
+        if len(self.keys) == 0:
             raise SourceError(f"{self.rec}: holds no image records")
         self._reader: Optional[RecordReader] = None
 
@@ -73,7 +73,7 @@ class RecSource:
         return len(self.keys)
 
     def where(self, i: int) -> str:
-        return f"{self.rec} key {self.keys[i]}"
+        return f"{self.rec} key {int(self.keys[i])}"
 
     def _records(self) -> RecordReader:
         """This process's reader of the .rec, opened on first use (workers get the source without it)."""
