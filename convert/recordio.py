@@ -225,9 +225,10 @@ def _read_index(path_idx: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.fromiter(offsets, np.int64, len(offsets)), np.fromiter(offsets.values(), np.int64, len(offsets))
 
 
-class _Offsets:
+class RecordIndex:
     """key -> record offset over int64 arrays (8 bytes a key where keys are dense, as every .rec's are; 16 where
-    they are not), not a dict of Python ints (~100 bytes a key)."""
+    they are not), not a dict of Python ints (~100 bytes a key). Picklable: a converter's workers get the
+    parent's (RecordReader(..., index=)) instead of each parsing the .idx again."""
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:
         self.count = len(keys)
@@ -241,6 +242,14 @@ class _Offsets:
             self.dense = None
             order = np.argsort(keys, kind="stable")
             self.sorted_keys, self.sorted_offsets = keys[order], offsets[order]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_by_key"}  # a memoryview does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.dense is not None:
+            self._by_key = memoryview(self.dense)
 
     def get(self, key) -> Optional[int]:
         key = int(key)
@@ -283,7 +292,10 @@ class RecordReader:
     and offset.
     """
 
-    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None] = None) -> None:
+    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None] = None, *,
+                 index: Optional[RecordIndex] = None) -> None:
+        """index: the `index` of a reader of the same files opened before (another process's), used instead
+        of reading `path_idx` again."""
         self.path_rec = os.fspath(path_rec)
         if not os.path.isfile(self.path_rec):
             raise RecordIOError(f"{self.path_rec}: no such .rec file")
@@ -291,14 +303,21 @@ class RecordReader:
         self._fd = os.open(self.path_rec, os.O_RDONLY)
         self._map = None  # mapped on the first view()
         self.path_idx = os.fspath(path_idx) if path_idx is not None else None
-        if self.path_idx is not None:
-            self._offsets = _Offsets(*_read_index(self.path_idx, self.size))
+        if index is not None:
+            self._offsets = index
+        elif self.path_idx is not None:
+            self._offsets = RecordIndex(*_read_index(self.path_idx, self.size))
             pa.default_memory_pool().release_unused()  # the parser's buffers, which the pool would keep
         else:
             warnings.warn(f"{self.path_rec}: no .idx given, scanning the whole file to index it", stacklevel=2)
             offsets = np.fromiter(self._scan(), np.int64)
-            self._offsets = _Offsets(np.arange(len(offsets), dtype=np.int64), offsets)
+            self._offsets = RecordIndex(np.arange(len(offsets), dtype=np.int64), offsets)
         self._keys: Optional[np.ndarray] = None
+
+    @property
+    def index(self) -> RecordIndex:
+        """Where each key's record starts, for RecordReader(..., index=) in another process."""
+        return self._offsets
 
     @property
     def keys(self) -> np.ndarray:

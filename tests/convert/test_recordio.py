@@ -122,3 +122,20 @@ def test_index_lookups_dense_and_sparse_keys(tmp_path, keys):
         with pytest.raises(KeyError, match="no record with key 2"):
             reader.read(2)
         reader.close()
+
+
+def test_index_travels_to_another_reader_without_the_idx_read_again(tmp_path):
+    """A converter's worker gets the parent's index with the source (pickled) and reads by it: the .idx is not
+    read again (here it no longer parses), and the records are the same."""
+    import pickle
+
+    rec, idx = tmp_path / "a.rec", tmp_path / "a.idx"
+    with RecordWriter(rec, idx) as w:
+        for k in range(1, 6):
+            w.write_idx(k, pack(IRHeader(0, float(k), k, 0), b"img%d" % k))
+    parent = RecordReader(rec, idx)
+    index = pickle.loads(pickle.dumps(parent.index))
+    idx.write_text("garbage\n")
+    worker = RecordReader(rec, idx, index=index)
+    assert [worker.read(k) for k in range(1, 6)] == [parent.read(k) for k in range(1, 6)]
+    assert worker.keys.tolist() == [1, 2, 3, 4, 5] and 6 not in worker
