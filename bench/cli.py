@@ -30,7 +30,10 @@ STEP_DEFAULTS = {  # per device: (batch, timed steps per round) for (full, --qui
 MODELS = {"cpu": ("mobilefacenet_s", "iresnet_s"), "cuda": ("mobilefacenet", "iresnet50")}
 
 
-def _parser(stages: Sequence[str], default: Sequence[str]) -> argparse.ArgumentParser:
+def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
+    from bench.stages.registry import ON_REQUEST
+
+    default = [s for s in stages if s not in ON_REQUEST]
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Throughput of every stage of the data path and of the distillation step, each against its "
@@ -138,10 +141,10 @@ def _known_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bench.stages import STAGES, default_stages, stage_names
+    from bench.stages import STAGES, stage_names
 
     known = stage_names()
-    args = _parser(known, default_stages()).parse_args(argv)
+    args = _parser(known).parse_args(argv)
     return run_command(PROG, lambda: _run(args, known, STAGES), known=_known_errors())
 
 
