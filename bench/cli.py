@@ -31,6 +31,9 @@ MODELS = {"cpu": ("mobilefacenet_s", "iresnet_s"), "cuda": ("mobilefacenet", "ir
 
 
 def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
+    from bench.stages.registry import ON_REQUEST
+
+    default = [s for s in stages if s not in ON_REQUEST]
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Throughput of every stage of the data path and of the distillation step, each against its "
@@ -42,7 +45,9 @@ def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="where data is generated and converted once (default "
                                                   "$XDG_CACHE_HOME or ~/.cache, then adadistill/bench)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where torch finds one, else cpu")
-    p.add_argument("--stages", default=",".join(stages), help=f"comma-separated, of {','.join(stages)} (default: all)")
+    p.add_argument("--stages", default=",".join(default),
+                   help=f"comma-separated, of {','.join(stages)} (default: {','.join(default)}; growth takes minutes "
+                        f"and writes its own data of each --growth-records size)")
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (a smoke run)")
     p.add_argument("--repeats", type=int, help="timed rounds per contender (default 4, --quick 2)")
     p.add_argument("--warmup", type=int, help="untimed rounds per contender first (default 1)")
@@ -55,6 +60,10 @@ def _parser(stages: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--student", help="step stage student backbone (default: cpu mobilefacenet_s, cuda mobilefacenet)")
     p.add_argument("--teacher", help="step stage teacher backbone (default: cpu iresnet_s, cuda iresnet50)")
     p.add_argument("--workers", type=int, help="baseline DataLoader workers (default: one per usable core)")
+    p.add_argument("--growth-records", default="100000,1000000",
+                   help="growth stage: comma-separated, increasing record counts (default 100000,1000000)")
+    p.add_argument("--growth-classes", type=int, default=85742,
+                   help="growth stage: classes of each .rec (default 85742, MS1MV2's; at most its records)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     p.add_argument("--markdown", type=Path, metavar="OUT", help="write the results as Markdown")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw img/s bars per pair (needs matplotlib)")
@@ -96,6 +105,13 @@ def _models(args, device: str) -> tuple:
     return student, teacher
 
 
+def _sizes(text: str) -> tuple:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise BenchError(f"--growth-records: expected comma-separated whole numbers, found {text!r}") from None
+
+
 def _settings(args, device: str, scratch: Path) -> Settings:
     from pipeline import cpu_threads
 
@@ -108,7 +124,8 @@ def _settings(args, device: str, scratch: Path) -> Settings:
         step_batch_size=_pick(args.step_batch_size, steps["step_batch_size"], q),
         step_steps=_pick(args.step_steps, steps["step_steps"], q), student=student, teacher=teacher,
         workers=args.workers or cpu_threads(), scratch=scratch, quick=q, progress=not args.no_progress,
-        step_num_classes=args.num_classes)
+        step_num_classes=args.num_classes, growth_records=_sizes(args.growth_records),
+        growth_classes=args.growth_classes)
 
 
 def _known_errors() -> tuple:
@@ -134,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args, known: Sequence[str], stages: dict) -> int:
     from bench import data as bench_data, environment, report
     from bench.harness import Skipped
+    from bench.stages import needs_shared_data
+    from bench.stages.growth import Growth
 
     started = time.perf_counter()
     chosen = _stages(args.stages, known)
@@ -145,23 +164,26 @@ def _run(args, known: Sequence[str], stages: dict) -> int:
     cache_dir = args.cache_dir or bench_data.default_cache_dir()
     settings = _settings(args, device, cache_dir)  # every setting checked before any data is made
     env = environment.collect(device)
-    data = bench_data.prepare(args.data, _pick(args.images, DEFAULTS["images"], args.quick), cache_dir,
-                              progress=settings.progress)
+    data = None  # the growth stage alone writes its own data
+    if needs_shared_data(chosen):
+        data = bench_data.prepare(args.data, _pick(args.images, DEFAULTS["images"], args.quick), cache_dir,
+                                  progress=settings.progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     # The convert stage's outputs go to a fresh folder beside the cached data (same file system).
     settings = replace(settings, scratch=Path(tempfile.mkdtemp(prefix="scratch-", dir=cache_dir)))
     try:
-        results, skipped = [], []
+        results, skipped, growth = [], [], []
         for name in chosen:
             if settings.progress:
                 print(f"bench: stage {name}", file=sys.stderr)
             for item in stages[name](settings, data):  # measured pairs, and contenders left out here
-                (skipped if isinstance(item, Skipped) else results).append(item)
+                (skipped if isinstance(item, Skipped) else growth if isinstance(item, Growth) else results).append(item)
     finally:
         shutil.rmtree(settings.scratch, ignore_errors=True)
     env["load_average_at_end"] = environment.load_average()
     shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items() if k != "scratch"}
-    doc = report.document(env, data.describe(), dict(shown, stages=chosen), results, time.perf_counter() - started,
-                          skipped=skipped)
+    doc = report.document(env, data.describe() if data is not None else None, dict(shown, stages=chosen), results,
+                          time.perf_counter() - started, skipped=skipped, growth=growth[0] if growth else None)
     print(report.table(doc))
     if args.json is not None:
         report.write_json(args.json, doc)

@@ -13,18 +13,22 @@ FORMAT = "adadistill-bench"
 VERSION = 1
 
 
-def document(environment: dict, dataset: dict, settings: dict, results: Sequence, wall_s: float,
-             skipped: Sequence = ()) -> dict:
-    """The JSON document: `environment` (with the dataset block), the run's settings, `results`, and `skipped`:
-    the contenders left out on this machine, each with its reason (harness.Skipped)."""
+def document(environment: dict, dataset: Optional[dict], settings: dict, results: Sequence, wall_s: float,
+             skipped: Sequence = (), growth=None) -> dict:
+    """The JSON document: `environment` (with the dataset block; None when only the growth stage ran, which
+    writes its own), the run's settings, `results`, `skipped`: the contenders left out on this machine, each
+    with its reason (harness.Skipped), and `growth` where that stage ran (bench.stages.growth.Growth)."""
     env = dict(environment, dataset=dataset)
     rows = []
     for r in results:
         row = asdict(r)
         row["spread"], row["baseline_spread"] = list(r.spread), list(r.baseline_spread)
         rows.append(row)
-    return {"format": FORMAT, "version": VERSION, "environment": env, "settings": settings, "results": rows,
-            "skipped": [asdict(s) for s in skipped], "wall_s": round(wall_s, 1)}
+    doc = {"format": FORMAT, "version": VERSION, "environment": env, "settings": settings, "results": rows,
+           "skipped": [asdict(s) for s in skipped], "wall_s": round(wall_s, 1)}
+    if growth is not None:
+        doc["growth"] = json.loads(json.dumps(asdict(growth)))  # tuples as the JSON's lists
+    return doc
 
 
 def _rate(x: float) -> str:
@@ -62,6 +66,9 @@ def header_lines(doc: dict) -> list:
     env, ds = doc["environment"], doc["environment"]["dataset"]
     gpu = f"{env['gpu']} (driver {env['gpu_driver'] or 'unknown'}, CUDA {env['cuda_runtime']})" if env["gpu"] \
         else "none"
+    data = (f"data: {ds['source']} | {ds['images']} images, {ds['classes']} classes, {ds['image_size']}px | "
+            f".rec {ds['rec_bytes'] / 2**20:.1f} MiB | mean image {ds['mean_image_bytes']:.0f} bytes") if ds else \
+        "data: the growth stage's own, a .rec of each size"
     return [
         f"host {env['host']} | {env['cpu_model']} | {env['cpu_cores_usable']} usable of {env['cpu_cores']} cores | "
         f"load average at start {env['load_average_at_start']}, at end {env.get('load_average_at_end')}",
@@ -69,25 +76,63 @@ def header_lines(doc: dict) -> list:
         f"{env.get('thread_env') or ''}".rstrip(),
         f"python {env['python']} | torch {env['torch']} | DALI {env['dali']} | numpy {env['numpy']} | "
         f"simplejpeg {env['simplejpeg']} | Pillow {env['pillow']} | torchvision {env.get('torchvision')}",
-        f"data: {ds['source']} | {ds['images']} images, {ds['classes']} classes, {ds['image_size']}px | "
-        f".rec {ds['rec_bytes'] / 2**20:.1f} MiB | mean image {ds['mean_image_bytes']:.0f} bytes",
+        data,
         "settings: " + ", ".join(f"{k}={v}" for k, v in doc["settings"].items()),
     ]
 
 
 def table(doc: dict) -> str:
     """The stdout report: header lines (#), then one aligned row per pair, then what each contender is."""
-    rows = [list(_COLUMNS)] + [_cells(r) for r in doc["results"]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["# " + line for line in header_lines(doc)]
-    for k, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
+    if doc["results"]:
+        lines += _aligned([list(_COLUMNS)] + [_cells(r) for r in doc["results"]]) + [""]
+    if doc.get("growth"):
+        lines += [_growth_title(doc["growth"])] + _aligned(_growth_rows(doc["growth"])) + [_GROWTH_NOTE, ""]
     lines += [f"  {name}: {what}" for name, what in _descriptions(doc).items()]
     lines += [f"  left out: {s['stage']}/{s['name']}: {s['reason']}" for s in doc.get("skipped", ())]
     return "\n".join(lines)
+
+
+def _aligned(rows: list) -> list:
+    """Rows of cells as aligned lines, a rule under the first."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]
+
+
+_GROWTH_NOTE = ("  f(N) = a + b * N through the points (least squares); exponent = log(f(N_max) / f(N_min)) / "
+                "log(N_max / N_min): 1 linear, 0 flat")
+
+
+def _growth_title(growth: dict) -> str:
+    return (f"growth: one run per size, {growth['workers']} worker(s), batch {growth['batch_size']} on "
+            f"{growth['device']}; classes " + ", ".join(f"{p['classes']:,}" for p in growth["points"]))
+
+
+def _value(x: float, unit: str) -> str:
+    return f"{x:,.1f} {unit}" if abs(x) < 10_000 else f"{x:,.0f} {unit}"
+
+
+def _per_record(slope: float, unit: str) -> str:
+    """The fit's slope in a readable unit: microseconds or bytes a record."""
+    return f"{slope * 1e6:,.2f} us" if unit == "s" else f"{slope * 2**20:,.1f} B"
+
+
+def _growth_rows(growth: dict) -> list:
+    points, fits = growth["points"], {f["figure"]: f for f in growth["fits"]}
+    targets = next(iter(fits.values()))["extrapolated"] if fits else {}
+    head = ["figure"] + [f"N={p['records']:,}" for p in points]
+    if fits:
+        head += ["exponent", "a", "b (a record)"] + [f"{name} ({size / 1e6:g}M)" for name, (size, _) in targets.items()]
+    rows = [head]
+    for figure, description, unit in growth["figures"]:
+        row = [description] + [_value(p[figure], unit) for p in points]
+        f = fits.get(figure)
+        if f is not None:
+            row += [f"{f['exponent']:.2f}", _value(f["intercept"], unit), _per_record(f["slope"], unit)]
+            row += [_value(value, unit) for _, value in f["extrapolated"].values()]
+        rows.append(row)
+    return rows
 
 
 def _descriptions(doc: dict) -> dict:
@@ -100,6 +145,12 @@ def _descriptions(doc: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     lines = ["# AdaDistill benchmark", ""] + [f"- {line}" for line in header_lines(doc)] + [""]
+    if doc.get("growth"):
+        rows = _growth_rows(doc["growth"])
+        lines += [_growth_title(doc["growth"]), "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]] + ["", _GROWTH_NOTE.strip(), ""]
+    if not doc["results"]:
+        return "\n".join(lines)
     lines.append("| " + " | ".join(_COLUMNS) + " |")
     lines.append("|" + "---|" * len(_COLUMNS))
     for r in doc["results"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def _images_end_at(reader: RecordReader, key: int) -> bool:
 def _images_end(reader: RecordReader) -> int:
     """Where the identity records begin, found by bisection over the positive keys (a few reads): the key
     where "is an identity record" turns true, as it does once in insightface's layout."""
-    keys = sorted(k for k in reader.keys if k > 0)
+    keys = np.sort(reader.keys[reader.keys > 0]).tolist()
     boundary = bisect.bisect_left(keys, True, key=lambda k: _is_identity_record(reader, k))
     return keys[boundary] if boundary < len(keys) else (keys[-1] + 1 if keys else 1)
 
@@ -64,7 +64,7 @@ def _header_ranges(reader: RecordReader) -> Optional[tuple[int, Optional[int]]]:
     if end is not None and end < first:
         raise RecordIOError(f"{where}: label {values} ends the identity records at key {end}, before they begin "
                             f"at key {first}")
-    last = max(reader.keys)
+    last = int(reader.keys.max())
     if first - 1 > last or (end is not None and end - 1 > last + _float32_step(end)):
         announced = f"image keys 1..{first - 1}"
         if end is not None and end > first:
@@ -81,8 +81,9 @@ def insightface_image_end(reader: RecordReader) -> Optional[int]:
     return None if ranges is None else ranges[0]
 
 
-def image_keys(reader: RecordReader) -> list:
-    """The keys of a .rec's image records, in key order for insightface's layout, else every key in file order.
+def image_keys(reader: RecordReader) -> Sequence[int]:
+    """The keys of a .rec's image records, in key order for insightface's layout (a range: no memory a record,
+    in the converter or its workers), else every key in file order (an int64 array).
 
     For insightface's layout, checks that the header describes the records (RecordIOError naming the file
     and the counts): every announced image key is in the index, the images end where the identity records
@@ -91,12 +92,13 @@ def image_keys(reader: RecordReader) -> list:
     rounding: the real end found within it is used."""
     ranges = _header_ranges(reader)
     if ranges is None:
-        return list(reader.keys)
+        return reader.keys
     first, end = ranges
     index = reader.path_idx or reader.path_rec
-    missing = sum(1 for k in range(1, first) if k not in reader)
+    absent = np.flatnonzero(~reader.contains(np.arange(1, first, dtype=np.int64))) + 1
+    missing = len(absent)
     if missing:
-        key = next(k for k in range(1, first) if k not in reader)
+        key = int(absent[0])
         raise RecordIOError(
             f"{index}: header record says image keys 1..{first - 1}, but key {key} is not in the index ({missing} missing)"
         )
@@ -104,7 +106,7 @@ def image_keys(reader: RecordReader) -> list:
     if not _images_end_at(reader, first):
         real = _images_end(reader)
         if (abs(real - first) >= _float32_step(first) or not _images_end_at(reader, real)
-                or any(k not in reader for k in range(first, real))):
+                or not reader.contains(np.arange(first, real, dtype=np.int64)).all()):
             where = f"{reader.path_rec}: header record (key 0) says the images are keys 1..{first - 1}"
             if real > first:
                 raise RecordIOError(f"{where}, but keys {first}..{real - 1} hold images too: {real - first} images "
@@ -115,4 +117,4 @@ def image_keys(reader: RecordReader) -> list:
         raise RecordIOError(f"{index}: holds {len(reader)} records, but the header record (key 0) announces {end}: "
                             f"the header, {real - 1} images and {end - real} identity records; "
                             f"{len(reader) - end} records would be left out")
-    return list(range(1, real))
+    return range(1, real)

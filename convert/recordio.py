@@ -15,9 +15,11 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from convert.errors import InputError
 
@@ -164,7 +166,38 @@ def _index_lines(path_idx: str) -> Iterator[tuple[int, str]]:
                                     f"text; expected 'key<TAB>offset' lines (is this an .idx file?)") from None
 
 
-def _read_index(path_idx: str, rec_size: int) -> dict:
+def _parse_index(path_idx: str, rec_size: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(keys, offsets), int64 in line order, of a well-formed .idx (pyarrow's CSV parser: a dict of Python ints
+    over MS1MV2's 5.8M lines held ~1.5 GB in the converter and in each of its workers, and took seconds);
+    None for anything else, whose problem `_read_index` then finds and names by line."""
+    try:
+        table = pacsv.read_csv(
+            path_idx, read_options=pacsv.ReadOptions(column_names=["key", "offset"]),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={"key": pa.int64(), "offset": pa.int64()}))
+    except pa.ArrowException:  # not two integer columns on every line (or unreadable): the slow path says where
+        return None
+    if table.num_rows == 0 or table.column("key").null_count or table.column("offset").null_count:
+        return None
+    keys, offsets = table.column("key").to_numpy(), table.column("offset").to_numpy()
+    if (offsets < 0).any() or (offsets > rec_size - 8).any():
+        return None
+    if _repeats(keys) or _repeats(offsets):
+        return None
+    return keys, offsets
+
+
+def _repeats(values: np.ndarray) -> bool:
+    """Whether a value occurs twice (a sort: numpy 2's hashing np.unique took 3 s for a million keys)."""
+    ordered = np.sort(values)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _read_index(path_idx: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of an .idx, int64 in line order; RecordIOError naming the line where it is malformed."""
+    parsed = _parse_index(path_idx, rec_size)
+    if parsed is not None:
+        return parsed
     offsets: dict = {}
     owner: dict = {}  # offset -> (key, line number): two keys at one offset would read one record twice
     for lineno, line in _index_lines(path_idx):
@@ -189,17 +222,80 @@ def _read_index(path_idx: str, rec_size: int) -> dict:
                                 f"(line {other_line}) too: one record would be read twice and another never")
         offsets[key] = offset
         owner[offset] = (key, lineno)
-    return offsets
+    return np.fromiter(offsets, np.int64, len(offsets)), np.fromiter(offsets.values(), np.int64, len(offsets))
+
+
+class RecordIndex:
+    """key -> record offset over int64 arrays (8 bytes a key where keys are dense, as every .rec's are; 16 where
+    they are not), not a dict of Python ints (~100 bytes a key). Picklable: a converter's workers get the
+    parent's (RecordReader(..., index=)) instead of each parsing the .idx again."""
+
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+        self.count = len(keys)
+        self.lo = int(keys.min()) if self.count else 0
+        span = int(keys.max()) - self.lo + 1 if self.count else 0
+        if span <= 2 * self.count:  # a table indexed by key - lo, -1 where no record
+            self.dense: Optional[np.ndarray] = np.full(span, -1, np.int64)
+            self.dense[keys - self.lo] = offsets
+            self._by_key = memoryview(self.dense)  # a Python int a lookup, ~0.1 us (a numpy scalar costs ~1 us)
+        else:  # keys sorted, offsets alongside: a binary search a lookup
+            self.dense = None
+            order = np.argsort(keys, kind="stable")
+            self.sorted_keys, self.sorted_offsets = keys[order], offsets[order]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_by_key"}  # a memoryview does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.dense is not None:
+            self._by_key = memoryview(self.dense)
+
+    def get(self, key) -> Optional[int]:
+        key = int(key)
+        if self.dense is not None:
+            i = key - self.lo
+            if 0 <= i < len(self._by_key):
+                offset = self._by_key[i]
+                return offset if offset >= 0 else None
+            return None
+        i = int(np.searchsorted(self.sorted_keys, key))
+        if i < self.count and int(self.sorted_keys[i]) == key:
+            return int(self.sorted_offsets[i])
+        return None
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """bool [len(keys)]: which of `keys` have a record."""
+        keys = np.asarray(keys, np.int64)
+        if self.dense is not None:
+            i = keys - self.lo
+            inside = (i >= 0) & (i < len(self.dense))
+            found = np.zeros(len(keys), bool)
+            found[inside] = self.dense[i[inside]] >= 0
+            return found
+        i = np.minimum(np.searchsorted(self.sorted_keys, keys), max(self.count - 1, 0))
+        return (self.sorted_keys[i] == keys) if self.count else np.zeros(len(keys), bool)
+
+    def in_file_order(self) -> np.ndarray:
+        """int64: every key, sorted by its record's offset."""
+        if self.dense is not None:
+            present = np.flatnonzero(self.dense >= 0)
+            return present[np.argsort(self.dense[present], kind="stable")] + self.lo
+        return self.sorted_keys[np.argsort(self.sorted_offsets, kind="stable")]
 
 
 class RecordReader:
     """Random access to a .rec through its .idx, or (without one) an index built by scanning.
 
-    `keys` lists the record keys in file order; `read(key)` returns the joined record bytes;
-    iterating yields (key, record). Every malformed part raises RecordIOError naming file and offset.
+    `keys` lists the record keys in file order (an int64 array, made on first use); `read(key)` returns the
+    joined record bytes; iterating yields (key, record). Every malformed part raises RecordIOError naming file
+    and offset.
     """
 
-    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None] = None) -> None:
+    def __init__(self, path_rec: Union[str, os.PathLike], path_idx: Union[str, os.PathLike, None] = None, *,
+                 index: Optional[RecordIndex] = None) -> None:
+        """index: the `index` of a reader of the same files opened before (another process's), used instead
+        of reading `path_idx` again."""
         self.path_rec = os.fspath(path_rec)
         if not os.path.isfile(self.path_rec):
             raise RecordIOError(f"{self.path_rec}: no such .rec file")
@@ -207,12 +303,32 @@ class RecordReader:
         self._fd = os.open(self.path_rec, os.O_RDONLY)
         self._map = None  # mapped on the first view()
         self.path_idx = os.fspath(path_idx) if path_idx is not None else None
-        if self.path_idx is not None:
-            self._offsets = _read_index(self.path_idx, self.size)
+        if index is not None:
+            self._offsets = index
+        elif self.path_idx is not None:
+            self._offsets = RecordIndex(*_read_index(self.path_idx, self.size))
+            pa.default_memory_pool().release_unused()  # the parser's buffers, which the pool would keep
         else:
             warnings.warn(f"{self.path_rec}: no .idx given, scanning the whole file to index it", stacklevel=2)
-            self._offsets = {key: off for key, off in enumerate(self._scan())}
-        self.keys: Sequence[int] = sorted(self._offsets, key=self._offsets.__getitem__)
+            offsets = np.fromiter(self._scan(), np.int64)
+            self._offsets = RecordIndex(np.arange(len(offsets), dtype=np.int64), offsets)
+        self._keys: Optional[np.ndarray] = None
+
+    @property
+    def index(self) -> RecordIndex:
+        """Where each key's record starts, for RecordReader(..., index=) in another process."""
+        return self._offsets
+
+    @property
+    def keys(self) -> np.ndarray:
+        """int64: the record keys in file order (workers that read by key never build it)."""
+        if self._keys is None:
+            self._keys = self._offsets.in_file_order()
+        return self._keys
+
+    def contains(self, keys) -> np.ndarray:
+        """bool [len(keys)]: which of `keys` the index holds, in one vectorised pass."""
+        return self._offsets.contains(keys)
 
     def _scan(self) -> Iterator[int]:
         offset = 0
@@ -268,17 +384,19 @@ class RecordReader:
         return memoryview(self.read(key))
 
     def __contains__(self, key: int) -> bool:
-        return key in self._offsets
+        return self._offsets.get(key) is not None
 
     def offset(self, key: int) -> int:
-        return self._offsets[key]
+        offset = self._offsets.get(key)
+        if offset is None:
+            raise KeyError(f"{self.path_rec}: no record with key {key}")
+        return offset
 
     def read(self, key: int) -> bytes:
         """The record stored under `key`, its split parts joined."""
-        if key not in self._offsets:
-            raise KeyError(f"{self.path_rec}: no record with key {key}")
+        offset = self.offset(key)
         try:
-            return self._read_at(self._offsets[key])[0]
+            return self._read_at(offset)[0]
         except RecordIOError as e:
             if self.path_idx is None:
                 raise
@@ -289,7 +407,7 @@ class RecordReader:
             yield key, self.read(key)
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return self._offsets.count
 
     def close(self) -> None:
         if self._map:  # not None, not the b"" of an empty file (no isinstance: __del__ may run at shutdown)

@@ -12,8 +12,11 @@ Modules:
 - loader.py: the pipeline stage, epochs of pipeline.build_loader batches vs DALI's own webdataset reader, the
   insightface-style DataLoader, the decode ceiling and a torchvision decode_jpeg loop.
 - step.py: the distillation step fed by the pipeline vs the reference step, with the data wait.
+- growth.py: convert's time and memory and the loader's time to first batch and memory at 100k and 1M records,
+  extrapolated to MS1MV2 and WebFace42M (only when --stages names it; `STAGES["growth"]` returns one
+  growth.Growth instead of Results).
 """
-from bench.stages.registry import STAGES, stage_names
-from bench.stages import convert, read, decode, loader, step  # noqa: F401,E402  (registration)
+from bench.stages.registry import STAGES, default_stages, needs_shared_data, stage_names
+from bench.stages import convert, read, decode, loader, step, growth  # noqa: F401,E402  (registration)
 
-__all__ = ["STAGES", "stage_names"]
+__all__ = ["STAGES", "default_stages", "needs_shared_data", "stage_names"]

@@ -102,3 +102,40 @@ def test_dali_mxnet_reader_reads_our_rec(tmp_path):
     assert data[:6] == payloads
     assert [float(l[0]) for l in labels[:6]] == [10.0 + k for k in range(6)]
     assert data[6] == b"vec" and labels[6].tolist() == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("keys", [[5, 3, 4, 0], [7, 1_000_000, 3, 40_000]], ids=["dense", "sparse"])
+def test_index_lookups_dense_and_sparse_keys(tmp_path, keys):
+    """Keys in any order, dense (a table by key) or sparse (a binary search): each reads its own record,
+    `keys` is file order, an absent key is absent; a line of blanks between takes the line-by-line path."""
+    rec, idx = tmp_path / "a.rec", tmp_path / "a.idx"
+    with RecordWriter(rec, idx) as w:
+        for k in keys:
+            w.write_idx(k, pack(IRHeader(0, float(k), k, 0), bytes([k % 251]) * 10))
+    for text in (idx.read_text(), idx.read_text().replace("\n", "\n   \n", 1)):
+        idx.write_text(text)
+        reader = RecordReader(rec, idx)
+        assert reader.keys.tolist() == keys and len(reader) == len(keys)
+        assert [unpack(reader.read(k))[0].id for k in keys] == keys
+        assert all(k in reader for k in keys) and 2 not in reader and -1 not in reader and 10**9 not in reader
+        assert reader.contains(np.array(keys + [2, 10**9])).tolist() == [True] * len(keys) + [False, False]
+        with pytest.raises(KeyError, match="no record with key 2"):
+            reader.read(2)
+        reader.close()
+
+
+def test_index_travels_to_another_reader_without_the_idx_read_again(tmp_path):
+    """A converter's worker gets the parent's index with the source (pickled) and reads by it: the .idx is not
+    read again (here it no longer parses), and the records are the same."""
+    import pickle
+
+    rec, idx = tmp_path / "a.rec", tmp_path / "a.idx"
+    with RecordWriter(rec, idx) as w:
+        for k in range(1, 6):
+            w.write_idx(k, pack(IRHeader(0, float(k), k, 0), b"img%d" % k))
+    parent = RecordReader(rec, idx)
+    index = pickle.loads(pickle.dumps(parent.index))
+    idx.write_text("garbage\n")
+    worker = RecordReader(rec, idx, index=index)
+    assert [worker.read(k) for k in range(1, 6)] == [parent.read(k) for k in range(1, 6)]
+    assert worker.keys.tolist() == [1, 2, 3, 4, 5] and 6 not in worker
