@@ -11,7 +11,8 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
   3. a teacher (narrow iresnet, AdaFace, no distillation);
   4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
-  5. the three evaluated on the held-out pairs;
+  5. the three evaluated on the held-out pairs, and the distilled student exported to ONNX (its parity
+     with the checkpoint proven on held-out faces);
   6. the training identities audited against the held-out pairs (`python -m evaluate overlap`);
   7. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
   8. the benchmark suite, quick;
@@ -97,6 +98,10 @@ def main() -> None:
         "5. evaluate the three on held-out identities", marks / "evaluate",
         *[[PY, "-m", "evaluate", "--checkpoint", f"{OUT}/runs/{name}", "--val-data", str(val),
            "--output", f"{OUT}/reports/{name}.json"] for name in RUNS])
+    seconds["export"] = step(
+        "5b. export the distilled student (ONNX + model card), checked against its checkpoint", marks / "export",
+        [PY, "-m", "models", "export", f"{OUT}/runs/student_adadistill", "--output", f"{OUT}/export/student_adadistill",
+         "--check-data", str(val / "synthetic_heldout.bin"), "--force"])  # --force: a rerun after its marker was removed
     seconds["overlap"] = step(
         "6. audit the training identities against the held-out pairs (train/test overlap)", marks / "overlap",
         [PY, "-m", "evaluate", "overlap", "--checkpoint", f"{OUT}/runs/teacher", "--shards", str(shards),
@@ -133,6 +138,10 @@ def summarise(seconds: dict) -> str:
                      f"{train_speed(OUT / 'runs' / name):.0f} |")
     lines += ["", f"Training curves (loss and lr against step): [{OUT}/curves.png](curves.png); the same scalars in "
               f"TensorBoard: `tensorboard --logdir {OUT}/runs`"]
+    exported = json.loads((OUT / "export" / "student_adadistill" / "config.json").read_text())
+    lines += ["", f"Exported student ({OUT}/export/student_adadistill: model.onnx, model card README.md): onnxruntime "
+              f"against the checkpoint on {exported['parity']['images']} held-out faces, worst cosine "
+              f"{exported['parity']['worst_cosine']:.7f}, max |diff| {exported['parity']['max_abs_diff']:.3g}."]
     audit = json.loads((OUT / "reports" / "overlap.json").read_text())
     lines += ["", f"Train/test overlap audit (the teacher's embeddings; {OUT}/reports/overlap.json): "
               f"{audit['classes_flagged']} of {audit['num_classes']} training classes flagged against the held-out "
