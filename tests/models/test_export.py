@@ -218,3 +218,28 @@ def test_readme_snippet_runs_on_an_export(exported, tmp_path):
     result = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert -1.0 <= float(result.stdout.strip().split()[-1]) <= 1.0
+
+
+def test_a_bgr_iresnet_exports_fed_rgb(tmp_path, capsys):
+    """A BGR-trained net (a CVLFace folder saying BGR, here an iresnet_s) exports the behaviour the evaluator
+    runs: the file takes RGB and flips the channels itself, as FrozenNet does."""
+    import onnxruntime as ort
+
+    from tests.models.conftest import randomise_statistics, write_cvlface_dir
+
+    torch.manual_seed(0)
+    net = randomise_statistics(models.build("iresnet_s", 512), seed=3)
+    folder = write_cvlface_dir(tmp_path / "bgr", net, name="iresnet_s", color_space="BGR")
+    out = tmp_path / "out"
+    assert cli.main(["export", str(folder), "--output", str(out)]) == 0
+    assert "worst cosine" in capsys.readouterr().out
+    x = _faces()[:4]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        bgr_fed, rgb_fed = net(x.flip(1)).numpy(), net(x).numpy()
+    np.testing.assert_allclose(got, bgr_fed, rtol=1e-4, atol=1e-4 * np.abs(bgr_fed).max())
+    assert np.abs(got - rgb_fed).max() > 1e-2 * np.abs(bgr_fed).max()  # the flip matters for these faces
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert (props["channel_order"], props["trained_color_space"]) == ("RGB", "BGR")
+    assert "flips the channels itself" in (out / "README.md").read_text()
