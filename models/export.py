@@ -84,9 +84,9 @@ def _evaluations(file: Path) -> list[dict]:
                    "std": r.get("accuracy_std")} for t, r in sorted(last.items())]
     report = run / "reports" / f"{file.stem}.json"
     if report.is_file():
-        results = json.loads(report.read_text()).get("results", {})
-        found += [{"source": f"reports/{report.name}", "set": s, "step": json.loads(report.read_text()).get("step"),
-                   "accuracy": r["acc"], "std": r.get("std")} for s, r in results.items() if "acc" in r]
+        written = json.loads(report.read_text())
+        found += [{"source": f"reports/{report.name}", "set": s, "step": written.get("step"), "accuracy": r["acc"],
+                   "std": r.get("std")} for s, r in written.get("results", {}).items() if "acc" in r]
     return found
 
 

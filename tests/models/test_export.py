@@ -21,6 +21,8 @@ from models import cli, parity
 from models.check_faces import default_faces
 from tests.models.export_fixtures import DIM, STUDENT, train_tiny_run
 
+# End to end: a tiny training run (about 15 s on 2 cores) and real exports, each a few seconds.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 REAL_FACES = ROOT.parent / "shared" / "data" / "realfaces"  # present in the project's workspace, not in a clone
 
@@ -200,24 +202,33 @@ def test_output_format_and_check_data_are_checked_first(tiny_run, exported, tmp_
     assert not (tmp_path / "o").exists()
 
 
-def test_readme_snippet_runs_on_an_export(exported, tmp_path):
-    """The README's onnxruntime snippet, pasted as it is, in the exported folder (two aligned faces)."""
+@pytest.mark.parametrize("where", ["README.md", "the card"])
+def test_onnxruntime_snippet_runs_on_an_export(exported, tmp_path, where):
+    """The onnxruntime snippet of the project's README and of the export's card, pasted as it is, beside
+    the exported model.onnx and two aligned faces: it prints the cosine that the evaluator's fused and
+    normalised embeddings give."""
     from PIL import Image
 
     from convert.synthetic import render
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Export and deploy"):]
+    text = (ROOT / "README.md").read_text() if where == "README.md" else (exported / "README.md").read_text()
+    section = text[text.index("## Export and deploy"):] if where == "README.md" else text
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     work = tmp_path / "snippet"
     work.mkdir()
-    (work / "model.onnx").write_bytes((exported / "model.onnx").read_bytes())
-    a, b = render(0, 3, [0, 1])
-    Image.fromarray(a).save(work / "a.png")
-    Image.fromarray(b).save(work / "b.png")
+    shutil.copy(exported / "model.onnx", work / "model.onnx")
+    faces = render(0, 3, [0, 1])
+    for name, pixels in zip(("a.png", "b.png"), faces):
+        Image.fromarray(pixels).save(work / name)
     result = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert -1.0 <= float(result.stdout.strip().split()[-1]) <= 1.0
+    from models.onnx_net import load_onnx
+
+    net = load_onnx(exported).net
+    x = parity.decode([(work / n).read_bytes() for n in ("a.png", "b.png")])
+    e = (net(x) + net(x.flip(3))).numpy()
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert float(result.stdout.strip().split()[-1]) == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
 
 
 def test_a_bgr_iresnet_exports_fed_rgb(tmp_path, capsys):
