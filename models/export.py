@@ -33,7 +33,7 @@ from .loading import load_backbone
 from .weights import CHECKPOINTS_DIR, read_tensors_file
 
 FORMATS = ("onnx", "cvlface")
-ROUND_TRIP_TOLERANCE = 1e-5
+ROUND_TRIP_TOLERANCE = 1e-5  # of the largest |embedding value|, at least 1e-5 absolute
 CVLFACE_PREFIX = "model.net."  # models.weights.read_directory's key prefix for model.safetensors
 
 
@@ -164,10 +164,14 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
             write_atomic(tmp / "config.json", json.dumps(described, indent=1, default=str) + "\n")
             back = load_backbone(tmp, device="cpu")
             diff = float(abs(parity.torch_embeddings(back.net, images) - reference).max())
-            if diff > ROUND_TRIP_TOLERANCE:
+            # Relative to the embeddings' scale: the same weights, but a checkpoint saved channels_last
+            # (train.channels_last) runs other convolution kernels than the contiguous copy safetensors
+            # holds (3.3e-6 on embeddings up to 8.6 for the demo's iresnet_s teacher).
+            tolerance = ROUND_TRIP_TOLERANCE * max(1.0, float(abs(reference).max()))
+            if diff > tolerance:
                 raise ExportError(f"{loaded.file}: the {fmt} folder loaded back as a teacher differs from the "
-                                  f"checkpoint by {diff:.3g} > {ROUND_TRIP_TOLERANCE:g}; nothing was written to {output}")
-            round_trip = {"max_abs_diff": diff, "tolerance": ROUND_TRIP_TOLERANCE}
+                                  f"checkpoint by {diff:.3g} > {tolerance:.3g}; nothing was written to {output}")
+            round_trip = {"max_abs_diff": diff, "tolerance": tolerance}
             info["round_trip"] = described["round_trip"] = round_trip
         write_atomic(tmp / "config.json", json.dumps(described, indent=1, default=str) + "\n")
         write_atomic(tmp / "README.md", model_card.card(info))

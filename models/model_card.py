@@ -73,7 +73,8 @@ def card(info: Mapping[str, Any]) -> str:
     if info.get("round_trip") is not None:
         rt = info["round_trip"]
         lines.append(f"- This folder loaded back as a teacher (`models.load_teacher`): largest absolute difference "
-                     f"{rt['max_abs_diff']:.3g} against the checkpoint (required: <= {rt['tolerance']:g}).")
+                     f"{rt['max_abs_diff']:.3g} against the checkpoint (required: <= {rt['tolerance']:.3g}, 1e-5 of the "
+                     "largest embedding value).")
     lines += ["", "## Evaluation results of the run", ""] + _results(info["evaluations"])
     lines += ["", "## How to use", "", "With onnxruntime (no torch needed):", "", "```python",
               "import numpy as np, onnxruntime as ort",
