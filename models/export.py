@@ -106,6 +106,20 @@ def _commit(tmp: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _round_trip(folder: Path, images: torch.Tensor, reference, source: Path, output: Path) -> dict:
+    """`folder` loaded back as a teacher (models.load_backbone, torch) against the checkpoint's embeddings."""
+    back = load_backbone(folder, device="cpu")
+    diff = float(abs(parity.torch_embeddings(back.net, images) - reference).max())
+    # Relative to the embeddings' scale: the same weights, but a checkpoint saved channels_last
+    # (train.channels_last) runs other convolution kernels than the contiguous copy safetensors holds
+    # (3.3e-6 on embeddings up to 8.6 for the demo's iresnet_s teacher).
+    tolerance = ROUND_TRIP_TOLERANCE * max(1.0, float(abs(reference).max()))
+    if diff > tolerance:
+        raise ExportError(f"{source}: the cvlface folder loaded back as a teacher differs from the checkpoint by "
+                          f"{diff:.3g} > {tolerance:.3g}; nothing was written to {output}")
+    return {"max_abs_diff": diff, "tolerance": tolerance}
+
+
 def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str = "onnx",
            check_data: Optional[Path] = None, force: bool = False, network: Optional[str] = None,
            embedding_size: Optional[int] = None) -> Exported:
@@ -140,7 +154,6 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
         conf = {"name": loaded.name, "output_dim": loaded.embedding_size, "input_size": [3, 112, 112],
                 "color_space": loaded.net.color_space}
         write_atomic(tmp / "model.safetensors", _state_bytes(loaded.net.net, CVLFACE_PREFIX if fmt == "cvlface" else ""))
-        round_trip = None
         if fmt == "cvlface":
             (tmp / "pretrained_model").mkdir()
             write_atomic(tmp / "pretrained_model" / "model.yaml", yaml.safe_dump(conf, sort_keys=False))
@@ -162,16 +175,7 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
         if fmt == "cvlface":
             described["conf"] = conf  # what models.weights.read_directory (and CVLFace) reads
             write_atomic(tmp / "config.json", json.dumps(described, indent=1, default=str) + "\n")
-            back = load_backbone(tmp, device="cpu")
-            diff = float(abs(parity.torch_embeddings(back.net, images) - reference).max())
-            # Relative to the embeddings' scale: the same weights, but a checkpoint saved channels_last
-            # (train.channels_last) runs other convolution kernels than the contiguous copy safetensors
-            # holds (3.3e-6 on embeddings up to 8.6 for the demo's iresnet_s teacher).
-            tolerance = ROUND_TRIP_TOLERANCE * max(1.0, float(abs(reference).max()))
-            if diff > tolerance:
-                raise ExportError(f"{loaded.file}: the {fmt} folder loaded back as a teacher differs from the "
-                                  f"checkpoint by {diff:.3g} > {tolerance:.3g}; nothing was written to {output}")
-            round_trip = {"max_abs_diff": diff, "tolerance": tolerance}
+            round_trip = _round_trip(tmp, images, reference, loaded.file, output)
             info["round_trip"] = described["round_trip"] = round_trip
         write_atomic(tmp / "config.json", json.dumps(described, indent=1, default=str) + "\n")
         write_atomic(tmp / "README.md", model_card.card(info))
