@@ -12,7 +12,7 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
   4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
   5. the three evaluated on the held-out pairs, and the distilled student exported to ONNX (its parity
-     with the checkpoint proven on held-out faces);
+     with the checkpoint proven on held-out faces) and evaluated as exported, through onnxruntime;
   6. the training identities audited against the held-out pairs (`python -m evaluate overlap`);
   7. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
   8. the benchmark suite, quick;
@@ -101,7 +101,9 @@ def main() -> None:
     seconds["export"] = step(
         "5b. export the distilled student (ONNX + model card), checked against its checkpoint", marks / "export",
         [PY, "-m", "models", "export", f"{OUT}/runs/student_adadistill", "--output", f"{OUT}/export/student_adadistill",
-         "--check-data", str(val / "synthetic_heldout.bin"), "--force"])  # --force: a rerun after its marker was removed
+         "--check-data", str(val / "synthetic_heldout.bin"), "--force"],  # --force: a rerun after its marker was removed
+        [PY, "-m", "evaluate", "--checkpoint", f"{OUT}/export/student_adadistill", "--val-data", str(val),
+         "--output", f"{OUT}/reports/student_adadistill_onnx.json"])
     seconds["overlap"] = step(
         "6. audit the training identities against the held-out pairs (train/test overlap)", marks / "overlap",
         [PY, "-m", "evaluate", "overlap", "--checkpoint", f"{OUT}/runs/teacher", "--shards", str(shards),
@@ -139,9 +141,11 @@ def summarise(seconds: dict) -> str:
     lines += ["", f"Training curves (loss and lr against step): [{OUT}/curves.png](curves.png); the same scalars in "
               f"TensorBoard: `tensorboard --logdir {OUT}/runs`"]
     exported = json.loads((OUT / "export" / "student_adadistill" / "config.json").read_text())
+    onnx_acc = json.loads((OUT / "reports" / "student_adadistill_onnx.json").read_text())["results"]["synthetic_heldout"]
     lines += ["", f"Exported student ({OUT}/export/student_adadistill: model.onnx, model card README.md): onnxruntime "
               f"against the checkpoint on {exported['parity']['images']} held-out faces, worst cosine "
-              f"{exported['parity']['worst_cosine']:.7f}, max |diff| {exported['parity']['max_abs_diff']:.3g}."]
+              f"{exported['parity']['worst_cosine']:.7f}, max |diff| {exported['parity']['max_abs_diff']:.3g}; "
+              f"evaluated as exported: {100 * onnx_acc['acc']:.2f} +- {100 * onnx_acc['std']:.2f} %."]
     audit = json.loads((OUT / "reports" / "overlap.json").read_text())
     lines += ["", f"Train/test overlap audit (the teacher's embeddings; {OUT}/reports/overlap.json): "
               f"{audit['classes_flagged']} of {audit['num_classes']} training classes flagged against the held-out "
