@@ -11,9 +11,11 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
   3. a teacher (narrow iresnet, AdaFace, no distillation);
   4. the teacher's embeddings cached once (plain and mirrored views), then a student (narrow
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
-  5. the three evaluated on the held-out pairs; then, as a user would with a folder of people (README, "Your
-     own data"), the held-out identities' images as identity folders, a pair set drawn from them whose 10
-     folds share no identity, and the distilled student's cosine threshold at FAR 1e-3 on it;
+  5. the three evaluated on the held-out pairs; the distilled student exported to ONNX (its parity with
+     the checkpoint proven on held-out faces) and evaluated as exported, through onnxruntime; then, as a
+     user would with a folder of people (README, "Your own data"), the held-out identities' images as
+     identity folders, a pair set drawn from them whose 10 folds share no identity, and the distilled
+     student's cosine threshold at FAR 1e-3 on it;
   6. the training identities audited against the held-out pairs (`python -m evaluate overlap`);
   7. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
   8. the benchmark suite, quick;
@@ -101,8 +103,14 @@ def main() -> None:
         "5. evaluate the three on held-out identities", marks / "evaluate",
         *[[PY, "-m", "evaluate", "--checkpoint", f"{OUT}/runs/{name}", "--val-data", str(val),
            "--output", f"{OUT}/reports/{name}.json"] for name in RUNS])
+    seconds["export"] = step(
+        "5b. export the distilled student (ONNX + model card), checked against its checkpoint", marks / "export",
+        [PY, "-m", "models", "export", f"{OUT}/runs/student_adadistill", "--output", f"{OUT}/export/student_adadistill",
+         "--check-data", str(val / "synthetic_heldout.bin"), "--force"],  # --force: a rerun after its marker was removed
+        [PY, "-m", "evaluate", "--checkpoint", f"{OUT}/export/student_adadistill", "--val-data", str(val),
+         "--output", f"{OUT}/reports/student_adadistill_onnx.json"])
     seconds["threshold"] = step(
-        "5b. the student's threshold at FAR 1e-3: held-out people as folders, pairs, threshold", marks / "threshold",
+        "5c. the student's threshold at FAR 1e-3: held-out people as folders, pairs, threshold", marks / "threshold",
         [PY, "-m", "convert", "synth", f"{OUT}/heldout_people", "--identities", str(HELD_OUT_IDENTITIES),
          "--per-identity", str(OWN_PER_IDENTITY), "--first-identity", str(TRAIN_IDENTITIES), "--format", "folder",
          "--seed", "0", "--overwrite"],
@@ -154,6 +162,12 @@ def summarise(seconds: dict) -> str:
               f"embeddings is >= " + (f"{point['threshold']:.4f} (TAR there {100 * point['tar']:.1f} %)"
                                        if isinstance(point, dict) else point)
               + f", on {result['pairs']} pairs of the held-out identities whose 10 folds share no identity."]
+    exported = json.loads((OUT / "export" / "student_adadistill" / "config.json").read_text())
+    onnx_acc = json.loads((OUT / "reports" / "student_adadistill_onnx.json").read_text())["results"]["synthetic_heldout"]
+    lines += ["", f"Exported student ({OUT}/export/student_adadistill: model.onnx, model card README.md): onnxruntime "
+              f"against the checkpoint on {exported['parity']['images']} held-out faces, worst cosine "
+              f"{exported['parity']['worst_cosine']:.7f}, max |diff| {exported['parity']['max_abs_diff']:.3g}; "
+              f"evaluated as exported: {100 * onnx_acc['acc']:.2f} +- {100 * onnx_acc['std']:.2f} %."]
     audit = json.loads((OUT / "reports" / "overlap.json").read_text())
     lines += ["", f"Train/test overlap audit (the teacher's embeddings; {OUT}/reports/overlap.json): "
               f"{audit['classes_flagged']} of {audit['num_classes']} training classes flagged against the held-out "

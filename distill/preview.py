@@ -1,8 +1,10 @@
 """`python -m distill plan`: the run's schedule, weight decay and head memory, before a GPU is spent.
 
 Nothing here builds real weights or touches a device: the student and the head are built on torch's
-"meta" device (shapes only) to count their parameters, and the dataset's size comes from its manifest
-(the union's, for several directories: pipeline.dataset_layout) or from `--num-samples/--num-classes`.
+"meta" device (shapes only) to count their parameters, and so are the student and the teacher whose MACs
+and FLOPs it states (models.complexity; the teacher's backbone is teacher.network, or the one its local
+weights name). The dataset's size comes from its manifest (the union's, for several directories:
+pipeline.dataset_layout) or from `--num-samples/--num-classes`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
         head = head_from_config(cfg, num_classes)
     decayed, undecayed = decay_groups([student, head], cfg.train.weight_decay_on)
+    teacher_name, teacher_cost, teacher_why = models.complexity.of_teacher(cfg.teacher.spec, cfg.teacher.network)
     sharded = shards_classes(cfg.distill, num_classes, world_size)
     replicated_bytes = head_bytes(cfg, num_classes, world_size, sharded=False)
     sharded_bytes = head_bytes(cfg, num_classes, world_size, sharded=True)
@@ -67,6 +70,10 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
         "head_bytes_per_rank": replicated_bytes if not sharded else sharded_bytes,
         "head_bytes_replicated": replicated_bytes,
         "head_bytes_sharded": sharded_bytes,
+        # FlopCounterMode on the meta device (models.complexity): FLOPs = 2 x MACs, both stated.
+        "cost": {"student": {"name": cfg.model.name, **models.complexity.of_module(student).as_dict()},
+                 "teacher": {"name": teacher_name, **(teacher_cost.as_dict() if teacher_cost else {}),
+                             "why_not": teacher_why}},
     }
 
 
@@ -124,6 +131,11 @@ def format_text(p: dict[str, Any]) -> str:
     lines.append(f"weight decay     {wd['value']:g} on {wd['on']}: {wd['decayed_params']:,} parameters decayed, "
                  f"{wd['undecayed_params']:,} not")
     lines.append("gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
+    for role in ("student", "teacher"):
+        c = p["cost"][role]
+        lines.append(f"{role + ' cost':<17}{c['name']}: " + (
+            f"{c['params'] / 1e6:.2f} M parameters, {c['macs'] / 1e9:.3f} GMACs = {c['flops'] / 1e9:.3f} GFLOPs "
+            f"(FLOPs = 2 x MACs) at {c['input_size']}x{c['input_size']}" if "flops" in c else f"not counted: {c['why_not']}"))
     for layout in ("replicated", "sharded"):
         hb = p[f"head_bytes_{layout}"]
         chosen = "  <- this run" if p["shard_classes"] == (layout == "sharded") else ""

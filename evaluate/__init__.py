@@ -3,7 +3,8 @@
 Modules, one job each:
 - cli: `python -m evaluate` (one checkpoint), `python -m evaluate batch` (a folder of them) and
   `python -m evaluate overlap` (the identity-overlap audit); the backbone comes from
-  models.load_backbone (any checkpoint, run directory or bare state dict); __main__ only calls cli.main.
+  models.load_backbone (any checkpoint, run directory or bare state dict), or from models.onnx_net for an
+  exported model.onnx (run in onnxruntime); __main__ only calls cli.main.
 - targets: which benchmark sets exist under the data roots, and running one for a model.
 - embed: the image pass, encoded images through pipeline.decode_images and the backbone with its flip.
 - verification: pair sets (insightface .bin, CVLFace arrow) and insightface's 10-fold accuracy metric.

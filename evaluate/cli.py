@@ -1,11 +1,14 @@
 """`python -m evaluate`: one checkpoint, or `batch` over a folder of checkpoints.
 
-    python -m evaluate --checkpoint RUN_OR_FILE [--config CFG | --network NAME] [--val-data DIR]
+    python -m evaluate --checkpoint RUN_OR_FILE_OR_ONNX [--config CFG | --network NAME] [--val-data DIR]
         [--ijb-root DIR] [--tinyface-root DIR] [--targets lfw IJBC ...] [--device auto] [--batch-size N]
         [--output REPORT.json]
     python -m evaluate batch --checkpoint-dir DIR [--checkpoint-suffix .pt] [--force] (same data flags)
     python -m evaluate overlap --checkpoint MODEL --shards DIR --val-data DIR [--threshold T] [--per-class K]
         --output REPORT.json [--write-exclusions FILE] [--targets lfw ...] [--device auto] [--batch-size N]
+
+--checkpoint may be an exported model.onnx or its folder (`python -m models export`): the same targets
+run through onnxruntime (models.onnx_net), and batch mode picks up `.onnx` files too.
 
 `overlap` audits the training shards against the verification sets for shared identities
 (evaluate/overlap.py): it writes REPORT.json, REPORT.csv beside it (one row per suspected overlap) and,
@@ -43,6 +46,7 @@ from tqdm import tqdm
 
 import models
 import pipeline
+from models import onnx_net
 from convert.errors import InputError, run_command
 from convert.files import WriteError, output_lock
 from convert.manifest import Manifest
@@ -107,7 +111,8 @@ def _parser_single() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate", description="Evaluate one checkpoint "
                                 "(or run `python -m evaluate batch -h` for a folder of them, `python -m "
                                 "evaluate overlap -h` for the train/test identity-overlap audit).")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory or backbone .pth")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory, backbone .pth, or "
+                   "an exported model.onnx or its folder (run in onnxruntime)")
     p.add_argument("--output", type=Path, help="report JSON (default: <checkpoint folder>/reports/<name>.json)")
     _common(p)
     return p
@@ -117,7 +122,7 @@ def _parser_batch() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate batch", description="Evaluate every checkpoint in a folder.")
     p.add_argument("--checkpoint-dir", required=True, type=Path)
     p.add_argument("--checkpoint-suffix", default=None,
-                   help="file name ending to pick (default: .pt and .pth; a run's checkpoints/ is searched too)")
+                   help="file name ending to pick (default: .pt, .pth and .onnx; a run's checkpoints/ is searched too)")
     p.add_argument("--force", action="store_true", help="re-evaluate checkpoints that already have a report")
     _common(p)
     return p
@@ -136,7 +141,10 @@ def _model_section(config: Path) -> dict:
 
 
 def _load(path: Path, args, device) -> models.LoadedBackbone:
-    """The backbone in `path` (checkpoint, run directory or .pth), named by --network or --config's model."""
+    """The backbone in `path` (checkpoint, run directory or .pth), named by --network or --config's model;
+    an exported model.onnx, or a folder of `python -m models export` holding one, runs in onnxruntime."""
+    if onnx_net.onnx_file(path) is not None:
+        return onnx_net.load_onnx(path, device=device)
     given = _model_section(args.config) if args.config is not None else {}
     return models.load_backbone(path, network=args.network or given.get("name"),
                                 embedding_size=given.get("embedding_size"), device=device)
@@ -230,7 +238,7 @@ def main_single(argv: Sequence[str]) -> int:
 def find_checkpoints(folder: Path, suffix: Optional[str]) -> list[Path]:
     if not folder.is_dir():
         raise NoCheckpointsError(f"{folder}: --checkpoint-dir is not a directory")
-    suffixes = (suffix,) if suffix else (".pt", ".pth")
+    suffixes = (suffix,) if suffix else (".pt", ".pth", ".onnx")
     found = []
     for d in (folder, folder / "checkpoints"):
         if d.is_dir():
@@ -243,7 +251,7 @@ def main_batch(argv: Sequence[str]) -> int:
     checkpoints = find_checkpoints(args.checkpoint_dir, args.checkpoint_suffix)
     if not checkpoints:
         raise NoCheckpointsError(f"{args.checkpoint_dir}: no checkpoints ending in "
-                                 f"{args.checkpoint_suffix or '.pt/.pth'} (also looked in checkpoints/)")
+                                 f"{args.checkpoint_suffix or '.pt/.pth/.onnx'} (also looked in checkpoints/)")
     roots = _roots(args)  # the data, once for all checkpoints, before any is loaded
     require_some(plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))[0], roots)
     pipeline.resolve_device(args.device)
@@ -292,7 +300,8 @@ def _parser_overlap() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=OVERLAP_PROG, description="Flag training classes whose identity is in the "
                                 "verification sets: each class's centre against every set image "
                                 "(evaluate/overlap.py explains the default threshold).")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory or backbone .pth")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory, backbone .pth, or "
+                   "an exported model.onnx or its folder (run in onnxruntime)")
     p.add_argument("--shards", required=True, type=Path, help="the training shards (python -m convert)")
     p.add_argument("--val-data", required=True, type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--targets", nargs="+", metavar="SET",

@@ -112,7 +112,9 @@ def read_tensors_file(spec: str, path: Path) -> Any:
                 raise
             return _load_lightning(path)
     except Exception as error:  # corrupt file, or pickled objects beyond tensors and plain containers
-        raise fail(spec, path, f"cannot be read safely ({type(error).__name__}: {error})",
+        # The first line only: torch.load's messages run over several (an error is one line).
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise fail(spec, path, f"cannot be read safely ({type(error).__name__}: {first})",
                     "hint: weights are read with safetensors or torch.load(weights_only=True), never by "
                     "unpickling arbitrary objects; re-save the state dict alone (torch.save(model.state_dict()))"
                     ) from error
@@ -162,9 +164,10 @@ def read_directory(spec: str, directory: Path, network: Optional[str]) -> Weight
     if missing:
         raise fail(spec, desc_file, f"missing keys {missing} (found {sorted(desc)})")
     name, dim, size, color = desc["name"], desc["output_dim"], desc["input_size"], desc["color_space"]
-    if name not in IR_UNITS:
+    # CVLFace's own IR nets, or any of ours in the folder `python -m models export --format cvlface` writes.
+    if name not in IR_UNITS and name not in names():
         raise fail(spec, desc_file, f"name: unsupported CVLFace architecture {name!r}; supported: "
-                    f"{', '.join(sorted(IR_UNITS))}")
+                    f"{', '.join(sorted(IR_UNITS))} (and AdaDistill's exports: {', '.join(names())})")
     if network is not None and network != name:
         raise fail(spec, desc_file, f"name: the repository holds {name!r} but network={network!r} was asked for")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:

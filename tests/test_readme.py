@@ -3,7 +3,7 @@
 Every command of the README's ```bash blocks (and the ones written inline in its prose that need no data:
 `make ...`, `huggingface-cli|hf ...`, `python -m bench ...`, `python -m configs.reference`) must be of a
 form this module knows how to check; one of any other form fails the test, so none goes in unchecked.
-Each is checked as cheaply as it can be for real: conversions, training, teacher caching and evaluation run
+Each is checked as cheaply as it can be for real: conversions, training, teacher caching, export and evaluation run
 on tiny synthetic data standing in for the README's placeholder paths; multi-node launch lines are parsed
 by torchrun's own parser and their distill part by the config loader (and the one-node line runs as 2
 processes on the CPU); `make` targets by `make -n`; the quick benchmark is `make demo`'s (demo.py) job.
@@ -49,6 +49,7 @@ FORMS = ("python -m convert rec|folder|verify ...", "python -m distill --config 
          "python -m distill cache-teacher ...", "python -m distill plan ...", "python -m evaluate [batch] ...",
          "python -m evaluate embed|pairs|threshold ...",
          "python -m bench ...",
+         "python -m models export ...",
          "python -m configs.reference", "[srun] torchrun ... -m distill ...", "make TARGET ...",
          "huggingface-cli|hf download ...")
 
@@ -101,7 +102,7 @@ def kind(argv: tuple[str, ...]) -> Optional[str]:
         return {("convert", "rec"): "convert", ("convert", "folder"): "convert", ("convert", "verify"): "convert",
                 ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher",
                 ("distill", "plan"): "plan", ("evaluate", "embed"): "own-data", ("evaluate", "pairs"): "own-data",
-                ("evaluate", "threshold"): "own-data"}.get(
+                ("evaluate", "threshold"): "own-data", ("models", "export"): "export"}.get(
             (module, sub), module if module in ("evaluate", "bench") else
             "reference" if argv[2:] == ("configs.reference",) else None)
     if argv[:1] == ("torchrun",) or argv[:2] == ("srun", "torchrun"):
@@ -118,6 +119,8 @@ def writes(argv: tuple[str, ...]) -> Optional[str]:
         return build_parser().parse_args(argv[3:]).out
     if kind(argv) == "cache-teacher" and "--out" in argv:
         return argv[argv.index("--out") + 1]
+    if kind(argv) == "export":
+        return argv[argv.index("--output") + 1]
     if kind(argv) == "train":
         return next((a.split("=", 1)[1] for a in argv if a.startswith("output=")), None)
     if kind(argv) == "own-data" and argv[3] == "pairs" and "--output" in argv:
@@ -353,8 +356,9 @@ def check_hub(w: World, c: Command) -> None:
     expect_ok(run([Path(PY).parent / c.argv[0], "download", "--help"]), f"README.md:{c.line}: {c.text} (--help)")
 
 
-CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "plan": check_plan,
-          "evaluate": check_evaluate, "own-data": check_own_data, "bench": check_bench, "reference": check_reference,
+CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "export": check_produced,
+          "plan": check_plan, "evaluate": check_evaluate, "own-data": check_own_data, "bench": check_bench,
+          "reference": check_reference,
           "torchrun": check_torchrun, "make": check_make, "hub": check_hub}
 
 
