@@ -16,6 +16,11 @@ Modules, one job each:
   image, and the rule for its default threshold.
 - overlap_report: the audit's JSON report, its CSV of suspected overlaps and the exclusion list for
   `python -m convert rec|folder --exclude-classes`.
+- impostor_threshold: a similarity threshold from the data's own impostor pairs at a stated FAR.
+- similarity_search: every pair of unit rows above a threshold, in blocks (memory bounded in the rows).
+- audit: the data audit, conflicts (one person under two labels), outliers (mislabels) and duplicates.
+- audit_report: the audit's JSON, CSVs, decision files for `python -m convert` and its static HTML page.
+- audit_cli: `python -m evaluate audit SHARDS ... --checkpoint M --output DIR`.
 
 Importing this package imports none of them (the training loop picks what it needs).
 """

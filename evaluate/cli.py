@@ -373,6 +373,9 @@ def main_overlap(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["audit"]:  # evaluate/audit_cli.py: the data audit, sharing _model_and_run and _load
+        from evaluate.audit_cli import AUDIT_PROG, main_audit
+        return run_command(AUDIT_PROG, lambda: main_audit(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["overlap"]:
         return run_command(OVERLAP_PROG, lambda: main_overlap(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["batch"]:

@@ -89,29 +89,37 @@ class ClassCentres:
                              f"{self.images.shape}")
 
 
-def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, per_class: int = DEFAULT_PER_CLASS,
-                  device=None, batch_size: int = 256, progress: bool = True) -> ClassCentres:
-    """Each training class's centre: the normalised mean of its first `per_class` images' normalised fused
-    embeddings. Images are decoded `batch_size * DECODE_BATCHES_PER_CALL` at a time, embedded in batches."""
+def key_embeddings(model: torch.nn.Module, samples: "pipeline.ShardSamples", keys: np.ndarray, *, device=None,
+                   batch_size: int = 256, progress: bool = True, desc: str = "overlap: training classes"):
+    """Yield (keys chunk, float32 [n, D] unit fused embeddings) for `keys` of the shards, in order: images
+    decoded as training sees them, `batch_size * DECODE_BATCHES_PER_CALL` at a time, embedded in batches."""
     dev = pass_device(model, device)
-    labels = samples.labels(np.arange(samples.num_samples))
-    keys = class_keys(labels, per_class)
-    sums = None
-    count = np.bincount(labels[keys], minlength=samples.num_classes)
     step = batch_size * DECODE_BATCHES_PER_CALL
-    bar = tqdm(total=keys.size, desc="overlap: training classes", unit="img", disable=not progress)
+    bar = tqdm(total=keys.size, desc=desc, unit="img", disable=not progress)
     try:
         for s in range(0, keys.size, step):
             chunk = keys[s:s + step]
             emb = embed_batches(model, samples.image_batches(chunk, device=dev, batch_size=batch_size),
                                 total=chunk.size)
-            fused = torch.from_numpy(unit(emb.fused))
-            if sums is None:
-                sums = torch.zeros(samples.num_classes, fused.shape[1], dtype=torch.float64)
-            sums.index_add_(0, torch.from_numpy(labels[chunk]), fused.double())
+            yield chunk, unit(emb.fused)
             bar.update(chunk.size)
     finally:
         bar.close()
+
+
+def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, per_class: int = DEFAULT_PER_CLASS,
+                  device=None, batch_size: int = 256, progress: bool = True) -> ClassCentres:
+    """Each training class's centre: the normalised mean of its first `per_class` images' normalised fused
+    embeddings (key_embeddings)."""
+    labels = samples.labels(np.arange(samples.num_samples))
+    keys = class_keys(labels, per_class)
+    sums = None
+    count = np.bincount(labels[keys], minlength=samples.num_classes)
+    for chunk, fused in key_embeddings(model, samples, keys, device=device, batch_size=batch_size,
+                                       progress=progress):
+        if sums is None:
+            sums = torch.zeros(samples.num_classes, fused.shape[1], dtype=torch.float64)
+        sums.index_add_(0, torch.from_numpy(labels[chunk]), torch.from_numpy(fused).double())
     return ClassCentres(centres=unit(sums.numpy()), images=count.astype(np.int64))
 
 
