@@ -21,16 +21,9 @@ from convert.errors import InputError
 from convert.manifest import Manifest
 from convert.source_keys import SourceKeysError, source_keys
 from evaluate import audit, audit_report, impostor_threshold
-from evaluate.cli import _described, _finite_float, _load, _model_and_run, _positive_int, _writable_folder
+from evaluate.cli import _described, _far, _finite_float, _load, _model_and_run, _positive_int, _writable_folder
 
 AUDIT_PROG = "python -m evaluate audit"
-
-
-def _far(text: str) -> float:
-    value = _finite_float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), found {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
