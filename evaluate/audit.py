@@ -106,6 +106,7 @@ class Findings:
     conflicts: tuple  # of (class a, class b, similarity), a < b, most similar first
     outliers: tuple  # of (row of Embedded, own-class similarity, nearest other class, its similarity), lowest first
     near_duplicates: tuple  # of (row a, row b, similarity), rows of different classes
+    warnings: tuple = ()  # of str: what makes the findings doubtful
 
 
 def _given(value: float, flag: str) -> dict:
@@ -117,10 +118,17 @@ def find(e: Embedded, *, conflict_threshold: Optional[float] = None, outlier_thr
     """Conflicts, outliers and near-duplicate embeddings (module docstring), the thresholds and the rounds."""
     flagged_images = np.zeros(e.emb.shape[0], bool)
     flagged_classes = np.zeros(0, np.int64)
+    warnings = []
     for rounds in range(1, ROUNDS + 1):
         rule = None
         if conflict_threshold is None or outlier_threshold is None:
             keep = ~flagged_images & ~np.isin(e.cls, flagged_classes)
+            if rounds > 1 and np.unique(e.cls[keep]).size < 2:  # the previous round's findings stand
+                warnings.append(f"round {rounds}: the images and classes flagged leave {np.unique(e.cls[keep]).size} "
+                                f"class(es) to measure strangers on: the model does not separate these identities, "
+                                f"the findings of round {rounds - 1} (threshold {t_conf['value']:.4f}) are kept")
+                rounds -= 1
+                break
             rule = impostor_threshold.image_threshold(e.emb, e.cls, far=far, keep=keep)
         t_conf = _given(conflict_threshold, "--conflict-threshold") if conflict_threshold is not None else rule.to_dict()
         t_out = _given(outlier_threshold, "--outlier-threshold") if outlier_threshold is not None else rule.to_dict()
@@ -146,7 +154,8 @@ def find(e: Embedded, *, conflict_threshold: Optional[float] = None, outlier_thr
     return Findings(t_conf, t_out, rounds,
                     tuple(zip(pairs.i.tolist(), pairs.j.tolist(), pairs.similarity.astype(float).tolist())),
                     outliers,
-                    tuple(zip(near.i.tolist(), near.j.tolist(), near.similarity.astype(float).tolist())))
+                    tuple(zip(near.i.tolist(), near.j.tolist(), near.similarity.astype(float).tolist())),
+                    tuple(warnings))
 
 
 def identical_bytes(samples, *, chunk: int = 65536) -> list:

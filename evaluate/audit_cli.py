@@ -78,6 +78,7 @@ def main_audit(argv: Sequence[str]) -> int:
                          batch_size=args.batch_size, progress=progress)
     f = audit.find(e, conflict_threshold=args.conflict_threshold, outlier_threshold=args.outlier_threshold,
                    far=args.far, device=device, progress=progress)
+    warnings += f.warnings
     groups = [audit.identical_bytes(smp) for smp in samples]
     report = audit_report.build(checkpoint=_described(loaded), sets=sets, e=e, f=f, byte_groups=groups,
                                 per_class=args.per_class, device=str(device), warnings=warnings)

@@ -136,3 +136,18 @@ def test_errors_are_one_line(tmp_path, stand_in, capsys):
     assert _audit(str(tmp_path / "nowhere"), "--checkpoint", "m.pt", "--output", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("python -m evaluate audit: error: ") and "nowhere" in err
+
+
+def test_a_model_that_separates_nothing_keeps_the_first_round_with_a_warning():
+    """The flagged images and classes covering every class leave no stranger to measure the next round on: the
+    first round's findings stand, said in a warning, instead of an error (a tiny, barely trained model)."""
+    from evaluate import audit
+    rng = np.random.default_rng(0)
+    x = np.ones((12, 8), np.float32) + 1e-3 * rng.standard_normal((12, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cls = np.repeat(np.arange(4), 3)
+    e = audit.Embedded(x, cls, np.zeros(12, np.int64), np.arange(12), (0, 4))
+    f = audit.find(e, progress=False)
+    flagged = {c for a, b, _ in f.conflicts for c in (a, b)} | {int(cls[row]) for row, *_ in f.outliers}
+    assert flagged == {0, 1, 2, 3} and f.rounds == 1  # every class in a conflict or with an outlier
+    assert len(f.warnings) == 1 and "does not separate" in f.warnings[0]
