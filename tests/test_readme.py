@@ -1,22 +1,26 @@
 """The README is part of the product: its config reference is the code's, and every command in it works.
 
 Every command of the README's ```bash blocks (and the ones written inline in its prose that need no data:
-`make ...`, `huggingface-cli|hf ...`, `python -m bench ...`, `python -m configs.reference`) must be of a
+`make ...`, `huggingface-cli|hf ...`, `python -m bench[.NAME] ...`, `python -m configs.reference`) must be of a
 form this module knows how to check; one of any other form fails the test, so none goes in unchecked.
 Each is checked as cheaply as it can be for real: conversions, training, teacher caching and evaluation run
 on tiny synthetic data standing in for the README's placeholder paths; multi-node launch lines are parsed
 by torchrun's own parser and their distill part by the config loader (and the one-node line runs as 2
 processes on the CPU); `make` targets by `make -n`; the quick benchmark is `make demo`'s (demo.py) job.
 
-The README tells one story (convert -> train -> cache -> evaluate), so a placeholder that one command reads
-(`/data/shards/ms1mv2`, `runs/mbf_ir50`, `/data/cache/ir50`) is what the README command that writes it
-produced here. Training is cut down by overrides appended after the README's own. The hub teacher cannot
-be downloaded here, so tiny runs of ours stand in for teachers: one for every `hf:` spec and another for a
-config's own (local) teacher, so that a cache built from one teacher and used with the other fails here as
-it would for a user.
+The README tells one story (convert -> train -> cache -> evaluate -> audit), so a placeholder that one
+command reads (`/data/shards/ms1mv2`, `runs/mbf_ir50`, `/data/cache/ir50`, or a file inside one:
+`runs/audit/decisions/...`) is what the README command that writes it produced here. Training is cut
+down by overrides appended after the README's own. The hub teacher cannot be downloaded here, so tiny
+runs of ours stand in for teachers: one for every `hf:` spec and another for a config's own (local)
+teacher, so that a cache built from one teacher and used with the other fails here as it would for a user.
+An audit (`python -m evaluate audit`) runs on those tiny stand-ins and must write its report, its page and
+the decision files that the README's rebuilds then read; a benchmark script (`python -m bench.NAME`, slow,
+run by hand) must answer --help.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -43,7 +47,8 @@ FIXED_PATHS = {"/data/faces_emore": "emore", "/data/my_identities": "identities"
 PRODUCED = re.compile(r"(/data/shards|/data/cache|runs)/[\w.-]+")  # written by one README command, read by others
 FORMS = ("python -m convert rec|folder|verify ...", "python -m distill --config FILE key=value ...",
          "python -m distill cache-teacher ...", "python -m distill plan ...", "python -m evaluate [batch] ...",
-         "python -m bench ...",
+         "python -m evaluate audit ...",
+         "python -m bench[.SCRIPT] ...",
          "python -m configs.reference", "[srun] torchrun ... -m distill ...", "make TARGET ...",
          "huggingface-cli|hf download ...")
 
@@ -95,8 +100,9 @@ def kind(argv: tuple[str, ...]) -> Optional[str]:
     if argv[:2] == ("python", "-m"):
         return {("convert", "rec"): "convert", ("convert", "folder"): "convert", ("convert", "verify"): "convert",
                 ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher",
-                ("distill", "plan"): "plan"}.get(
+                ("distill", "plan"): "plan", ("evaluate", "audit"): "audit"}.get(
             (module, sub), module if module in ("evaluate", "bench") else
+            "bench-script" if module.startswith("bench.") else
             "reference" if argv[2:] == ("configs.reference",) else None)
     if argv[:1] == ("torchrun",) or argv[:2] == ("srun", "torchrun"):
         return "torchrun"
@@ -112,6 +118,8 @@ def writes(argv: tuple[str, ...]) -> Optional[str]:
         return build_parser().parse_args(argv[3:]).out
     if kind(argv) == "cache-teacher" and "--out" in argv:
         return argv[argv.index("--out") + 1]
+    if kind(argv) == "audit" and "--output" in argv:
+        return argv[argv.index("--output") + 1]
     if kind(argv) == "train":
         return next((a.split("=", 1)[1] for a in argv if a.startswith("output=")), None)
     return None
@@ -167,6 +175,9 @@ class World:
         for placeholder, attr in FIXED_PATHS.items():
             if value == placeholder or value.startswith(placeholder + "/"):
                 return str(getattr(self, attr)) + value[len(placeholder):]
+        inside = PRODUCED.match(value)
+        if inside and value[inside.end():].startswith("/") and not write:  # a file a README command wrote
+            return self.path(inside.group(0)) + value[inside.end():]
         if PRODUCED.fullmatch(value):
             if not write:
                 writers = [c for c in COMMANDS if writes(c.argv) == value]
@@ -175,7 +186,9 @@ class World:
                 expect_ok(done, f"{value!r} is made by README.md:{writers[0].line}, which failed")
                 if not copy:
                     return str(made)
-            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-")) / "x"
+            # named as the README names it: the audit names its sets (decisions/<set>/) after their folders
+            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-"))
+            fresh = fresh / Path(value).name
             if not write:
                 shutil.copytree(made, fresh)
             return str(fresh)
@@ -205,7 +218,8 @@ class World:
                 args, out = distill_args(self, command.argv[3:], command.line)
             else:
                 args, out = self.localize(command.argv[3:], writes(command.argv))
-            extra = {"convert": ["--workers", "1"] if args[0] != "verify" else [], "cache-teacher": ["--no-progress"]}
+            extra = {"convert": ["--workers", "1"] if args[0] != "verify" else [], "cache-teacher": ["--no-progress"],
+                     "audit": ["--quiet"]}
             self._runs[command] = run([PY, "-m", command.argv[2], *args, *extra.get(k, [])]), out
         return self._runs[command]
 
@@ -244,6 +258,16 @@ def check_produced(w: World, c: Command) -> None:
         _ran_two_steps(out, c.line)
 
 
+def check_audit(w: World, c: Command) -> None:
+    """It runs, and writes its report, its page and a decision folder per set, named as the README reads them."""
+    done, out = w.run_once(c)
+    expect_ok(done, f"README.md:{c.line}: {c.text}")
+    report = json.loads((out / "audit.json").read_text())
+    names = [s["name"] for s in report["sets"]]
+    assert (out / "index.html").is_file() and all((out / "decisions" / n).is_dir() for n in names), \
+        f"README.md:{c.line}: no index.html, or no decisions/<set>/ for each of {names}, in {out}"
+
+
 def check_evaluate(w: World, c: Command) -> None:
     args, _ = w.localize(c.argv[3:], copy=True)  # copies: evaluate writes its reports beside the checkpoint
     expect_ok(run([PY, "-m", "evaluate", *args, "--quiet"]), f"README.md:{c.line}: {c.text}")
@@ -264,6 +288,11 @@ def check_bench(w: World, c: Command) -> None:
     if args.quick:  # the quick run itself is `make demo`'s step 6
         assert re.search(r'"-m", "bench", "--quick"', (ROOT / "demo.py").read_text()), \
             f"README.md:{c.line}: `{c.text}` is said to run in make demo, but demo.py does not run it"
+
+
+def check_bench_script(w: World, c: Command) -> None:
+    """A benchmark script (bench/NAME.py, measured by hand, slow): it exists and its command line parses."""
+    expect_ok(run([PY, "-m", c.argv[2], "--help"]), f"README.md:{c.line}: {c.text} (--help)")
 
 
 def check_reference(w: World, c: Command) -> None:
@@ -313,6 +342,7 @@ def check_hub(w: World, c: Command) -> None:
 
 
 CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "plan": check_plan,
+          "audit": check_audit, "bench-script": check_bench_script,
           "evaluate": check_evaluate, "bench": check_bench, "reference": check_reference,
           "torchrun": check_torchrun, "make": check_make, "hub": check_hub}
 
