@@ -30,6 +30,9 @@ Modules:
   run and its resume, the GPU benchmark), or on a CPU with tiny sizes (`run --cpu-dry-run`, in make test).
 - env_report.py, fresh_teacher.py, resume_check.py: gpu_check.sh's Python steps (`python -m bench.NAME`): the
   environment and decoders in use, a freshly initialised teacher file, and whether a run resumed.
+- class_search.py: the data audit's class-by-class similarity search at MS1M's size (`python -m bench.class_search`).
+- planted_audit.py: the data audit on a planted case of synthetic faces, with a trained model through the CLI
+  (`python -m bench.planted_audit --checkpoint RUN`): shared identities and wrong labels found, false alarms.
 
     python -m bench [--quick] [--device cpu|cuda] [--stages convert,read,decode,pipeline,step]
                     [--data DIR | --images N] [--json OUT] [--markdown OUT] [--plot OUT.png]

@@ -10,6 +10,8 @@ Modules, in the order the data flows:
 - image_check.py: decode an image to validate it, and turn it into a shard member (JPEG bytes or raw pixels).
 - validation.py: the first pass, every image decoded once in parallel, labels and sizes collected.
 - class_exclusion.py: `--exclude-classes FILE`, the source classes to leave out, read and checked against the source.
+- key_exclusion.py: `--exclude-keys FILE`, the source images to leave out, read and checked against the source.
+- class_merge.py: `--merge-classes FILE`, source classes relabelled as others (`FROM -> TO`), read and checked.
 - shard_jobs.py: the second pass, the planned shards written in parallel, one process per shard.
 - shard_writer.py: write one tar shard and its DALI index.
 - worker_pool.py: when worker processes pay off, and the spawned pool they run in.
@@ -17,6 +19,7 @@ Modules, in the order the data flows:
 - output_folder.py: what an output folder already holds: an earlier run to resume, or another dataset to refuse.
 - converter.py: a conversion from start to end: both passes, the shuffle, resuming, the manifest.
 - verify_shards.py: re-read a shard directory and list where it disagrees with its manifest.
+- source_keys.py: each shard sample's source image (.rec key or folder path), from the manifest and the source.
 - files.py: atomic writes, file checksums, and the lock that makes one job the only writer of an output folder.
 - errors.py: InputError, the base of every expected failure, and run_command, which reports one as one line.
 - cli.py: the command line, `python -m convert rec|folder|verify|synth|synth-bin`.

@@ -49,7 +49,7 @@ def _convert(args: argparse.Namespace) -> int:
         args.src, args.out, samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
         encoding=args.encoding, image_size=args.image_size, resize=args.resize, skip_corrupt=args.skip_corrupt,
         overwrite=args.overwrite, progress=not args.quiet, max_pixels=args.max_pixels,
-        exclude_classes=args.exclude_classes,
+        exclude_classes=args.exclude_classes, exclude_keys=args.exclude_keys, merge_classes=args.merge_classes,
     )
     seconds = time.perf_counter() - start
     total = sum(s.bytes for s in m.shards)
@@ -57,6 +57,11 @@ def _convert(args: argparse.Namespace) -> int:
     if m.exclusion is not None:
         skipped += (f", {m.exclusion.num_classes} classes ({m.exclusion.num_samples} samples) excluded by "
                     f"{m.exclusion.file}")
+    if m.key_exclusion is not None:
+        skipped += f", {m.key_exclusion.num_samples} images excluded by {m.key_exclusion.file}"
+    if m.merge is not None:
+        skipped += (f", {len(m.merge.merged)} classes merged ({m.merge.num_samples} images relabelled; the "
+                    f"manifest's merge and class_map say how labels were renumbered) by {m.merge.file}")
     print(f"{m.num_samples} samples, {m.num_classes} classes, {len(m.shards)} shards, {total} bytes, "
           f"{seconds:.1f} s ({m.num_samples / max(seconds, 1e-9):.0f} img/s){skipped} -> {args.out}")
     return 0
@@ -124,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leave out the source classes listed in FILE, one a line (a .rec's label or an "
                             "identity folder's name; '#' starts a comment line), e.g. the list `python -m "
                             "evaluate overlap --write-exclusions` writes; the rest are renumbered 0..C-1")
+        p.add_argument("--exclude-keys", metavar="FILE", default=None,
+                       help="leave out the source images listed in FILE, one a line (a .rec's record key or an "
+                            "image's path under SRC), e.g. the exclude-keys.txt `python -m evaluate audit` writes")
+        p.add_argument("--merge-classes", metavar="FILE", default=None,
+                       help="relabel source classes as others, one 'FROM -> TO' a line, e.g. the "
+                            "merge-classes.txt `python -m evaluate audit` writes; the rest renumbered 0..C-1")
         p.add_argument("--overwrite", action="store_true",
                        help="replace another dataset's shards in OUT, or shard files no conversion of SRC wrote")
         p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,7 +4,9 @@ Two passes: `validation` decodes every image once (in parallel) and yields label
 samples, in a permutation drawn from the seed, are written shard by shard, in order, and their labels
 once more as a table (labels.npy, row = key) beside the shards. With `exclude_classes` (a file of source
 classes, convert/class_exclusion.py) the samples of those classes are left out and the others renumbered
-0..C-1 (the manifest's class_map gives each one's source class; its `exclusion` what was left out). Progress is
+0..C-1 (the manifest's class_map gives each one's source class; its `exclusion` what was left out). With
+`exclude_keys` (source images, convert/key_exclusion.py) those images are left out; with `merge_classes`
+(convert/class_merge.py) the listed classes take another's label before the renumbering. Progress is
 kept in OUT/.convert-state.json (and the validation in .convert-validated.npz), so a second run of
 the same command skips every shard whose checksum matches and writes the same bytes for the rest
 (convert/output_folder.py reads what an earlier run left).
@@ -26,6 +28,7 @@ from convert.files import output_lock, remove_stale_temporaries, write_json_atom
 from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError
 from convert.class_exclusion import ExclusionList, read_exclusion_list, resolve
 from convert.class_exclusion import record as exclusion_record
+from convert import class_merge, key_exclusion
 from convert.labels_table import write_labels
 from convert.manifest import EXTENSIONS, Manifest
 from convert.output_folder import (STATE_NAME, VALIDATED_NAME, OutputError, complete, finished, load_validated,
@@ -56,6 +59,8 @@ class ConvertOptions:
     progress: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger source images are refused before they are decoded
     exclude_classes: Optional[str] = None  # a file of source classes to leave out (convert/class_exclusion.py)
+    exclude_keys: Optional[str] = None  # a file of source images to leave out (convert/key_exclusion.py)
+    merge_classes: Optional[str] = None  # a file of FROM -> TO source classes (convert/class_merge.py)
 
     def __post_init__(self) -> None:
         if self.encoding not in EXTENSIONS:
@@ -73,10 +78,12 @@ class ConvertOptions:
 
     def affecting_output(self) -> dict:
         """The options that change the shards' bytes (workers, progress, overwrite do not; skip_corrupt
-        and max_pixels do not either: with an image they refuse, no shard is written). The exclusion list
-        counts by its content, not its path: `_fingerprint` adds its sha256."""
+        and max_pixels do not either: with an image they refuse, no shard is written). The decision files
+        (exclusion, key exclusion, merge lists) count by their content, not their path: `_fingerprint`
+        adds their sha256."""
         d = asdict(self)
-        for k in ("workers", "progress", "overwrite", "skip_corrupt", "max_pixels", "exclude_classes"):
+        for k in ("workers", "progress", "overwrite", "skip_corrupt", "max_pixels", "exclude_classes",
+                  "exclude_keys", "merge_classes"):
             d.pop(k)
         return d
 
@@ -93,26 +100,32 @@ def convert_folder(src, out, **options) -> Manifest:
     return _convert(FolderSource(src), os.fspath(out), opts)
 
 
-def _fingerprint(source, opts: ConvertOptions, exclusion: Optional[ExclusionList]) -> dict:
+def _fingerprint(source, opts: ConvertOptions, exclusion: Optional[ExclusionList], keys=None, merge=None) -> dict:
     """What a rerun must match to resume or to find the conversion finished: the source and the options
-    that change the output, the exclusion list by its sha256 (absent without one, so that the
+    that change the output, each decision file by its sha256 (absent without one, so that the
     fingerprints of conversions without a list stay what they were)."""
     options = opts.affecting_output()
     if exclusion is not None:
         options["exclude_classes_sha256"] = exclusion.sha256
+    if keys is not None:
+        options["exclude_keys_sha256"] = keys.sha256
+    if merge is not None:
+        options["merge_classes_sha256"] = merge.sha256
     return {"source": source.describe(), "options": options}
 
 
-def _class_labels(source, validated: Validated, keep: np.ndarray, excluded: np.ndarray) -> tuple:
+def _class_labels(source, labels: np.ndarray, keep: np.ndarray, excluded: np.ndarray,
+                  emptied: np.ndarray) -> tuple:
     """(contiguous label of each kept item, class_map or None), checking that no identity folder that is
-    not excluded lost all its images. keep: bool [N], the readable items of classes not excluded."""
+    not excluded lost all its images. keep: bool [N], the readable items of classes not excluded; labels:
+    the source labels after merging; emptied: the classes --exclude-keys or --merge-classes emptied."""
     valid = np.flatnonzero(keep)
     if len(valid) == 0:
         what = "no readable images" if not excluded.size else "no readable images outside the excluded classes"
         raise SourceError(f"{source.describe()['path']}: {what}")
-    classes, contiguous = np.unique(validated.labels[valid], return_inverse=True)
+    classes, contiguous = np.unique(labels[valid], return_inverse=True)
     if isinstance(source, FolderSource):
-        present = set(classes.tolist()) | set(excluded.tolist())
+        present = set(classes.tolist()) | set(excluded.tolist()) | set(emptied.tolist())
         for label in range(len(source.classes)):
             if label not in present:
                 raise SourceError(f"{os.path.join(source.root, source.classes[label])}: identity folder has no readable images")
@@ -134,9 +147,16 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
     """Both passes, the shuffle and the manifest, while this process holds the lock on `out`."""
     workers = opts.workers or os.cpu_count() or 1
     exclusion = read_exclusion_list(opts.exclude_classes) if opts.exclude_classes is not None else None
-    if exclusion is not None and source.kind == "folder":
-        resolve(exclusion, source)  # a folder's classes are its folder names: a wrong one fails before any work
-    fingerprint = _fingerprint(source, opts, exclusion)
+    keys = key_exclusion.read_key_list(opts.exclude_keys) if opts.exclude_keys is not None else None
+    merge = class_merge.read_merge_list(opts.merge_classes) if opts.merge_classes is not None else None
+    if source.kind == "folder":  # a folder's classes and images are its names: a wrong one fails before any work
+        if exclusion is not None:
+            resolve(exclusion, source)
+        if merge is not None:
+            class_merge.resolve(merge, source, excluded=resolve(exclusion, source) if exclusion else None)
+    if keys is not None:
+        key_exclusion.resolve(keys, source)  # the source's keys are known without reading an image
+    fingerprint = _fingerprint(source, opts, exclusion, keys, merge)
     records = previous_records(out, fingerprint, opts.overwrite, opts.prefix)
     remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
     done_before = finished(out, fingerprint)
@@ -159,8 +179,15 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
 
     excluded = resolve(exclusion, source, validated.labels[validated.ok]) if exclusion is not None else \
         np.zeros(0, np.int64)
+    dropped = key_exclusion.resolve(keys, source) if keys is not None else np.zeros(0, np.int64)
+    present = validated.labels[validated.ok]
+    mapping = class_merge.resolve(merge, source, present, excluded) if merge is not None else {}
+    labels_merged = class_merge.apply(validated.labels, mapping)
+    classes_before = np.unique(validated.labels[validated.ok & ~np.isin(validated.labels, excluded)])
     keep = validated.ok & ~np.isin(validated.labels, excluded)
-    contiguous, class_map = _class_labels(source, validated, keep, excluded)
+    keep[dropped] = False
+    emptied = np.setdiff1d(classes_before, labels_merged[keep])
+    contiguous, class_map = _class_labels(source, labels_merged, keep, excluded, emptied)
     valid = np.flatnonzero(keep)
     perm = np.random.default_rng(opts.seed).permutation(len(valid))
     order, labels = valid[perm], contiguous[perm]
@@ -197,8 +224,13 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
         source=fingerprint["source"], class_map=class_map,
         skipped=tuple(source.where(i) for i, _ in validated.errors),
         labels=write_labels(out, labels),  # before the manifest that lists it
-        exclusion=(exclusion_record(exclusion, source, excluded, int((validated.ok & ~keep).sum()))
+        exclusion=(exclusion_record(exclusion, source, excluded,
+                                    int((validated.ok & np.isin(validated.labels, excluded)).sum()))
                    if exclusion is not None else None),
+        key_exclusion=key_exclusion.record(keys, source, dropped) if keys is not None else None,
+        merge=(class_merge.record(merge, source, mapping, dict(zip(labels_merged[valid].tolist(), contiguous.tolist())),
+                                  int((keep & np.isin(validated.labels, list(mapping))).sum()))
+               if merge is not None else None),
         extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
     ))
     manifest.save(out)

@@ -82,6 +82,44 @@ class ExclusionRecord:
                                 f"num_samples be >= 0, found {self.num_classes} and {self.num_samples}")
 
 
+def _check_sha256(what: str, sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ManifestError(f"{what}: sha256 must be 64 lowercase hex digits, found {sha256!r}")
+
+
+@dataclass(frozen=True)
+class KeyExclusionRecord:
+    """The source images a conversion left out (`--exclude-keys FILE`): the list's path and sha256, and
+    each image as the source names it (a .rec's record key, a folder source's relative path)."""
+
+    file: str
+    sha256: str
+    num_samples: int
+    keys: tuple
+
+    def __post_init__(self) -> None:
+        _check_sha256(f"key exclusion {self.file}", self.sha256)
+        if self.num_samples != len(self.keys):
+            raise ManifestError(f"key exclusion {self.file}: num_samples must count the {len(self.keys)} keys, "
+                                f"found {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """The source classes a conversion merged (`--merge-classes FILE`): the list's path and sha256, each
+    merge as (FROM, TO, the contiguous label both now carry), and how many images changed label."""
+
+    file: str
+    sha256: str
+    merged: tuple  # of (from source class, to source class, new label)
+    num_samples: int
+
+    def __post_init__(self) -> None:
+        _check_sha256(f"merge {self.file}", self.sha256)
+        if self.num_samples < 0 or any(len(m) != 3 for m in self.merged):
+            raise ManifestError(f"merge {self.file}: expected (from, to, label) triples and num_samples >= 0")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a shard directory holds. Shard k holds keys sum(samples of shards < k) .. + samples - 1.
@@ -91,6 +129,8 @@ class Manifest:
     labels: the labels table (convert/labels_table.py: int32 [num_samples], row = global key, the same
     labels as the `.cls` members), or None for shard sets converted before the table existed.
     exclusion: the source classes left out by --exclude-classes, or None when none were.
+    key_exclusion: the source images left out by --exclude-keys; merge: the classes merged by
+    --merge-classes (class_map says how the labels were renumbered); None when not used.
     """
 
     num_samples: int
@@ -104,6 +144,8 @@ class Manifest:
     skipped: tuple = ()
     labels: Optional[TableRecord] = None
     exclusion: Optional[ExclusionRecord] = None
+    key_exclusion: Optional[KeyExclusionRecord] = None
+    merge: Optional[MergeRecord] = None
     format: str = FORMAT
     version: int = VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -135,6 +177,10 @@ class Manifest:
         if self.exclusion is not None and not isinstance(self.exclusion, ExclusionRecord):
             raise ManifestError(f"manifest exclusion must be an ExclusionRecord or None, found "
                                 f"{type(self.exclusion).__name__}")
+        for name, kind in (("key_exclusion", KeyExclusionRecord), ("merge", MergeRecord)):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), kind):
+                raise ManifestError(f"manifest {name} must be a {kind.__name__} or None, found "
+                                    f"{type(getattr(self, name)).__name__}")
 
     @property
     def extension(self) -> str:
@@ -165,6 +211,13 @@ class Manifest:
             del d["exclusion"]  # likewise: a conversion without --exclude-classes writes the manifest it always did
         else:
             d["exclusion"]["classes"] = list(self.exclusion.classes)
+        for name in ("key_exclusion", "merge"):  # absent when unused, as exclusion
+            if d[name] is None:
+                del d[name]
+        if self.key_exclusion is not None:
+            d["key_exclusion"]["keys"] = list(self.key_exclusion.keys)
+        if self.merge is not None:
+            d["merge"]["merged"] = [list(m) for m in self.merge.merged]
         return d
 
     @classmethod
@@ -183,6 +236,11 @@ class Manifest:
                 d["labels"] = TableRecord(**d["labels"])
             if d.get("exclusion") is not None:
                 d["exclusion"] = ExclusionRecord(**{**d["exclusion"], "classes": tuple(d["exclusion"]["classes"])})
+            if d.get("key_exclusion") is not None:
+                d["key_exclusion"] = KeyExclusionRecord(**{**d["key_exclusion"],
+                                                           "keys": tuple(d["key_exclusion"]["keys"])})
+            if d.get("merge") is not None:
+                d["merge"] = MergeRecord(**{**d["merge"], "merged": tuple(tuple(m) for m in d["merge"]["merged"])})
             return cls(**d)
         except (TypeError, KeyError) as e:
             raise ManifestError(f"{where}: malformed manifest ({e})") from None

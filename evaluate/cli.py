@@ -4,8 +4,9 @@
         [--ijb-root DIR] [--tinyface-root DIR] [--targets lfw IJBC ...] [--device auto] [--batch-size N]
         [--output REPORT.json]
     python -m evaluate batch --checkpoint-dir DIR [--checkpoint-suffix .pt] [--force] (same data flags)
-    python -m evaluate overlap --checkpoint MODEL --shards DIR --val-data DIR [--threshold T] [--per-class K]
-        --output REPORT.json [--write-exclusions FILE] [--targets lfw ...] [--device auto] [--batch-size N]
+    python -m evaluate overlap --checkpoint MODEL --shards DIR --val-data DIR [--threshold T | --far F]
+        [--per-class K] --output REPORT.json [--write-exclusions FILE] [--targets lfw ...] [--device auto]
+        [--batch-size N]
 
 --checkpoint may be an exported model.onnx or its folder (`python -m models export`): the same targets
 run through onnxruntime (models.onnx_net), and batch mode picks up `.onnx` files too.
@@ -50,7 +51,7 @@ from models import onnx_net
 from convert.errors import InputError, run_command
 from convert.files import WriteError, output_lock
 from convert.manifest import Manifest
-from evaluate import overlap, overlap_report, verification
+from evaluate import impostor_threshold, overlap, overlap_report, verification
 from evaluate import report as rep
 from evaluate.targets import (ALL_TARGETS, DataRoots, MissingDataError, UnknownTargetError, kind, plan,
                               require_some, run_target)
@@ -85,6 +86,14 @@ def _finite_float(text: str) -> float:
         value = float("nan")
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
+def _far(text: str) -> float:
+    """A false-accept rate for the impostor rule (evaluate/impostor_threshold.py): in (0, 1)."""
+    value = _finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), found {text!r}")
     return value
 
 
@@ -306,9 +315,12 @@ def _parser_overlap() -> argparse.ArgumentParser:
     p.add_argument("--val-data", required=True, type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--targets", nargs="+", metavar="SET",
                    help="verification sets under --val-data to audit (default: every one there)")
-    p.add_argument("--threshold", type=_finite_float, default=None,
-                   help="cosine similarity above which a (class, image) is flagged (default: the rule in "
-                        "evaluate/overlap.py, from the sets' own pairs)")
+    given = p.add_mutually_exclusive_group()  # a given threshold has no rate to choose
+    given.add_argument("--threshold", type=_finite_float, default=None,
+                       help="cosine similarity above which a (class, image) is flagged (default: the impostor "
+                            "rule, evaluate/overlap.py, from pairs of training images of different classes)")
+    given.add_argument("--far", type=_far, default=impostor_threshold.TARGET_FAR,
+                       help=f"the impostor rule's false-accept rate (default {impostor_threshold.TARGET_FAR:g})")
     p.add_argument("--per-class", type=_positive_int, default=overlap.DEFAULT_PER_CLASS, metavar="K",
                    help=f"images averaged into each class centre, its first K by key (default "
                         f"{overlap.DEFAULT_PER_CLASS})")
@@ -357,7 +369,7 @@ def main_overlap(argv: Sequence[str]) -> int:
                                     batch_size=args.batch_size, progress=progress)
     embedded = [(v, overlap.set_embeddings(loaded.net, v, device=device, batch_size=args.batch_size,
                                            progress=progress)) for v in sets]
-    chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device)
+    chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device, far=args.far)
     warnings = overlap.warnings_for(chosen, audits)
     report = overlap_report.build(
         checkpoint=_described(loaded),
@@ -371,8 +383,10 @@ def main_overlap(argv: Sequence[str]) -> int:
 
     print(f"threshold {chosen.value:.4f} ({chosen.how})")
     for a in audits:
+        chance = report["sets"][a.name]["expected_by_chance"]
         print(f"{a.name}: {a.images} images, {a.flagged_images} close to a training class, "
-              f"{len(a.flagged_classes)} classes flagged")
+              f"{len(a.flagged_classes)} classes flagged, {len(a.matches)} (class, image) pairs above the threshold"
+              + ("" if chance is None else f" (strangers put about {chance:.2g} there by chance)"))
     for w in warnings:
         print(f"warning: {w}")
     print(f"{report['classes_flagged']} of {manifest.num_classes} training classes flagged; wrote {args.output}, "
@@ -386,6 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from evaluate.own_data_cli import COMMANDS
         prog, command = COMMANDS[argv[0]]
         return run_command(prog, lambda: command(argv[1:]), known=(models.CheckpointError,))
+    if argv[:1] == ["audit"]:  # evaluate/audit_cli.py: the data audit, sharing _model_and_run and _load
+        from evaluate.audit_cli import AUDIT_PROG, main_audit
+        return run_command(AUDIT_PROG, lambda: main_audit(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["overlap"]:
         return run_command(OVERLAP_PROG, lambda: main_overlap(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["batch"]:

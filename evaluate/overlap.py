@@ -11,28 +11,21 @@ on is no longer a test on unseen identities. `python -m evaluate overlap` (evalu
   112 as `python -m evaluate` does), normalised.
 - A (class, image) whose cosine similarity is above the threshold is a suspected overlap.
 
-The default threshold, overridable by --threshold, comes from the sets' own held-out pairs:
+The default threshold, overridable by --threshold, is the impostor rule that `python -m evaluate audit`
+uses (evaluate/impostor_threshold.py): the cosine similarity that pairs of training images of different
+classes exceed at the false-accept rate --far (default 1e-5, or the smallest rate the pairs support). The
+images are those averaged into the centres (up to RULE_IMAGES of them, drawn with a fixed seed), so the
+threshold is in the model's own units on the data it is asked about: "a stranger scores above this once
+in 1/FAR tries". The audit makes classes x images comparisons (85k MS1M classes x 12k LFW images is
+1e9), so the report states how many strangers that rate lets through on average (FAR x comparisons):
+flags of that order are what chance alone gives, far more are overlaps. The training labels are taken as
+they are here (`evaluate audit` is the tool that doubts them).
 
-    T = max over the sets of max( mean similarity of the set's same-identity pairs,
-                                  99.9th percentile of its different-identity pairs' similarities
-                                  + 3 standard deviations of those similarities )
-
-Why: the audit makes C x N comparisons (85k MS1M classes x 12k LFW images is 1e9), so a threshold inside
-the impostor distribution flags strangers by the thousand. The pairs measure that distribution only down
-to about 1e-3 (LFW has 3000 different pairs), hence its 99.9th percentile (about 3 standard deviations
-out, were it normal) as the start, and 3 more standard deviations of the set's own impostor similarities
-to reach a rate near 1e-9 per comparison (6 sigma): a margin in the model's own units, so a model with
-a wide impostor spread gets a wide margin. Above that floor, the mean same-identity similarity is where
-true overlaps land: a centre averages K images of the person, so a new image of them is closer to it than
-to a typical single image, above the mean same-pair similarity more often than not; for a model that
-separates identities (typical of a trained ResNet on LFW: same-identity mean near 0.7, impostors near 0
-with a standard deviation near 0.1, so a floor near 0.6) this is the larger term. One threshold for all sets,
-the strictest of theirs, so that no set's impostor tail reaches it; the report gives every set's
-statistics, from which a user can pick a set's own --threshold. A set whose mean same-identity
-similarity does not exceed its impostor 99.9th percentile is one the model does not separate: the
-report warns that the audit cannot be trusted there (the demo's small teacher was such a model when
-this was written: same-identity mean 0.66, impostor 99.9th percentile 0.82 with a standard deviation of
-0.33, so a floor of 1.8, and nothing flagged).
+Why not the sets' own pairs: a .bin holds a few thousand different-identity pairs (LFW: 3000), which
+measure the impostor tail only down to about 1e-3; the rule this module had before, built on them, put
+the demo's small teacher's threshold above 1 (nothing could be flagged). The sets' pairs still give
+each set's statistics in the report, and a warning where the model does not separate identities there
+(mean same-identity similarity not above the 99.9th percentile of different-identity similarity).
 """
 
 from __future__ import annotations
@@ -46,19 +39,20 @@ from tqdm import tqdm
 
 import pipeline
 from convert.errors import InputError
+from evaluate import impostor_threshold
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, embed_encoded, pass_device
 from evaluate.verification import VerificationSet
 
 DEFAULT_PER_CLASS = 8
-IMPOSTOR_QUANTILE = 0.999
-IMPOSTOR_MARGIN_SD = 3.0  # standard deviations of the impostor similarities above their 99.9th percentile
+IMPOSTOR_QUANTILE = 0.999  # of a set's different-identity pairs: the warning's measure of separation
+RULE_IMAGES = 65_536  # training images kept for the impostor rule: 128 MB at 512 dimensions, 2e9 pairs to draw from
+RULE_SEED = 0
 MATCH_CHUNK_ENTRIES = 2**26  # similarities computed at once: [images, classes] in float32, 256 MB
 MAX_MATCHES = 1_000_000  # per set: more means a threshold inside the impostor distribution, not overlaps
 
 
 class ThresholdError(InputError, ValueError):
-    """No threshold can be derived from the sets' pairs (no same or different pair anywhere), or one so low
-    that it flags more than MAX_MATCHES (class, image) pairs of a set."""
+    """A threshold so low that it flags more than MAX_MATCHES (class, image) pairs of a set."""
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -82,37 +76,56 @@ def class_keys(labels: np.ndarray, per_class: int) -> np.ndarray:
 class ClassCentres:
     centres: np.ndarray  # float32 [C, D], unit rows; a zero row for a class without samples
     images: np.ndarray  # int64 [C], the images averaged into each
+    rule_emb: np.ndarray  # float32 [S, D], unit rows: up to RULE_IMAGES of those images, for the impostor rule
+    rule_labels: np.ndarray  # int64 [S], their classes
 
     def __post_init__(self):
         if self.centres.ndim != 2 or self.images.shape != (self.centres.shape[0],):
             raise ValueError(f"centres must be [C, D] with images [C], found {self.centres.shape} and "
                              f"{self.images.shape}")
+        if self.rule_emb.shape != (self.rule_labels.size, self.centres.shape[1]):
+            raise ValueError(f"rule images must be [S, {self.centres.shape[1]}] with labels [S], found "
+                             f"{self.rule_emb.shape} and {self.rule_labels.shape}")
 
 
-def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, per_class: int = DEFAULT_PER_CLASS,
-                  device=None, batch_size: int = 256, progress: bool = True) -> ClassCentres:
-    """Each training class's centre: the normalised mean of its first `per_class` images' normalised fused
-    embeddings. Images are decoded `batch_size * DECODE_BATCHES_PER_CALL` at a time, embedded in batches."""
+def key_embeddings(model: torch.nn.Module, samples: "pipeline.ShardSamples", keys: np.ndarray, *, device=None,
+                   batch_size: int = 256, progress: bool = True, desc: str = "overlap: training classes"):
+    """Yield (keys chunk, float32 [n, D] unit fused embeddings) for `keys` of the shards, in order: images
+    decoded as training sees them, `batch_size * DECODE_BATCHES_PER_CALL` at a time, embedded in batches."""
     dev = pass_device(model, device)
-    labels = samples.labels(np.arange(samples.num_samples))
-    keys = class_keys(labels, per_class)
-    sums = None
-    count = np.bincount(labels[keys], minlength=samples.num_classes)
     step = batch_size * DECODE_BATCHES_PER_CALL
-    bar = tqdm(total=keys.size, desc="overlap: training classes", unit="img", disable=not progress)
+    bar = tqdm(total=keys.size, desc=desc, unit="img", disable=not progress)
     try:
         for s in range(0, keys.size, step):
             chunk = keys[s:s + step]
             emb = embed_batches(model, samples.image_batches(chunk, device=dev, batch_size=batch_size),
                                 total=chunk.size)
-            fused = torch.from_numpy(unit(emb.fused))
-            if sums is None:
-                sums = torch.zeros(samples.num_classes, fused.shape[1], dtype=torch.float64)
-            sums.index_add_(0, torch.from_numpy(labels[chunk]), fused.double())
+            yield chunk, unit(emb.fused)
             bar.update(chunk.size)
     finally:
         bar.close()
-    return ClassCentres(centres=unit(sums.numpy()), images=count.astype(np.int64))
+
+
+def class_centres(model: torch.nn.Module, samples: "pipeline.ShardSamples", *, per_class: int = DEFAULT_PER_CLASS,
+                  device=None, batch_size: int = 256, progress: bool = True,
+                  rule_images: int = RULE_IMAGES) -> ClassCentres:
+    """Each training class's centre: the normalised mean of its first `per_class` images' normalised fused
+    embeddings (key_embeddings); and the embeddings of up to `rule_images` of those images (all of them, or
+    that many drawn with RULE_SEED) for the impostor rule, kept as they pass."""
+    labels = samples.labels(np.arange(samples.num_samples))
+    keys = class_keys(labels, per_class)
+    kept = keys if keys.size <= rule_images else \
+        np.sort(np.random.default_rng(RULE_SEED).choice(keys, rule_images, replace=False))
+    sums, rule = None, []
+    count = np.bincount(labels[keys], minlength=samples.num_classes)
+    for chunk, fused in key_embeddings(model, samples, keys, device=device, batch_size=batch_size,
+                                       progress=progress):
+        if sums is None:
+            sums = torch.zeros(samples.num_classes, fused.shape[1], dtype=torch.float64)
+        sums.index_add_(0, torch.from_numpy(labels[chunk]), torch.from_numpy(fused).double())
+        rule.append(fused[np.isin(chunk, kept)])
+    return ClassCentres(centres=unit(sums.numpy()), images=count.astype(np.int64),
+                        rule_emb=np.concatenate(rule), rule_labels=labels[kept].astype(np.int64))
 
 
 def set_embeddings(model: torch.nn.Module, vset: VerificationSet, *, device=None, batch_size: int = 256,
@@ -132,13 +145,6 @@ class PairStats:
     mean_same: Optional[float]  # None without same-identity pairs
     impostor_quantile: Optional[float]  # the IMPOSTOR_QUANTILE of the different pairs; None without any
     impostor_sd: Optional[float]  # the standard deviation of the different pairs' similarities
-
-    @property
-    def impostor_floor(self) -> Optional[float]:
-        """The impostor term of the rule: the quantile + IMPOSTOR_MARGIN_SD standard deviations."""
-        if self.impostor_quantile is None:
-            return None
-        return self.impostor_quantile + IMPOSTOR_MARGIN_SD * self.impostor_sd
 
     def separates(self) -> Optional[bool]:
         """Whether same-identity pairs score above the impostor tail on average (None: cannot tell)."""
@@ -164,34 +170,18 @@ class Threshold:
     value: float
     chosen_by: str  # "rule" or "--threshold"
     how: str  # in words, with the numbers
+    rule: Optional[dict] = None  # the impostor rule's record (ImpostorThreshold.to_dict()) when chosen by it
 
     def __post_init__(self):
         if not np.isfinite(self.value):
             raise ValueError(f"threshold must be finite, found {self.value}")
 
 
-def default_threshold(stats: Mapping[str, PairStats]) -> Threshold:
-    """The module docstring's rule over the sets' pair statistics."""
-    same = [(s.mean_same, name) for name, s in stats.items() if s.mean_same is not None]
-    diff = [(s.impostor_floor, name) for name, s in stats.items() if s.impostor_floor is not None]
-    if not same and not diff:
-        raise ThresholdError(f"sets {', '.join(stats) or '(none)'}: no same-identity or different-identity pair "
-                             f"to derive the threshold from; give --threshold")
-    parts = []
-    if same:
-        value, name = max(same)
-        parts.append((value, f"mean same-identity similarity {value:.4f} ({name})"))
-    if diff:
-        value, name = max(diff)
-        st = stats[name]
-        parts.append((value, f"99.9th percentile of different-identity similarity {st.impostor_quantile:.4f} + "
-                             f"{IMPOSTOR_MARGIN_SD:g} x its standard deviation {st.impostor_sd:.4f} = {value:.4f} "
-                             f"({name})"))
-    value = max(v for v, _ in parts)
-    how = ("default rule (evaluate/overlap.py), the largest over the sets' own pairs of the mean same-identity "
-           f"similarity and of the 99.9th percentile of different-identity similarity + {IMPOSTOR_MARGIN_SD:g} "
-           "standard deviations: " + "; ".join(text for _, text in parts) + f"; threshold {value:.4f}")
-    return Threshold(value, "rule", how)
+def default_threshold(centres: ClassCentres, *, far: float = impostor_threshold.TARGET_FAR) -> Threshold:
+    """The impostor rule (module docstring) over the training images kept in `centres`."""
+    t = impostor_threshold.image_threshold(centres.rule_emb, centres.rule_labels, far=far,
+                                           what="pairs of training images of different classes")
+    return Threshold(t.value, "rule", t.how, t.to_dict())
 
 
 def given_threshold(value: float) -> Threshold:
@@ -247,16 +237,23 @@ class SetAudit:
 
 
 def audit(centres: ClassCentres, sets: Sequence[tuple], threshold: Optional[float] = None,
-          device=None) -> tuple[Threshold, list[SetAudit]]:
-    """sets: (VerificationSet, its unit embeddings [N, D]) each. The threshold (given, or the rule's over
-    these sets) and every set's suspected overlaps."""
+          device=None, far: float = impostor_threshold.TARGET_FAR) -> tuple[Threshold, list[SetAudit]]:
+    """sets: (VerificationSet, its unit embeddings [N, D]) each. The threshold (given, or the impostor rule's
+    at `far` over the training images) and every set's suspected overlaps."""
     stats = {vset.name: pair_stats(emb, vset.issame) for vset, emb in sets}
-    chosen = default_threshold(stats) if threshold is None else given_threshold(threshold)
+    chosen = default_threshold(centres, far=far) if threshold is None else given_threshold(threshold)
     dev = pipeline.resolve_device(device if device is not None else "cpu")
     c = torch.from_numpy(np.ascontiguousarray(centres.centres)).to(dev)  # once for every set
     return chosen, [SetAudit(vset.name, vset.source, emb.shape[0], stats[vset.name],
                              tuple(matches(c, emb, chosen.value, target=vset.name)))
                     for vset, emb in sets]
+
+
+def by_chance(chosen: Threshold, classes: int, images: int) -> Optional[float]:
+    """How many (class, image) pairs of `classes` x `images` comparisons strangers put above a threshold
+    chosen by the impostor rule, on average: its FAR x the comparisons (None for a given threshold, whose
+    rate is not measured)."""
+    return None if chosen.rule is None else chosen.rule["far"] * classes * images
 
 
 def warnings_for(chosen: Threshold, audits: Sequence[SetAudit]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from convert.errors import InputError
 from convert.files import write_atomic
 from convert.manifest import Manifest
-from evaluate.overlap import ClassCentres, SetAudit, Threshold
+from evaluate.overlap import ClassCentres, SetAudit, Threshold, by_chance
 
 CSV_COLUMNS = ("target", "image", "pair", "train_class", "source_class", "similarity")
 
@@ -56,7 +56,8 @@ def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path,
                      "mean_same_similarity": a.stats.mean_same,
                      "different_similarity_p99_9": a.stats.impostor_quantile,
                      "different_similarity_sd": a.stats.impostor_sd,
-                     "impostor_floor": a.stats.impostor_floor,
+                     "comparisons": a.images * len(centres.images),
+                     "expected_by_chance": by_chance(chosen, len(centres.images), a.images),
                      "overlaps": len(a.matches), "images_flagged": a.flagged_images,
                      "classes_flagged": len(a.flagged_classes)} for a in audits}
     return {
@@ -67,7 +68,7 @@ def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path,
                               "num_samples": manifest.exclusion.num_samples}),
         "val_data": str(val_data), "per_class": per_class, "class_images": int(centres.images.sum()),
         "threshold": round(chosen.value, 6), "threshold_chosen_by": chosen.chosen_by,
-        "how_the_threshold_was_chosen": chosen.how,
+        "how_the_threshold_was_chosen": chosen.how, "impostor_rule": chosen.rule,
         "sets": sets, "classes_flagged": len(flagged),
         "flagged_classes": [flagged[k] for k in sorted(flagged)],
         "overlaps": overlaps, "warnings": list(warnings),

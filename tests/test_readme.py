@@ -1,22 +1,26 @@
 """The README is part of the product: its config reference is the code's, and every command in it works.
 
 Every command of the README's ```bash blocks (and the ones written inline in its prose that need no data:
-`make ...`, `huggingface-cli|hf ...`, `python -m bench ...`, `python -m configs.reference`) must be of a
+`make ...`, `huggingface-cli|hf ...`, `python -m bench[.NAME] ...`, `python -m configs.reference`) must be of a
 form this module knows how to check; one of any other form fails the test, so none goes in unchecked.
 Each is checked as cheaply as it can be for real: conversions, training, teacher caching, export and evaluation run
 on tiny synthetic data standing in for the README's placeholder paths; multi-node launch lines are parsed
 by torchrun's own parser and their distill part by the config loader (and the one-node line runs as 2
 processes on the CPU); `make` targets by `make -n`; the quick benchmark is `make demo`'s (demo.py) job.
 
-The README tells one story (convert -> train -> cache -> evaluate), so a placeholder that one command reads
-(`/data/shards/ms1mv2`, `runs/mbf_ir50`, `/data/cache/ir50`) is what the README command that writes it
-produced here. Training is cut down by overrides appended after the README's own. The hub teacher cannot
-be downloaded here, so tiny runs of ours stand in for teachers: one for every `hf:` spec and another for a
-config's own (local) teacher, so that a cache built from one teacher and used with the other fails here as
-it would for a user.
+The README tells one story (convert -> train -> cache -> evaluate -> audit), so a placeholder that one
+command reads (`/data/shards/ms1mv2`, `runs/mbf_ir50`, `/data/cache/ir50`, or a file inside one:
+`runs/audit/decisions/...`) is what the README command that writes it produced here. Training is cut
+down by overrides appended after the README's own. The hub teacher cannot be downloaded here, so tiny
+runs of ours stand in for teachers: one for every `hf:` spec and another for a config's own (local)
+teacher, so that a cache built from one teacher and used with the other fails here as it would for a user.
+An audit (`python -m evaluate audit`) runs on those tiny stand-ins and must write its report, its page and
+the decision files that the README's rebuilds then read; a benchmark script (`python -m bench.NAME`, slow,
+run by hand) must answer --help.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -47,8 +51,8 @@ TINY_PAIRS = ("--pairs", "40")
 PRODUCED = re.compile(r"(/data/shards|/data/cache|runs)/[\w.-]+")  # written by one README command, read by others
 FORMS = ("python -m convert rec|folder|verify ...", "python -m distill --config FILE key=value ...",
          "python -m distill cache-teacher ...", "python -m distill plan ...", "python -m evaluate [batch] ...",
-         "python -m evaluate embed|pairs|threshold ...",
-         "python -m bench ...",
+         "python -m evaluate embed|pairs|threshold ...", "python -m evaluate audit ...",
+         "python -m bench[.SCRIPT] ...",
          "python -m models export ...",
          "python -m configs.reference", "[srun] torchrun ... -m distill ...", "make TARGET ...",
          "huggingface-cli|hf download ...")
@@ -102,8 +106,9 @@ def kind(argv: tuple[str, ...]) -> Optional[str]:
         return {("convert", "rec"): "convert", ("convert", "folder"): "convert", ("convert", "verify"): "convert",
                 ("distill", "--config"): "train", ("distill", "cache-teacher"): "cache-teacher",
                 ("distill", "plan"): "plan", ("evaluate", "embed"): "own-data", ("evaluate", "pairs"): "own-data",
-                ("evaluate", "threshold"): "own-data", ("models", "export"): "export"}.get(
+                ("evaluate", "threshold"): "own-data", ("models", "export"): "export", ("evaluate", "audit"): "audit"}.get(
             (module, sub), module if module in ("evaluate", "bench") else
+            "bench-script" if module.startswith("bench.") else
             "reference" if argv[2:] == ("configs.reference",) else None)
     if argv[:1] == ("torchrun",) or argv[:2] == ("srun", "torchrun"):
         return "torchrun"
@@ -119,7 +124,7 @@ def writes(argv: tuple[str, ...]) -> Optional[str]:
         return build_parser().parse_args(argv[3:]).out
     if kind(argv) == "cache-teacher" and "--out" in argv:
         return argv[argv.index("--out") + 1]
-    if kind(argv) == "export":
+    if kind(argv) in ("export", "audit") and "--output" in argv:
         return argv[argv.index("--output") + 1]
     if kind(argv) == "train":
         return next((a.split("=", 1)[1] for a in argv if a.startswith("output=")), None)
@@ -180,6 +185,9 @@ class World:
         for placeholder, attr in FIXED_PATHS.items():
             if value == placeholder or value.startswith(placeholder + "/"):
                 return str(getattr(self, attr)) + value[len(placeholder):]
+        inside = PRODUCED.match(value)
+        if inside and value[inside.end():].startswith("/") and not write:  # a file a README command wrote
+            return self.path(inside.group(0)) + value[inside.end():]
         if PRODUCED.fullmatch(value):
             if not write:
                 writers = [c for c in COMMANDS if writes(c.argv) == value]
@@ -188,9 +196,9 @@ class World:
                 expect_ok(done, f"{value!r} is made by README.md:{writers[0].line}, which failed")
                 if not copy:
                     return str(made)
-            # the suffix kept: a command may name its output by it (python -m evaluate pairs X.bin)
-            folder = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-"))
-            fresh = folder / f"x{Path(value).suffix}"
+            # named as the README names it: the audit names its sets (decisions/<set>/) after their folders
+            fresh = Path(tempfile.mkdtemp(dir=self.root, prefix=re.sub(r"\W+", "_", value) + "-"))
+            fresh = fresh / Path(value).name
             if not write:
                 shutil.copytree(made, fresh)
             return str(fresh)
@@ -221,7 +229,7 @@ class World:
             else:
                 args, out = self.localize(command.argv[3:], writes(command.argv))
             extra = {"convert": ["--workers", "1"] if args[0] != "verify" else [], "cache-teacher": ["--no-progress"],
-                     "own-data": list(TINY_PAIRS)}
+                     "own-data": list(TINY_PAIRS), "audit": ["--quiet"]}
             self._runs[command] = run([PY, "-m", command.argv[2], *args, *extra.get(k, [])]), out
         return self._runs[command]
 
@@ -258,6 +266,16 @@ def check_produced(w: World, c: Command) -> None:
     expect_ok(done, f"README.md:{c.line}: {c.text}")
     if kind(c.argv) == "train":
         _ran_two_steps(out, c.line)
+
+
+def check_audit(w: World, c: Command) -> None:
+    """It runs, and writes its report, its page and a decision folder per set, named as the README reads them."""
+    done, out = w.run_once(c)
+    expect_ok(done, f"README.md:{c.line}: {c.text}")
+    report = json.loads((out / "audit.json").read_text())
+    names = [s["name"] for s in report["sets"]]
+    assert (out / "index.html").is_file() and all((out / "decisions" / n).is_dir() for n in names), \
+        f"README.md:{c.line}: no index.html, or no decisions/<set>/ for each of {names}, in {out}"
 
 
 def check_evaluate(w: World, c: Command) -> None:
@@ -310,6 +328,11 @@ def check_bench(w: World, c: Command) -> None:
             f"README.md:{c.line}: `{c.text}` is said to run in make demo, but demo.py does not run it"
 
 
+def check_bench_script(w: World, c: Command) -> None:
+    """A benchmark script (bench/NAME.py, measured by hand, slow): it exists and its command line parses."""
+    expect_ok(run([PY, "-m", c.argv[2], "--help"]), f"README.md:{c.line}: {c.text} (--help)")
+
+
 def check_reference(w: World, c: Command) -> None:
     done = run([PY, "-m", "configs.reference"])
     expect_ok(done, f"README.md:{c.line}: {c.text}")
@@ -357,8 +380,8 @@ def check_hub(w: World, c: Command) -> None:
 
 
 CHECKS = {"convert": check_produced, "cache-teacher": check_produced, "train": check_produced, "export": check_produced,
-          "plan": check_plan, "evaluate": check_evaluate, "own-data": check_own_data, "bench": check_bench,
-          "reference": check_reference,
+          "plan": check_plan, "evaluate": check_evaluate, "own-data": check_own_data, "audit": check_audit,
+          "bench-script": check_bench_script, "bench": check_bench, "reference": check_reference,
           "torchrun": check_torchrun, "make": check_make, "hub": check_hub}
 
 

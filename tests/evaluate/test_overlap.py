@@ -24,7 +24,7 @@ import pipeline
 from PIL import Image
 
 from convert.recordio import IRHeader, RecordWriter, pack
-from evaluate import cli, overlap, verification
+from evaluate import cli, impostor_threshold, overlap, verification
 from tests.evaluate.conftest import TINY_EMB, TINY_NET, PoolNet, write_bin
 
 TRAIN_IDS = tuple(range(10))  # the training classes: .rec labels 0..9, 4 images each
@@ -111,6 +111,14 @@ def test_centres_are_normalised_means_of_normalised_fused_embeddings(data, net):
     np.testing.assert_allclose(c.centres[4], expected, atol=1e-5)
 
 
+def _all_fused(net, samples):
+    """Every training image's unit fused embedding, computed directly, and its label."""
+    keys = np.arange(samples.num_samples)
+    x = samples.images(keys, device="cpu")
+    with torch.no_grad():
+        return overlap.unit((net(x) + net(torch.flip(x, dims=[3]))).numpy()), samples.labels(keys)
+
+
 def test_a_set_of_training_identities_is_flagged_and_one_of_unseen_identities_is_not(data, net):
     samples = pipeline.ShardSamples(data / "shards")
     centres = overlap.class_centres(net, samples, device="cpu", progress=False)
@@ -118,8 +126,14 @@ def test_a_set_of_training_identities_is_flagged_and_one_of_unseen_identities_is
     chosen, (shared, unseen) = overlap.audit(centres, sets)
 
     stats = [overlap.pair_stats(e, v.issame) for v, e in sets]
-    rule = max(max(s.mean_same for s in stats), max(s.impostor_quantile + 3 * s.impostor_sd for s in stats))
-    assert chosen.chosen_by == "rule" and chosen.value == pytest.approx(rule)
+    # The impostor rule over the 40 training images: 720 pairs of different classes support no FAR below
+    # 1/720, so the threshold is the most similar such pair.
+    emb, labels = _all_fused(net, samples)
+    upper = np.triu_indices(len(labels), 1)
+    impostors = (emb @ emb.T)[upper][(labels[:, None] != labels[None])[upper]]
+    assert impostors.size == 720 and chosen.rule["pairs"] == 720 and chosen.rule["far"] == pytest.approx(1 / 720)
+    assert chosen.chosen_by == "rule" and chosen.value == pytest.approx(impostors.max(), abs=1e-5)
+    assert "FAR" in chosen.how and f"{chosen.value:.4f}" in chosen.how
     assert all(s.separates() for s in stats) and overlap.warnings_for(chosen, [shared, unseen]) == []
     assert shared.flagged_classes == SHARED  # contiguous labels are the .rec's here (no class_map)
     assert all(m.similarity > chosen.value for m in shared.matches)
@@ -132,8 +146,10 @@ def test_a_given_threshold_overrides_the_rule(data, net):
     sets = [_embedded(net, data / "val" / "unseen.bin")]
     chosen, (unseen,) = overlap.audit(centres, sets, threshold=-1.0)
     assert chosen.chosen_by == "--threshold" and len(unseen.matches) == unseen.images * len(TRAIN_IDS)
-    with pytest.raises(overlap.ThresholdError):
-        overlap.default_threshold({"empty": overlap.PairStats(0, 0, None, None, None)})
+    one_class = overlap.ClassCentres(centres.centres[:1], centres.images[:1], centres.rule_emb[:2],
+                                     np.zeros(2, np.int64))
+    with pytest.raises(impostor_threshold.ImpostorError):  # no pair of different classes to measure
+        overlap.default_threshold(one_class)
 
 
 def _overlap(*argv):
@@ -161,8 +177,10 @@ def test_cli_flags_writes_exclusions_and_the_rebuilt_shards_pass(data, tmp_path,
     assert _overlap("--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--val-data", str(data / "val"),
                     "--output", str(out), "--write-exclusions", str(excl)) == 0
     report = json.loads(out.read_text())
-    assert report["threshold_chosen_by"] == "rule" and f"threshold {report['threshold']:.4f}" in \
-        report["how_the_threshold_was_chosen"]
+    assert report["threshold_chosen_by"] == "rule" and f"{report['threshold']:.4f}" in \
+        report["how_the_threshold_was_chosen"] and report["impostor_rule"]["value"] == report["threshold"]
+    assert report["sets"]["unseen"]["comparisons"] == 32 * 10  # 8 identities x 4 images, 10 classes
+    assert report["sets"]["unseen"]["expected_by_chance"] == pytest.approx(report["impostor_rule"]["far"] * 320)
     assert (report["shards"], report["checkpoint"], report["per_class"]) == (str(data / "shards"), str(tmp_path), 8)
     assert report["sets"]["shared"]["classes_flagged"] == 3 and report["sets"]["unseen"]["overlaps"] == 0
     assert {o["train_class"] for o in report["overlaps"]} == set(SHARED)
@@ -180,11 +198,14 @@ def test_cli_flags_writes_exclusions_and_the_rebuilt_shards_pass(data, tmp_path,
     m = convert.Manifest.load(rebuilt)
     assert m.num_classes == len(TRAIN_IDS) - len(SHARED) and m.exclusion.classes == SHARED
     out2 = tmp_path / "r" / "rebuilt.json"
+    # At the threshold that flagged them: the rule reads the training images, and the rebuilt shards' 336
+    # pairs of this toy model measure a lower one (their largest), which one unseen image's PoolNet cosine reaches.
     assert _overlap("--checkpoint", str(tmp_path), "--shards", str(rebuilt), "--val-data", str(data / "val"),
-                    "--output", str(out2), "--write-exclusions", str(tmp_path / "again.txt")) == 0
+                    "--threshold", str(report["threshold"]), "--output", str(out2),
+                    "--write-exclusions", str(tmp_path / "again.txt")) == 0
     report2 = json.loads(out2.read_text())
     assert report2["classes_flagged"] == 0 and report2["overlaps"] == [] and report2["num_classes"] == 7
-    assert report2["threshold"] == report["threshold"]  # the rule reads the sets' pairs only
+    assert report2["threshold"] == report["threshold"]
     assert _entries(tmp_path / "again.txt") == ["2", "5", "7"]  # the shards' own exclusion carried over
 
     # Our contiguous labels of the rebuilt shards map back to the .rec's through the class_map.
@@ -193,6 +214,7 @@ def test_cli_flags_writes_exclusions_and_the_rebuilt_shards_pass(data, tmp_path,
                     "--write-exclusions", str(tmp_path / "all.txt")) == 0
     report3 = json.loads(out2.read_text())
     assert report3["threshold_chosen_by"] == "--threshold" and set(report3["sets"]) == {"unseen"}
+    assert report3["impostor_rule"] is None and report3["sets"]["unseen"]["expected_by_chance"] is None
     assert all(o["source_class"] == m.class_map[o["train_class"]] for o in report3["overlaps"])
     assert _entries(tmp_path / "all.txt") == [str(k) for k in TRAIN_IDS]
 
@@ -204,8 +226,10 @@ def test_cli_with_a_registered_backbone(data, tmp_path, capsys):
     out = tmp_path / "overlap.json"
     assert _overlap("--checkpoint", str(tmp_path / "backbone.pth"), "--config", str(tmp_path / "cfg.yaml"), "--shards",
                     str(data / "shards"), "--val-data", str(data / "val"), "--targets", "shared", "--per-class", "1",
-                    "--output", str(out)) == 0
+                    "--far", "0.01", "--output", str(out)) == 0
     report = json.loads(out.read_text())
+    # 10 images of 10 classes: 45 pairs, which support no rate below 1/45
+    assert (report["impostor_rule"]["target_far"], report["impostor_rule"]["far"]) == (0.01, pytest.approx(1 / 45))
     assert (report["network"], report["embedding_size"], report["class_images"]) == (TINY_NET, TINY_EMB, 10)
     assert report["sets"]["shared"]["images"] == 12 and -1.0 <= report["threshold"]
     assert out.with_suffix(".csv").read_text().startswith("target,image,pair,train_class,source_class,similarity")
@@ -232,6 +256,9 @@ def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsy
     fails(*base, "--val-data", str(data / "val"), "--output", str(tmp_path / "r.csv"), fragments=["r.csv"])
     fails("--checkpoint", str(tmp_path), "--shards", str(empty), "--val-data", str(data / "val"),
           "--output", str(tmp_path / "r.json"), fragments=[str(empty)])
+    with pytest.raises(SystemExit):  # argparse: a given threshold has no rate
+        _overlap(*base, "--val-data", str(data / "val"), "--threshold", "0.5", "--far", "0.01",
+                 "--output", str(tmp_path / "r.json"))
     assert not (tmp_path / "r.json").exists()
 
 
