@@ -99,6 +99,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class StudentConfig:
+    """Fine-tuning: the student's backbone (model.*) starts from trained weights instead of a random draw.
+    The head, optimizer and schedule start fresh; `resume` continues a run instead (distill/student_init.py)."""
+    init: Optional[str] = None                    # weights for the student's backbone before step 0: a checkpoint, run directory, exported or CVLFace folder, hf:<repo>; null: random
+    init_strict: bool = True                      # true: every key must fit model.name (a mismatch names the missing and unexpected keys); false: load the keys that fit, list the rest in the log
+
+    def __post_init__(self) -> None:
+        _check(self.init is None or (isinstance(self.init, str) and bool(self.init)), "student.init",
+               "null or a path or spec", self.init)
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     # hf:<repo_id>[@rev], a local file or directory, or one of our run directories (its latest
     # checkpoint's backbone). None only with distill.mode: none.
@@ -238,6 +250,7 @@ class RunConfig:
     output: str                                   # the run directory
     data: DataConfig                              # the shards and the loader
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -26,7 +26,7 @@ import pipeline
 from configs import RunConfig
 from convert.errors import InputError
 from convert.files import write_atomic
-from distill import checkpoint, distributed, head_rows, teacher as teachers, teacher_cache, verify
+from distill import checkpoint, distributed, head_rows, student_init, teacher as teachers, teacher_cache, verify
 from distill.class_shard import shard_for_run
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
@@ -66,6 +66,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     plan: Plan
     autocast_dtype: Optional[torch.dtype]  # None: fp32
+    init_source: Optional[dict] = None    # where student.init's weights came from (student_init), or None
 
     @property
     def student_module(self) -> nn.Module:
@@ -106,7 +107,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
     first = _loader(cfg, ctx, epoch=0, step=0)
-    run = build_run(cfg, ctx, num_classes=first.num_classes, steps_per_epoch=len(first))
+    run = build_run(cfg, ctx, num_classes=first.num_classes, steps_per_epoch=len(first), resuming=saved is not None)
     plan = run.plan
 
     pos = Position()
@@ -122,6 +123,8 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     log.message(f"data: {pipeline.layout_text(first.datasets, cfg.data.weights)}, {first.num_samples} samples, "
                 f"{first.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch; "
                 f"decoder: {first.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
+    if run.init_source is not None and saved is None:
+        log.message(student_init.describe(run.init_source))
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {pos.step} (epoch {pos.epoch}, step {pos.epoch_step} in it)")
         saved_ranks = int(saved.get("world_size", ctx.world_size))
@@ -189,7 +192,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
 
 
 def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int, steps_per_epoch: int,
-              teacher: Optional[Callable] = None) -> Run:
+              teacher: Optional[Callable] = None, resuming: bool = False) -> Run:
     """The teacher (frozen, or its cache: fails here, before any step, when it cannot be loaded), the
     student (identically initialised on every rank), the head (margin and class centres: AdaDistill's
     teacher-driven buffers, or trained weights with distill.mode: none), the optimizer and the schedule.
@@ -207,6 +210,8 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
 
     checkpoint.seed_all(cfg.seed)
     student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size).to(ctx.device)
+    # every rank reads the same file, so the ranks start alike (as from the same seed)
+    init_source = student_init.init_student(student, cfg) if not resuming else None
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     # distill.shard_classes: this rank's classes, or None (every rank holds every centre)
@@ -227,7 +232,8 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     # rows then get their whole gradient from the cross-entropy across ranks (distill.sharded_softmax).
     trained = any(p.requires_grad for p in head.parameters())
     wrapped_head = _wrap(head, ctx, sync_buffers=False) if trained and shard is None else head
-    return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype)
+    return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype,
+               init_source)
 
 
 def compute_loss(logits, labels: torch.Tensor) -> torch.Tensor:
@@ -297,7 +303,9 @@ def _likely_causes(cfg: RunConfig, plan: Plan) -> str:
 
 def _recipe_changes(cfg: RunConfig, ctx, path: Path, saved: dict) -> dict[str, tuple]:
     """The recipe keys this resume changes; raises ResumeError unless resume_changes: allow."""
-    changes = checkpoint.recipe_changes(saved["config"], int(saved.get("world_size", ctx.world_size)),
+    # from_dict fills the keys added since the checkpoint was written with their defaults
+    old = configs.to_dict(configs.from_dict(saved["config"], where=str(path)))
+    changes = checkpoint.recipe_changes(old, int(saved.get("world_size", ctx.world_size)),
                                         configs.to_dict(cfg), ctx.world_size)
     if changes and cfg.resume_changes != "allow":
         raise ResumeError(f"{path}: resuming with a changed recipe: {_describe(changes)}; set them back to go on "
@@ -335,6 +343,7 @@ def _save(out: Path, run: Run, pos: Position) -> int:
             "optimizer": optimizer_state, "scheduler": run.plan.state_dict(), "scaler": {},
             "step": pos.step, "epoch": pos.epoch, "epoch_step": pos.epoch_step, "rng": rng_states,
             "config": configs.to_dict(run.cfg), "skipped": pos.skipped, "world_size": run.ctx.world_size,
+            **({"init": run.init_source} if run.init_source is not None else {}),
             **({"head_rows": rows} if rows is not None else {})})
         checkpoint.prune(out, keep=run.cfg.train.keep_checkpoints, steps_per_epoch=run.plan.steps_per_epoch)
     distributed.barrier(run.ctx)
@@ -348,6 +357,7 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
     except (RuntimeError, ValueError, KeyError) as e:
         raise checkpoint.CheckpointError(f"{path} does not fit this config (model {state['config']['model']}): "
                                          f"{e}") from e
+    run.init_source = state.get("init")  # the run's origin, carried into its later checkpoints
     states = state["rng"]
     if len(states) == run.ctx.world_size:
         checkpoint.restore_rng(states[run.ctx.rank])
