@@ -211,7 +211,7 @@ class TrainConfig:
     keep_checkpoints: int = 2                     # newest mid-epoch checkpoints kept; epoch ends are all kept
     grad_clip: float = 5.0                        # max L2 norm of the student's gradient (the head's is never clipped, as in the originals); 0 = off
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 autocast on a CUDA GPU that has bf16, fp16 (with loss scaling) on one that has not (V100, T4), fp32 on CPU; fp16: float16 autocast with torch.amp.GradScaler (overflowing steps skipped, counted as skipped)
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
     tensorboard: bool = True                      # rank 0 writes every logged scalar and each evaluation to <output>/tensorboard/
     tf32: bool = True                             # CUDA: TF32 for fp32 matmuls and convolutions (the head's cosines: ~1e-3 relative error, as bf16's ~4e-3 is not taken)

@@ -74,7 +74,7 @@ def _cache_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=4096,
                         help="samples per resume unit (default 4096; a resumed cache keeps its own)")
     parser.add_argument("--device", default="auto", help="auto (the rank's GPU, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=teachers.PRECISIONS,
                         help="the teacher's precision, as train.precision (auto: bf16 on CUDA, fp32 on the CPU); "
                              "recorded in the manifest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -63,11 +63,34 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
                          "decayed_params": sum(p.numel() for p in decayed),
                          "undecayed_params": sum(p.numel() for p in undecayed)},
         "grad_clip": cfg.train.grad_clip,
+        "precision": precision(cfg.train),
         "shard_classes": sharded,
         "head_bytes_per_rank": replicated_bytes if not sharded else sharded_bytes,
         "head_bytes_replicated": replicated_bytes,
         "head_bytes_sharded": sharded_bytes,
     }
+
+
+_PRECISION_WHY = {
+    "auto": "the default: bf16 autocast on a CUDA GPU with bf16 (Ampere and later), fp16 autocast with loss "
+            "scaling on one without (V100, T4), fp32 on the CPU; the margin head computes in fp32 throughout",
+    "fp32": "fp32 weights and arithmetic, as the originals trained (their code has no autocast)",
+    "bf16": "bf16 autocast for the student and the teacher; the margin head computes in fp32",
+    "fp16": "fp16 autocast with a GradScaler (an overflowing step is skipped and the scale halved); the margin "
+            "head computes in fp32",
+}
+
+
+def precision(train: configs.TrainConfig) -> dict[str, Any]:
+    """train.precision, what it means on CUDA and on the CPU, and why (`plan` prints it)."""
+    cuda = {"auto": "bf16 (fp16 without bf16 support)", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[train.precision]
+    why = _PRECISION_WHY[train.precision]
+    if train.precision in ("fp32", "auto"):
+        why += ("; TF32 for fp32 matmuls and convolutions on Ampere and later (train.tf32: true), as the originals "
+                "on Ampere (PyTorch's cuDNN convolutions default to TF32)" if train.tf32 else
+                "; TF32 off (train.tf32: false): full fp32 matmuls and convolutions")
+    return {"setting": train.precision, "cuda": cuda, "cpu": "fp32" if train.precision == "auto" else train.precision,
+            "tf32": train.tf32, "why": why}
 
 
 def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool) -> dict[str, int]:
@@ -124,6 +147,8 @@ def format_text(p: dict[str, Any]) -> str:
     lines.append(f"weight decay     {wd['value']:g} on {wd['on']}: {wd['decayed_params']:,} parameters decayed, "
                  f"{wd['undecayed_params']:,} not")
     lines.append("gradient clip    " + (f"student's gradient to norm {p['grad_clip']:g}" if p["grad_clip"] else "off"))
+    pr = p["precision"]
+    lines.append(f"precision        {pr['setting']}: {pr['cuda']} on CUDA, {pr['cpu']} on the CPU; {pr['why']}")
     for layout in ("replicated", "sharded"):
         hb = p[f"head_bytes_{layout}"]
         chosen = "  <- this run" if p["shard_classes"] == (layout == "sharded") else ""

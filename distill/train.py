@@ -66,6 +66,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     plan: Plan
     autocast_dtype: Optional[torch.dtype]  # None: fp32
+    scaler: torch.amp.GradScaler          # fp16's loss scaling; disabled (a no-op) at other precisions
     init_source: Optional[dict] = None    # where student.init's weights came from (student_init), or None
 
     @property
@@ -232,8 +233,10 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     # rows then get their whole gradient from the cross-entropy across ranks (distill.sharded_softmax).
     trained = any(p.requires_grad for p in head.parameters())
     wrapped_head = _wrap(head, ctx, sync_buffers=False) if trained and shard is None else head
+    # fp16 only: bf16 has fp32's exponent range, so its gradients do not underflow
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=autocast_dtype == torch.float16)
     return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype,
-               init_source)
+               scaler, init_source)
 
 
 def compute_loss(logits, labels: torch.Tensor) -> torch.Tensor:
@@ -260,9 +263,11 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
 
     # Backward always runs, so that DDP's all-reduce sees every rank; a non-finite loss or gradient on
     # any rank then skips the update on all of them (one small all-reduce and host sync per step, as
-    # GradScaler's inf check does).
+    # GradScaler's inf check does). fp16: the loss is scaled and the gradients unscaled before the clip
+    # (both param groups, student and head: one optimizer), so the clip and the check see true gradients.
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
     grad_norm = _clip_student(run.student_module, run.cfg.train.grad_clip)
     head_grads = [p.grad for p in run.head_module.parameters() if p.grad is not None]
     head_norm = nn.utils.get_total_norm(head_grads) if head_grads else grad_norm.new_zeros(())
@@ -275,7 +280,21 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
         run.optimizer.zero_grad(set_to_none=True)
     else:
         run.optimizer.step()
+    _update_scale(run.scaler, bad)
     return StepResult(loss.detach(), stats, grad_norm, bad)
+
+
+def _update_scale(scaler: torch.amp.GradScaler, bad: int) -> None:
+    """fp16: halve the loss scale after a skipped step, else count towards its growth (GradScaler.update).
+    The inf flag GradScaler recorded in unscale_ is this rank's; it is replaced by the ranks' agreed `bad`,
+    so that every rank's scale stays the same (a sharded head's gradients differ between ranks). We step
+    the optimizer ourselves for the same reason: GradScaler.step would consult the local flag."""
+    if not scaler.is_enabled():
+        return
+    for state in scaler._per_optimizer_states.values():  # no public way to set the agreed flag
+        for found_inf in state["found_inf_per_device"].values():
+            found_inf.fill_(1.0 if bad else 0.0)
+    scaler.update()
 
 
 def _clip_student(student: nn.Module, max_norm: float) -> torch.Tensor:
@@ -296,7 +315,7 @@ def _diverged_message(cfg: RunConfig, plan: Plan, pos: Position, bad: int) -> st
 def _likely_causes(cfg: RunConfig, plan: Plan) -> str:
     return (f"Likely causes: the learning rate is too high (train.lr={cfg.train.lr} scaled to {plan.lr:.4g} for a "
             f"global batch of {plan.global_batch}; try a lower train.lr or longer train.warmup_epochs), or the teacher "
-            f"is broken (teacher.spec={cfg.teacher.spec!r}: check that it loads and gives finite embeddings), or bf16 "
+            f"is broken (teacher.spec={cfg.teacher.spec!r}: check that it loads and gives finite embeddings), or bf16/fp16 "
             f"overflow (try train.precision=fp32). The last checkpoint in {checkpoint.directory(cfg.output)} is "
             f"before this.")
 
@@ -340,7 +359,7 @@ def _save(out: Path, run: Run, pos: Position) -> int:
     if run.ctx.is_main:
         checkpoint.save(out, {
             "student": run.student_module.state_dict(), "head": head_state,
-            "optimizer": optimizer_state, "scheduler": run.plan.state_dict(), "scaler": {},
+            "optimizer": optimizer_state, "scheduler": run.plan.state_dict(), "scaler": run.scaler.state_dict(),
             "step": pos.step, "epoch": pos.epoch, "epoch_step": pos.epoch_step, "rng": rng_states,
             "config": configs.to_dict(run.cfg), "skipped": pos.skipped, "world_size": run.ctx.world_size,
             **({"init": run.init_source} if run.init_source is not None else {}),
@@ -354,6 +373,8 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
     try:
         run.student_module.load_state_dict(state["student"])
         head_rows.restore(path, state, run.head_module, run.optimizer)  # re-shards the centres as this run holds them
+        if state["scaler"] and run.scaler.is_enabled():  # fp16's loss scale and its growth count
+            run.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise checkpoint.CheckpointError(f"{path} does not fit this config (model {state['config']['model']}): "
                                          f"{e}") from e
