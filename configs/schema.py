@@ -153,6 +153,7 @@ class DistillConfig:
     teacher_cache: Optional[str] = None           # directory from `python -m distill cache-teacher`; the teacher is then never run
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
     shard_classes: Union[bool, Literal["auto"]] = "auto"  # true: rank r of W holds only the centres of classes [r*C/W, (r+1)*C/W) (softmax across ranks, same results); auto: on with 2+ ranks from 100,000 classes (SHARD_AUTO_MIN_CLASSES) or with sample_rate < 1
+    centre_update: Literal["global", "per_rank"] = "global"  # AdaDistill centres: global, every rank from the whole global batch (the copies stay equal); per_rank, each rank from its own samples, as the original code (the copies drift apart; a checkpoint keeps rank 0's)
     sample_rate: float = 1.0                      # distill.mode none only: Partial FC, each rank's logits use its batch's classes plus a random sample of its other classes, this share of its rows (an approximation of the full softmax); 1 = every class
 
     def __post_init__(self) -> None:
@@ -173,6 +174,9 @@ class DistillConfig:
             _check(self.shard_classes is not False, "distill.sample_rate", "1 with distill.shard_classes: false "
                    "(each rank samples among its own classes: set shard_classes to true or auto)",
                    f"{self.sample_rate} with shard_classes=false")
+        _check(self.centre_update == "global" or self.shard_classes is not True, "distill.centre_update",
+               "global with distill.shard_classes: true (a rank holds only its classes' centres)",
+               f"{self.centre_update} with shard_classes=true")
         if self.geom is not None:
             _check(self.loss == "adaface" and self.mode == "adadistill", "distill.geom",
                    "null unless distill.loss is adaface and distill.mode is adadistill",
@@ -237,11 +241,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     targets: tuple[str, ...] = ()                 # .bin verification sets, run on rank 0
-    every_epochs: int = 1                         # verification every this many epochs
+    every_epochs: int = 1                         # verification at the end of every this many epochs; 0 = not at epoch ends
+    every_steps: int = 0                          # verification also after every this many (optimizer) steps, as the originals' callbacks; 0 = off
     batch_size: int = 128                         # images per batch of the verification pass
 
     def __post_init__(self) -> None:
-        _check(self.every_epochs > 0, "eval.every_epochs", "> 0", self.every_epochs)
+        _check(self.every_epochs >= 0, "eval.every_epochs", ">= 0", self.every_epochs)
+        _check(self.every_steps >= 0, "eval.every_steps", ">= 0", self.every_steps)
         _check(self.batch_size > 0, "eval.batch_size", "> 0", self.batch_size)
 
 

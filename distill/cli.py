@@ -31,9 +31,11 @@ def run(argv: Sequence[str]) -> int:
         from distill.curves import main as plot
 
         return run_command("python -m distill plot", lambda: plot(argv[1:]), known=KNOWN_ERRORS)
+    from distill.preemption import EXIT_PREEMPTED
     from distill.train import main as train
 
-    return run_command("python -m distill", lambda: train(argv), known=KNOWN_ERRORS,
+    # a run stopped by SIGTERM/SIGUSR1/SIGINT at a checkpoint exits EXIT_PREEMPTED (requeue and resume)
+    return run_command("python -m distill", lambda: EXIT_PREEMPTED if train(argv).preempted else 0, known=KNOWN_ERRORS,
                        interrupted="interrupted; re-run the same command to resume from the newest checkpoint")
 
 

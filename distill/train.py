@@ -26,15 +26,16 @@ import pipeline
 from configs import RunConfig
 from convert.errors import InputError
 from convert.files import write_atomic
-from distill import checkpoint, distributed, head_rows, student_init, teacher as teachers, teacher_cache, verify
+from distill import checkpoint, distributed, head_rows, preemption, student_init, teacher as teachers, teacher_cache, verify
 from distill.class_shard import shard_for_run
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
 from distill.sharded_softmax import ShardedLogits
 from distill.optim import Plan, build_optimizer, plan as make_plan, set_lr
 
-# Bits of the per-step health flag, OR-ed over ranks in one all-reduce.
-_BAD_LOSS, _BAD_GRAD, _BAD_TEACHER = 1, 2, 4
+# Bits of the per-step health flag, OR-ed over ranks in one all-reduce; _STOP carries a rank's stop request
+# (distill.preemption) in the same all-reduce, so every rank learns of it after the same step.
+_BAD_LOSS, _BAD_GRAD, _BAD_TEACHER, _STOP = 1, 2, 4, 8
 
 
 class TrainingDiverged(InputError, RuntimeError):
@@ -53,6 +54,7 @@ class Position:
     epoch_step: int = 0
     skipped: int = 0
     skipped_in_a_row: int = 0
+    preempted: str = ""                   # the signal that stopped the run at a checkpoint (EXIT_PREEMPTED), or ""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class StepResult:
     stats: dict                           # the head's cos_st, alpha, margin_scaler (tensors or None)
     grad_norm: torch.Tensor               # the student's, before clipping
     bad: int                              # 0: the update was applied; else the _BAD_* bits, on some rank
+    stop: bool = False                    # some rank was asked to stop (distill.preemption): save and exit after this step
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Position:
@@ -91,7 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Position:
     cfg = configs.load(args.config, args.overrides)
     ctx = distributed.setup()
     try:
-        with distributed.rank0_lock(ctx, cfg.output, f"python -m distill --config {args.config}"):
+        with distributed.rank0_lock(ctx, cfg.output, f"python -m distill --config {args.config}"), \
+                preemption.handle_signals():
             return _train(cfg, ctx)
     finally:
         distributed.teardown(ctx)
@@ -172,14 +176,21 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
                 log.tick()
                 if pos.step % cfg.train.checkpoint_every == 0 and pos.epoch_step < plan.steps_per_epoch:
                     last_saved = _save(out, run, pos)
+                if result.stop and pos.step < plan.stop_step:  # a signal on some rank: all stop after this step
+                    pos.preempted = preemption.signal_name() or "a signal on another rank"
+                    break
+                if cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0:
+                    _verify(log, run, pos)
             loader = None
             if pos.epoch_step == plan.steps_per_epoch:  # the epoch is complete
                 pos.epoch, pos.epoch_step = pos.epoch + 1, 0
                 last_saved = _save(out, run, pos)
-                if pos.epoch % cfg.eval.every_epochs == 0:
-                    for record in verify.run(ctx, run.student_module, cfg.eval, step=pos.step, epoch=pos.epoch):
-                        log.write(record)
-                        log.message(f"epoch {pos.epoch}: {record['target']} accuracy {record['accuracy']:.4f}")
+                # once a step: a step both ends an epoch and is a multiple of every_steps was verified above
+                if cfg.eval.every_epochs and pos.epoch % cfg.eval.every_epochs == 0 and not (
+                        cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0) and not pos.preempted:
+                    _verify(log, run, pos)
+            if pos.preempted:
+                break
         if pos.step > started and pos.skipped - skipped_before == pos.step - started:
             raise TrainingDiverged(f"every one of the {pos.step - started} steps of this run was non-finite (skipped), "
                                    f"so nothing was learned; {_likely_causes(cfg, plan)}")
@@ -189,6 +200,9 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
         log.close()
     log.message(f"stopped at step {pos.step} (epoch {pos.epoch}); {pos.skipped} non-finite step(s) skipped; "
                 f"checkpoints in {checkpoint.directory(out)}")
+    if pos.preempted:
+        log.message(f"stopped by {pos.preempted} at a checkpoint (exit status {preemption.EXIT_PREEMPTED}); run the "
+                    f"same command again to resume")
     return pos
 
 
@@ -275,13 +289,14 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
              | (~torch.isfinite(grad_norm + head_norm)).int() * _BAD_GRAD)
     if teacher_emb is not None:
         flags = flags | (~torch.isfinite(teacher_emb).all()).int() * _BAD_TEACHER
-    bad = distributed.any_bits(run.ctx, flags)
+    agreed = distributed.any_bits(run.ctx, flags | (_STOP if preemption.requested() else 0), nbits=4)
+    bad = agreed & ~_STOP
     if bad:
         run.optimizer.zero_grad(set_to_none=True)
     else:
         run.optimizer.step()
     _update_scale(run.scaler, bad)
-    return StepResult(loss.detach(), stats, grad_norm, bad)
+    return StepResult(loss.detach(), stats, grad_norm, bad, stop=bool(agreed & _STOP))
 
 
 def _update_scale(scaler: torch.amp.GradScaler, bad: int) -> None:
@@ -349,6 +364,13 @@ def _log(log: RunLog, meter: Meter, run: Run, pos: Position) -> None:
                "cos_st": means["cos_st"], "alpha": means["alpha"], "margin_scaler": means["margin_scaler"],
                "skipped": pos.skipped})
     meter.reset()
+
+
+def _verify(log: RunLog, run: Run, pos: Position) -> None:
+    """The verification sets on rank 0 (the others wait), each result a metrics.jsonl record."""
+    for record in verify.run(run.ctx, run.student_module, run.cfg.eval, step=pos.step, epoch=pos.epoch):
+        log.write(record)
+        log.message(f"step {pos.step} (epoch {pos.epoch}): {record['target']} accuracy {record['accuracy']:.4f}")
 
 
 def _save(out: Path, run: Run, pos: Position) -> int:
