@@ -197,7 +197,8 @@ class TrainConfig:
     lr * ((epoch + batch / steps_per_epoch + 1) / (warmup_epochs + 1)) ** 2 (0.25x at the first step of a
     one-epoch warmup).
     """
-    batch_size: int = 128                         # per rank
+    batch_size: int = 128                         # per rank and micro-batch
+    accumulate: int = 1                           # micro-batches of batch_size per optimizer step (gradient accumulation): the global batch is batch_size x accumulate x ranks; steps count optimizer steps
     lr: float = 0.1                               # at a global batch of lr_batch; scaled linearly
     lr_batch: int = 512                           # the global batch at which train.lr applies
     momentum: float = 0.9                         # SGD momentum
@@ -224,7 +225,7 @@ class TrainConfig:
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "decay_factor", "grad_clip"):
             _check(_number(getattr(self, key)), f"train.{key}", "a finite number", getattr(self, key))
         _check(all(_number(m) for m in self.decay_epochs), "train.decay_epochs", "finite epochs", self.decay_epochs)
-        for key in ("batch_size", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
+        for key in ("batch_size", "accumulate", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
             _check(getattr(self, key) > 0, f"train.{key}", "> 0", getattr(self, key))
         for key in ("max_steps", "keep_checkpoints", "weight_decay", "warmup_epochs", "grad_clip"):
             _check(getattr(self, key) >= 0, f"train.{key}", ">= 0", getattr(self, key))

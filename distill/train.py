@@ -4,10 +4,15 @@
 schedule: `build_run`), optional resume, the loop, the final save. The loop advances its own position
 and feeds its own meter; `train_step(run, batch, pos)` is one step (set the lr, teacher embeddings,
 student forward, head and loss, backward, clip, optimizer step) and says what happened in a StepResult.
+With train.accumulate k the loader's batch holds k micro-batches and a step is one optimizer step: the
+student embeds them without autograd, the head takes all at once (its centres move once, as for one
+batch), and each micro-batch's forward and backward then runs again with autograd (DDP's no_sync on the
+first k-1), so only one micro-batch's activations are held at a time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import time
@@ -31,7 +36,7 @@ from distill.class_shard import shard_for_run
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
 from distill.sharded_softmax import ShardedLogits
-from distill.optim import Plan, build_optimizer, plan as make_plan, set_lr
+from distill.optim import Plan, build_optimizer, plan as make_plan, rank_batch, set_lr
 
 # Bits of the per-step health flag, OR-ed over ranks in one all-reduce; _STOP carries a rank's stop request
 # (distill.preemption) in the same all-reduce, so every rank learns of it after the same step.
@@ -126,7 +131,8 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps),
                  tensorboard=cfg.train.tensorboard)
     log.message(f"data: {pipeline.layout_text(first.datasets, cfg.data.weights)}, {first.num_samples} samples, "
-                f"{first.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch; "
+                f"{first.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch"
+                f"{f' ({plan.accumulate} micro-batches of {cfg.train.batch_size} a rank each)' if plan.accumulate > 1 else ''}; "
                 f"decoder: {first.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
     if run.init_source is not None and saved is None:
         log.message(student_init.describe(run.init_source))
@@ -262,14 +268,20 @@ def compute_loss(logits, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
-    """One step at position `pos` (read, not changed: the loop advances it)."""
+    """One optimizer step at position `pos` (read, not changed: the loop advances it); `batch` holds all
+    train.accumulate micro-batches of this rank."""
     set_lr(run.optimizer, run.plan.lr_at(pos.step))
     if run.cfg.train.channels_last:  # one copy per step, shared by the student and the online teacher
         batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
-    teacher_emb = run.teacher(batch) if run.teacher is not None else None
-    with torch.autocast(run.ctx.device.type, dtype=run.autocast_dtype or torch.float32,
-                        enabled=run.autocast_dtype is not None):
-        student_emb = run.student(batch.images)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.plan.accumulate == 1:
+        teacher_emb = run.teacher(batch) if run.teacher is not None else None
+        with _autocast(run):
+            student_emb = run.student(batch.images)
+    else:  # the embeddings without their graphs: the student's backward runs micro-batch by micro-batch below
+        micro = micro_batches(batch, run.plan.accumulate)
+        rng = _rng_state(run.ctx.device)
+        teacher_emb, student_emb = _embed_micro_batches(run, micro)
     progress = pos.epoch + pos.epoch_step / run.plan.steps_per_epoch
     # the host's copy of the global batch's labels spares the centre update a host sync
     logits, stats = run.head(student_emb, batch.labels, teacher_emb, progress, global_labels=batch.global_labels)
@@ -279,8 +291,9 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
     # any rank then skips the update on all of them (one small all-reduce and host sync per step, as
     # GradScaler's inf check does). fp16: the loss is scaled and the gradients unscaled before the clip
     # (both param groups, student and head: one optimizer), so the clip and the check see true gradients.
-    run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    if run.plan.accumulate > 1:  # the (scaled) loss's gradient of each micro-batch's embeddings, into the student
+        _backward_micro_batches(run, micro, student_emb.grad, rng)
     run.scaler.unscale_(run.optimizer)
     grad_norm = _clip_student(run.student_module, run.cfg.train.grad_clip)
     head_grads = [p.grad for p in run.head_module.parameters() if p.grad is not None]
@@ -297,6 +310,69 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
         run.optimizer.step()
     _update_scale(run.scaler, bad)
     return StepResult(loss.detach(), stats, grad_norm, bad, stop=bool(agreed & _STOP))
+
+
+def micro_batches(batch: pipeline.Batch, k: int) -> list[pipeline.Batch]:
+    """The k equal micro-batches of a rank's batch, in order (device tensors and host keys/flips sliced
+    alike); global_labels stays with the whole batch (the head sees that), so the micro-batches carry none."""
+    n = batch.images.shape[0]
+    if n % k:
+        raise ValueError(f"train.accumulate={k}: a rank's batch of {n} does not split into {k} micro-batches")
+    b = n // k
+    cut = lambda x: None if x is None else [x[i * b:(i + 1) * b] for i in range(k)]  # noqa: E731
+    parts = {name: cut(getattr(batch, name)) for name in ("images", "labels", "index", "flipped", "keys", "flips")}
+    return [pipeline.Batch(**{name: None if p is None else p[i] for name, p in parts.items()}) for i in range(k)]
+
+
+def _embed_micro_batches(run: Run, micro: list[pipeline.Batch]) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """Gradient accumulation, pass 1: the teacher's and the student's embeddings of every micro-batch, the
+    student's without autograd (no activations kept), concatenated [k*B, D]. The head needs the whole
+    batch at once: its AdaDistill centres and AdaFace statistics move once per optimizer step, from every
+    micro-batch's samples, before any logit is taken (the logits use the moved centres), exactly as one
+    batch of k*B. The student's buffers (BatchNorm statistics) are put back: pass 2 updates them, once per
+    micro-batch, as the forward that trains."""
+    student = run.student_module  # no DDP: a forward without autograd has nothing to synchronise
+    buffers = [b.clone() for b in student.buffers()]
+    with torch.no_grad():
+        teacher_emb = torch.cat([run.teacher(m) for m in micro]) if run.teacher is not None else None
+        with _autocast(run):
+            student_emb = torch.cat([student(m.images) for m in micro])
+    with torch.no_grad():
+        for b, saved in zip(student.buffers(), buffers):
+            b.copy_(saved)
+    return teacher_emb, student_emb.requires_grad_(True)
+
+
+def _backward_micro_batches(run: Run, micro: list[pipeline.Batch], grad: torch.Tensor, rng) -> None:
+    """Gradient accumulation, pass 2: each micro-batch's forward again, now with autograd, and its backward
+    from the head's gradient of its embeddings (rows of `grad`); the gradients add up in .grad. The RNG
+    streams are those of pass 1 (dropout draws the same masks, so the forward is the one the head saw), and
+    then those after the head, as if pass 2 had drawn nothing. DDP all-reduces on the last backward only."""
+    after = _rng_state(run.ctx.device)
+    _set_rng_state(run.ctx.device, rng)
+    rows = grad.split(micro[0].images.shape[0])
+    for i, (m, g) in enumerate(zip(micro, rows)):
+        last = i == len(micro) - 1
+        with run.student.no_sync() if isinstance(run.student, DDP) and not last else contextlib.nullcontext():
+            with _autocast(run):
+                emb = run.student(m.images)
+            emb.backward(g)
+    _set_rng_state(run.ctx.device, after)
+
+
+def _autocast(run: Run):
+    return torch.autocast(run.ctx.device.type, dtype=run.autocast_dtype or torch.float32,
+                          enabled=run.autocast_dtype is not None)
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _update_scale(scaler: torch.amp.GradScaler, bad: int) -> None:
@@ -417,7 +493,7 @@ def _elastic_note(saved: dict, saved_ranks: int, run: Run) -> str:
     layout = f"sharded over {run.ctx.world_size} rank(s)" if shard is not None else "replicated on every rank"
     was = f"{rows['world_size']} row files" if rows is not None else "one replicated tensor"
     return (f"resumed on {run.ctx.world_size} rank(s) a run saved on {saved_ranks}: the same global batch of "
-            f"{run.plan.global_batch} ({run.cfg.train.batch_size} per rank), the same samples and flips at every "
+            f"{run.plan.global_batch} ({rank_batch(run.cfg.train)} per rank), the same samples and flips at every "
             f"step; the class centres re-sharded from {was} to {layout}. BatchNorm statistics are computed per "
             f"rank, so the losses stay close to, not equal to, those the old world size would give.")
 
@@ -427,7 +503,9 @@ def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
     # HWC), not a copy of every batch.
     # data.shards may list several directories, laid end to end (their classes and keys offset in order),
     # and data.weights sets how many samples each adds to an epoch: len(loader) is the weighted epoch's steps.
-    return pipeline.build_loader(cfg.data.shards, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+    # train.accumulate: one batch holds every micro-batch of an optimizer step (train_step splits it), so the
+    # order, flips and augmentation are the 1 x accumulate*batch_size run's.
+    return pipeline.build_loader(cfg.data.shards, rank_batch(cfg.train), rank=ctx.rank, world_size=ctx.world_size,
                                  device=ctx.device, seed=cfg.seed, epoch=epoch, step=step, augment=cfg.data.augment,
                                  backend=cfg.data.backend, hw_decoder_load=cfg.data.hw_decoder_load,
                                  layout="NHWC" if cfg.train.channels_last else "NCHW", weights=cfg.data.weights,
