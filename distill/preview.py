@@ -19,7 +19,7 @@ import pipeline
 from configs import ConfigError, RunConfig
 from distill.class_shard import shards_classes
 from distill.heads import head_from_config
-from distill.optim import decay_groups, plan as make_plan
+from distill.optim import decay_groups, plan as make_plan, rank_batch
 
 _FP32 = 4  # bytes
 
@@ -29,7 +29,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
     """The plan as one JSON-able dict (see the README's Training section for an example). `epoch_samples`:
     the samples of one epoch under data.weights (default num_samples); `datasets`: the union's layout."""
     epoch_samples = num_samples if epoch_samples is None else epoch_samples
-    steps = pipeline.steps_per_epoch(epoch_samples, cfg.train.batch_size, world_size)
+    steps = pipeline.steps_per_epoch(epoch_samples, rank_batch(cfg.train), world_size)  # optimizer steps
     plan = make_plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
     with torch.device("meta"):
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
@@ -43,6 +43,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
     return {
         "world_size": world_size,
         "per_rank_batch": cfg.train.batch_size,
+        "accumulate": cfg.train.accumulate,
         "global_batch": plan.global_batch,
         "num_samples": num_samples,
         "num_classes": num_classes,
@@ -102,7 +103,8 @@ def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool)
     sample_rate of the columns are in the logits."""
     rows = -(-num_classes // world_size) if sharded else num_classes
     columns = max(1, int(cfg.distill.sample_rate * rows)) if sharded else num_classes
-    logit_rows = cfg.train.batch_size * (world_size if sharded else 1)
+    # train.accumulate: the head takes a step's micro-batches at once (their centres move once, as for one batch)
+    logit_rows = rank_batch(cfg.train) * (world_size if sharded else 1)
     centres = rows * cfg.model.embedding_size * _FP32
     trained = cfg.distill.mode == "none"  # centres are parameters: a gradient and a momentum buffer each
     # each step: the normalised centres (the sampled ones), and the cosines, logits and their gradient
@@ -117,7 +119,9 @@ def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool)
 
 def format_text(p: dict[str, Any]) -> str:
     lines = [
-        f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x {p['world_size']} rank(s)",
+        f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x "
+        + (f"{p['accumulate']} micro-batches (train.accumulate) x " if p["accumulate"] > 1 else "")
+        + f"{p['world_size']} rank(s)",
         f"dataset          {p['num_samples']:,} samples, {p['num_classes']:,} classes",
     ]
     if len(p["datasets"]) > 1:

@@ -161,6 +161,12 @@ def test_plan_shows_the_originals_schedules(capsys):
     assert cli.run(argv + ["train.precision=auto"]) == 0  # every other config's default
     assert "precision        auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on the CPU" in capsys.readouterr().out
 
+    # train.accumulate: 2 micro-batches of 192 are the 384 batch's optimizer steps, lr and schedule
+    assert cli.run(argv + ["train.batch_size=192", "train.accumulate=2"]) == 0
+    accumulated = capsys.readouterr().out
+    assert "global batch     384 = 192 per rank x 2 micro-batches (train.accumulate) x 1 rank(s)" in accumulated
+    assert accumulated.splitlines()[1:] == text.splitlines()[1:]  # the head too takes a step's 384 samples at once
+
 
 def test_plan_reads_the_dataset_from_the_shards_manifest(tmp_path, capsys):
     import convert
