@@ -4,10 +4,13 @@ statistics are in play; a run with micro-batches resumes bit-exactly."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 import convert
@@ -56,9 +59,9 @@ def _config(tmp_path: Path, shards: Path, teacher: Path, name: str, **train_keys
 _REAL_BUILD_RUN = train.build_run
 
 
-def _eval_mode_batchnorm(monkeypatch, micro_sizes: list):
+def _eval_mode_batchnorm(monkeypatch, micro_sizes: list, init_scale: float | None = None):
     """build_run with the student's BatchNorm layers in eval mode (running statistics, not the batch's), and
-    a hook recording the batch size of each of the student's forwards."""
+    a hook recording the batch size of each of the student's forwards; fp16: a GradScaler from `init_scale`."""
     real = _REAL_BUILD_RUN
 
     def build(*args, **kwargs):
@@ -67,6 +70,8 @@ def _eval_mode_batchnorm(monkeypatch, micro_sizes: list):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         run.student_module.register_forward_hook(lambda mod, inp, out: micro_sizes.append(inp[0].shape[0]))
+        if init_scale is not None:
+            run.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
         return run
 
     monkeypatch.setattr(train, "build_run", build)
@@ -111,3 +116,72 @@ def test_a_run_with_micro_batches_resumes_bit_exactly(tmp_path, shards, teacher_
     for part in ("student", "head"):
         for key, value in straight[part].items():
             assert torch.equal(resumed[part][key], value), (part, key)
+
+
+def _rank_worker(rank: int, port: int, argv: list) -> None:
+    """One of two gloo ranks, as torchrun starts them (one run a process), with eval-mode BatchNorm in the
+    student."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    _eval_mode_batchnorm(pytest.MonkeyPatch(), [])
+    train.main(argv)
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_sharded_head_and_partial_fc_accumulate_as_one_batch(tmp_path, shards, teacher_run):
+    """2 gloo ranks x 2 micro-batches of 4 against 2 x 8: the DDP student's no_sync on the first micro-batch
+    (its gradient all-reduced once, on the last), and the sharded head with Partial FC (distill.mode none,
+    sample_rate 0.5: the columns sampled once per step from the step's whole batch, as for one batch)."""
+    sharded = ["distill.mode=none", "teacher.spec=null", "distill.shard_classes=true", "distill.sample_rate=0.5",
+               "distill.loss=cosface"]
+    for batch, k in ((8, 1), (4, 2)):
+        cfg = _config(tmp_path, shards, teacher_run, f"run_{k}", batch_size=batch, accumulate=k, max_steps=3)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.start_processes(_rank_worker, args=(port, ["--config", str(cfg), *sharded]), nprocs=2, join=True,
+                           start_method="spawn")
+    one, two = (checkpoint.load(checkpoint.latest(tmp_path / f"run_{k}")) for k in (1, 2))
+    assert two["step"] == 3 and two["world_size"] == 2 and two["config"]["train"]["accumulate"] == 2
+    for key, value in one["student"].items():  # rank 0's: without the all-reduce it would hold its own gradient
+        torch.testing.assert_close(two["student"][key], value, rtol=1e-5, atol=1e-5, msg=key)
+    for rank in (0, 1):  # each rank's rows of the trained centres (and their momentum), in the row files
+        rows = [torch.load(checkpoint.rows_dir(tmp_path / f"run_{k}", 3) / f"rank-{rank}-of-2.pt", weights_only=True)
+                for k in (1, 2)]
+        assert rows[0].keys() == rows[1].keys() and "momentum" in rows[0]
+        for key in rows[0]:
+            torch.testing.assert_close(rows[1][key], rows[0][key], rtol=1e-5, atol=1e-5, msg=f"rank {rank} {key}")
+
+
+@pytest.mark.slow
+def test_fp16_scales_every_micro_batch_and_steps_once(tmp_path, shards, teacher_run, monkeypatch, one_process):
+    """train.precision fp16 (CPU float16 autocast and GradScaler): the loss scale reaches the student through
+    every micro-batch's backward and is taken out once before the clip and the step, so 2 x 2 trains as 1 x 4
+    (float16 rounding apart)."""
+    scales = {}
+    real_step = train.train_step
+    for name, batch, k in (("one", 4, 1), ("two", 2, 2)):
+        # with eval-mode BatchNorm at its initial statistics (an identity) this net's float16 gradients
+        # overflow at any scale above 1 (measured: 64 and down to 16 too); 2**-8 still tells a scale missing
+        # from the micro-batches' backward (256x off) from one taken out once
+        _eval_mode_batchnorm(monkeypatch, [], init_scale=2.0 ** -8)
+        seen = scales.setdefault(name, [])
+
+        def watched(run, b, pos, seen=seen):
+            result = real_step(run, b, pos)
+            seen.append((run.scaler.get_scale(), result.bad))
+            return result
+
+        monkeypatch.setattr(train, "train_step", watched)
+        cfg = _config(tmp_path, shards, teacher_run, name, batch_size=batch, accumulate=k, max_steps=2,
+                      lr_batch=4, precision="fp16")
+        assert train.main(["--config", str(cfg)]).step == 2
+    assert scales["two"] == scales["one"] == [(2.0 ** -8, 0), (2.0 ** -8, 0)]
+    one, two = (checkpoint.load(checkpoint.latest(tmp_path / n)) for n in ("one", "two"))
+    init = models.build(STUDENT, embedding_size=DIM).state_dict()
+    for key, value in one["student"].items():
+        if value.is_floating_point():
+            moved = (value - init[key]).abs().max()
+            torch.testing.assert_close(two["student"][key], value, rtol=0, atol=float(2e-2 * moved + 1e-6), msg=key)
+    torch.testing.assert_close(two["head"]["centres"], one["head"]["centres"], rtol=1e-3, atol=1e-4)
