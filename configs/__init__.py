@@ -12,7 +12,7 @@ Modules:
 """
 from configs.loader import dump, field_type, from_dict, load, to_dict
 from configs.schema import (AugmentConfig, ConfigError, DataConfig, DistillConfig, EvalConfig, GeomConfig, ModelConfig,
-                            RunConfig, TeacherConfig, TrainConfig)
+                            RunConfig, StudentConfig, TeacherConfig, TrainConfig)
 
 __all__ = ["load", "to_dict", "from_dict", "dump", "field_type", "ConfigError", "RunConfig", "DataConfig", "AugmentConfig",
-           "ModelConfig", "TeacherConfig", "DistillConfig", "GeomConfig", "TrainConfig", "EvalConfig"]
+           "ModelConfig", "StudentConfig", "TeacherConfig", "DistillConfig", "GeomConfig", "TrainConfig", "EvalConfig"]

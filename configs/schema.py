@@ -99,6 +99,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class StudentConfig:
+    """Fine-tuning: the student's backbone (model.*) starts from trained weights instead of a random draw.
+    The head, optimizer and schedule start fresh; `resume` continues a run instead (distill/student_init.py)."""
+    init: Optional[str] = None                    # weights for the student's backbone before step 0: a checkpoint, run directory, exported or CVLFace folder, hf:<repo>; null: random
+    init_strict: bool = True                      # true: every key must fit model.name (a mismatch names the missing and unexpected keys); false: load the keys that fit, list the rest in the log
+
+    def __post_init__(self) -> None:
+        _check(self.init is None or (isinstance(self.init, str) and bool(self.init)), "student.init",
+               "null or a path or spec", self.init)
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     # hf:<repo_id>[@rev], a local file or directory, or one of our run directories (its latest
     # checkpoint's backbone). None only with distill.mode: none.
@@ -141,6 +153,7 @@ class DistillConfig:
     teacher_cache: Optional[str] = None           # directory from `python -m distill cache-teacher`; the teacher is then never run
     centres_from_cache: bool = False              # start the AdaDistill centres at the cache's class means
     shard_classes: Union[bool, Literal["auto"]] = "auto"  # true: rank r of W holds only the centres of classes [r*C/W, (r+1)*C/W) (softmax across ranks, same results); auto: on with 2+ ranks from 100,000 classes (SHARD_AUTO_MIN_CLASSES) or with sample_rate < 1
+    centre_update: Literal["global", "per_rank"] = "global"  # AdaDistill centres: global, every rank from the whole global batch (the copies stay equal); per_rank, each rank from its own samples, as the original code (the copies drift apart; a checkpoint keeps rank 0's)
     sample_rate: float = 1.0                      # distill.mode none only: Partial FC, each rank's logits use its batch's classes plus a random sample of its other classes, this share of its rows (an approximation of the full softmax); 1 = every class
 
     def __post_init__(self) -> None:
@@ -161,6 +174,9 @@ class DistillConfig:
             _check(self.shard_classes is not False, "distill.sample_rate", "1 with distill.shard_classes: false "
                    "(each rank samples among its own classes: set shard_classes to true or auto)",
                    f"{self.sample_rate} with shard_classes=false")
+        _check(self.centre_update == "global" or self.shard_classes is not True, "distill.centre_update",
+               "global with distill.shard_classes: true (a rank holds only its classes' centres)",
+               f"{self.centre_update} with shard_classes=true")
         if self.geom is not None:
             _check(self.loss == "adaface" and self.mode == "adadistill", "distill.geom",
                    "null unless distill.loss is adaface and distill.mode is adadistill",
@@ -181,7 +197,8 @@ class TrainConfig:
     lr * ((epoch + batch / steps_per_epoch + 1) / (warmup_epochs + 1)) ** 2 (0.25x at the first step of a
     one-epoch warmup).
     """
-    batch_size: int = 128                         # per rank
+    batch_size: int = 128                         # per rank and micro-batch
+    accumulate: int = 1                           # micro-batches of batch_size per optimizer step (gradient accumulation): the global batch is batch_size x accumulate x ranks; steps count optimizer steps
     lr: float = 0.1                               # at a global batch of lr_batch; scaled linearly
     lr_batch: int = 512                           # the global batch at which train.lr applies
     momentum: float = 0.9                         # SGD momentum
@@ -199,7 +216,7 @@ class TrainConfig:
     keep_checkpoints: int = 2                     # newest mid-epoch checkpoints kept; epoch ends are all kept
     grad_clip: float = 5.0                        # max L2 norm of the student's gradient (the head's is never clipped, as in the originals); 0 = off
     max_nonfinite: int = 20                       # this many non-finite losses in a row stop the run
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 autocast on a CUDA GPU that has bf16, fp16 (with loss scaling) on one that has not (V100, T4), fp32 on CPU; fp16: float16 autocast with torch.amp.GradScaler (overflowing steps skipped, counted as skipped)
     channels_last: bool = True                    # NHWC student and teacher: measured faster on CPU; the usual GPU choice
     tensorboard: bool = True                      # rank 0 writes every logged scalar and each evaluation to <output>/tensorboard/
     tf32: bool = True                             # CUDA: TF32 for fp32 matmuls and convolutions (the head's cosines: ~1e-3 relative error, as bf16's ~4e-3 is not taken)
@@ -208,7 +225,7 @@ class TrainConfig:
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "decay_factor", "grad_clip"):
             _check(_number(getattr(self, key)), f"train.{key}", "a finite number", getattr(self, key))
         _check(all(_number(m) for m in self.decay_epochs), "train.decay_epochs", "finite epochs", self.decay_epochs)
-        for key in ("batch_size", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
+        for key in ("batch_size", "accumulate", "lr_batch", "epochs", "log_every", "checkpoint_every", "max_nonfinite"):
             _check(getattr(self, key) > 0, f"train.{key}", "> 0", getattr(self, key))
         for key in ("max_steps", "keep_checkpoints", "weight_decay", "warmup_epochs", "grad_clip"):
             _check(getattr(self, key) >= 0, f"train.{key}", ">= 0", getattr(self, key))
@@ -225,11 +242,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     targets: tuple[str, ...] = ()                 # .bin verification sets, run on rank 0
-    every_epochs: int = 1                         # verification every this many epochs
+    every_epochs: int = 1                         # verification at the end of every this many epochs; 0 = not at epoch ends
+    every_steps: int = 0                          # verification also after every this many (optimizer) steps, as the originals' callbacks; 0 = off
     batch_size: int = 128                         # images per batch of the verification pass
 
     def __post_init__(self) -> None:
-        _check(self.every_epochs > 0, "eval.every_epochs", "> 0", self.every_epochs)
+        _check(self.every_epochs >= 0, "eval.every_epochs", ">= 0", self.every_epochs)
+        _check(self.every_steps >= 0, "eval.every_steps", ">= 0", self.every_steps)
         _check(self.batch_size > 0, "eval.batch_size", "> 0", self.batch_size)
 
 
@@ -238,6 +257,7 @@ class RunConfig:
     output: str                                   # the run directory
     data: DataConfig                              # the shards and the loader
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -114,15 +114,19 @@ def resolve_resume(resume: str, output: str | Path) -> Optional[Path]:
 def recipe_changes(saved: dict, saved_world_size: int, current: dict, world_size: int) -> dict[str, tuple]:
     """{dotted key: (old, new)} for every key of the run's recipe that differs between the config a
     checkpoint was saved with and the current one (both as configs.to_dict gives them). The per-rank
-    batch may change with the world size as long as the global batch stays the same."""
+    batch and train.accumulate may change with the world size as long as the global batch stays the same."""
     old, new = _flatten(saved), _flatten(current)
     changes = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_KEYS)}
-    if "train.batch_size" in changes:
-        before, after = changes.pop("train.batch_size")
-        if (before or 0) * saved_world_size != (after or 0) * world_size:
-            changes["global batch (train.batch_size x ranks)"] = (f"{before} x {saved_world_size}",
-                                                                 f"{after} x {world_size}")
+    # train.accumulate splits a rank's batch into micro-batches: only the product matters to the data and
+    # the schedule (the loader's batches are batch_size x accumulate), so the two may trade
+    if "train.batch_size" in changes or "train.accumulate" in changes:
+        was = (old.get("train.batch_size"), old.get("train.accumulate") or 1)
+        now = (new.get("train.batch_size"), new.get("train.accumulate") or 1)
+        changes.pop("train.batch_size", None), changes.pop("train.accumulate", None)
+        if (was[0] or 0) * was[1] * saved_world_size != (now[0] or 0) * now[1] * world_size:
+            changes["global batch (train.batch_size x train.accumulate x ranks)"] = (
+                f"{was[0]} x {was[1]} x {saved_world_size}", f"{now[0]} x {now[1]} x {world_size}")
     return changes
 
 

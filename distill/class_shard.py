@@ -48,8 +48,11 @@ def bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
 
 def shards_classes(d: DistillConfig, num_classes: int, world_size: int) -> bool:
     """Whether a run shards its class centres: distill.shard_classes as given, or for `auto`, with 2+ ranks
-    from SHARD_AUTO_MIN_CLASSES classes on, and always with Partial FC sampling (sample_rate < 1)."""
+    from SHARD_AUTO_MIN_CLASSES classes on, and always with Partial FC sampling (sample_rate < 1); never with
+    centre_update per_rank (each rank's own copy of every centre)."""
     if d.shard_classes == "auto":
+        if d.centre_update == "per_rank":
+            return False
         return d.sample_rate < 1 or (world_size > 1 and num_classes >= SHARD_AUTO_MIN_CLASSES)
     return bool(d.shard_classes)
 

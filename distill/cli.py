@@ -31,9 +31,11 @@ def run(argv: Sequence[str]) -> int:
         from distill.curves import main as plot
 
         return run_command("python -m distill plot", lambda: plot(argv[1:]), known=KNOWN_ERRORS)
+    from distill.preemption import EXIT_PREEMPTED
     from distill.train import main as train
 
-    return run_command("python -m distill", lambda: train(argv), known=KNOWN_ERRORS,
+    # a run stopped by SIGTERM/SIGUSR1/SIGINT at a checkpoint exits EXIT_PREEMPTED (requeue and resume)
+    return run_command("python -m distill", lambda: EXIT_PREEMPTED if train(argv).preempted else 0, known=KNOWN_ERRORS,
                        interrupted="interrupted; re-run the same command to resume from the newest checkpoint")
 
 
@@ -74,7 +76,7 @@ def _cache_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=4096,
                         help="samples per resume unit (default 4096; a resumed cache keeps its own)")
     parser.add_argument("--device", default="auto", help="auto (the rank's GPU, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=teachers.PRECISIONS,
                         help="the teacher's precision, as train.precision (auto: bf16 on CUDA, fp32 on the CPU); "
                              "recorded in the manifest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

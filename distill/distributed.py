@@ -101,6 +101,13 @@ def world_size() -> int:
     return 1
 
 
+def rank() -> int:
+    """This process's rank in the default process group; 0 when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
 @torch.no_grad()
 def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """For tensors sharing their first dimension (this rank's samples), the concatenation over ranks

@@ -14,10 +14,11 @@ from configs import GeomConfig
 
 from .centres import coefficients, rounds_from_host, update_centres
 from .class_shard import ClassShard
-from .distributed import gather_rows, world_size
+from .distributed import gather_rows, rank, world_size
 from .margins import MARGINS, clip_norms, norm_scaler
 
 KD_MODES = ("none", "adadistill")
+CENTRE_UPDATES = ("global", "per_rank")
 ALPHA_MODES = ("weighted", "plain")
 INIT_BLOCK = 4096  # classes per seeded block of the initial centres (init_centres)
 
@@ -83,6 +84,7 @@ class Head(nn.Module):
         super().__init__()
         self.loss, self.kd, self.margin, self.alpha_mode, self.geom = loss, kd, margin, alpha, geom
         self.num_classes, self.embedding_size = num_classes, embedding_size
+        self.centre_update = "global"  # AdaDistill centres from the global batch; build_head sets it
         start, stop = rows or (0, num_classes)
         if torch.empty(0).device.type == "meta":  # shapes only (`python -m distill plan`): draw nothing
             init = torch.empty(stop - start, embedding_size)
@@ -179,19 +181,26 @@ class Head(nn.Module):
 
     @torch.no_grad()
     def _update_state(self, labels, f_t, coef, norms, global_labels=None) -> None:
-        """AdaFace EMA and AdaDistill centres from the global batch (one gather for both)."""
+        """AdaFace EMA and AdaDistill centres from the global batch (one gather for both); with
+        centre_update "per_rank" the centres from this rank's own samples (the original code's DDP
+        behaviour: each rank's copy of the centres drifts from the others')."""
+        own = coef is not None and self.centre_update == "per_rank"
         columns = []
         if norms is not None:
             columns.append(norms[:, None])
-        if coef is not None:
+        if coef is not None and not own:
             columns += [coef.alpha[:, None], f_t]
-        if not columns:
-            return
-        (packed,) = gather_rows(torch.cat(columns, dim=1))
+        if columns:
+            (packed,) = gather_rows(torch.cat(columns, dim=1))
         if norms is not None:
             all_norms, packed = packed[:, 0], packed[:, 1:]
             self._update_norm_stats(all_norms)
-        if coef is not None:
+        if own:
+            n = labels.shape[0]
+            host = None if global_labels is None else np.asarray(global_labels)[rank() * n:(rank() + 1) * n]
+            rounds = rounds_from_host(host, self.centres.device) if host is not None else None
+            update_centres(self.centres, labels, f_t, coef.alpha, rounds)
+        elif coef is not None:
             # the labels of the global batch: the host's copy where the loader handed one (no gather)
             all_labels = self._global_labels(labels, global_labels, packed.shape[0])
             rounds = rounds_from_host(global_labels, self.centres.device) if global_labels is not None else None
@@ -199,9 +208,12 @@ class Head(nn.Module):
 
 
 def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", *,
-               shard: ClassShard | None = None, sample_rate: float = 1.0, **options: Any) -> Head:
+               shard: ClassShard | None = None, sample_rate: float = 1.0, centre_update: str = "global",
+               **options: Any) -> Head:
     """Make a margin head.
 
+    centre_update: "global" (every rank moves the AdaDistill centres with the whole global batch: the copies
+    stay equal) or "per_rank" (each rank with its own samples, as the original code; not with a shard).
     shard: this rank's classes (distill.class_shard) for a sharded head (distill.sharded_head), whose
     centres are only those rows; sample_rate < 1: Partial FC sampling (a sharded head with kd="none").
 
@@ -246,8 +258,15 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
     if sample_rate < 1 and (kd != "none" or shard is None):
         raise ValueError(f"build_head: sample_rate {sample_rate} (Partial FC) needs kd='none' and a shard; found "
                          f"kd={kd!r}, shard={shard}")
+    if centre_update not in CENTRE_UPDATES:
+        raise ValueError(f"build_head: centre_update must be one of {list(CENTRE_UPDATES)}, found {centre_update!r}")
     if shard is None:
-        return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
+        head = Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
+        head.centre_update = centre_update
+        return head
+    if centre_update != "global":
+        raise ValueError(f"build_head: centre_update {centre_update!r} needs every centre on every rank; the centres "
+                         f"are sharded (distill.shard_classes): set distill.shard_classes=false")
     if shard.num_classes != num_classes:
         raise ValueError(f"build_head: the shard splits {shard.num_classes} classes, the head has {num_classes}")
     from .sharded_head import ShardedHead  # it subclasses Head: imported here, not at the top (a cycle)
@@ -263,5 +282,6 @@ def head_from_config(cfg, num_classes: int, shard: ClassShard | None = None) -> 
     adaface = d.loss == "adaface"
     return build_head(d.loss, num_classes, embedding_size=cfg.model.embedding_size,
                       kd="adadistill" if d.mode == "adadistill" else "none", shard=shard,
+                      centre_update=d.centre_update,
                       sample_rate=d.sample_rate if shard is not None else 1.0, s=d.s, m=d.m,
                       h=d.h if adaface else None, t_alpha=d.t_alpha if adaface else None, alpha=d.alpha, geom=d.geom)

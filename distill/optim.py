@@ -3,7 +3,7 @@ student and the head with weight decay as the originals apply it (`build_optimiz
 
 The rules are the originals' (configs.schema.TrainConfig's docstring states them): the peak lr is
 `train.lr / lr_batch * global_batch` (their `cfg.lr / 512 * cfg.batch_size * world_size`, same order
-of operations, so the floats are equal); a multistep decay epoch m applies from the first step of the
+of operations, so the floats are equal; the global batch counts every micro-batch of train.accumulate); a multistep decay epoch m applies from the first step of the
 m-th epoch (their `m - 1 <= epoch`, 0-based); the quadratic warmup is the AdaFace-KD code's per-step
 `((epoch + batch / steps_per_epoch + 1) / (warmup_epochs + 1)) ** 2`; every parameter is decayed.
 """
@@ -26,8 +26,8 @@ class Plan:
     The lr is a pure function of the step, so resuming needs only the step, and changing
     `train.max_steps` (where the run stops) never changes the schedule.
     """
-    global_batch: int
-    steps_per_epoch: int
+    global_batch: int             # train.batch_size x train.accumulate x ranks: the samples of one optimizer step
+    steps_per_epoch: int          # optimizer steps
     epochs: int
     lr: float                     # peak lr: train.lr / train.lr_batch * global_batch
     warmup: str                   # "linear" or "quadratic"
@@ -37,6 +37,7 @@ class Plan:
     decay_factor: float
     schedule: str
     stop_step: int                # the run stops once this many steps are done
+    accumulate: int = 1           # micro-batches per optimizer step (train.accumulate)
 
     @property
     def total_steps(self) -> int:
@@ -72,7 +73,7 @@ def plan(train: TrainConfig, *, world_size: int, steps_per_epoch: int) -> Plan:
     """Derive the Plan. Epoch-valued keys (warmup_epochs, decay_epochs) become steps of this run."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: expected >= 1, found {steps_per_epoch}")
-    global_batch = train.batch_size * world_size
+    global_batch = rank_batch(train) * world_size
     total = train.epochs * steps_per_epoch
     stop = total if train.max_steps == 0 else train.max_steps
     return Plan(
@@ -87,7 +88,14 @@ def plan(train: TrainConfig, *, world_size: int, steps_per_epoch: int) -> Plan:
         decay_factor=train.decay_factor,
         schedule=train.schedule,
         stop_step=stop,
+        accumulate=train.accumulate,
     )
+
+
+def rank_batch(train: TrainConfig) -> int:
+    """The samples one rank takes in one optimizer step: train.accumulate micro-batches of train.batch_size
+    (the loader hands them over as one batch, so the data order and flips are the 1 x accumulate*batch run's)."""
+    return train.batch_size * train.accumulate
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:

@@ -21,7 +21,7 @@ import pipeline
 from configs import ConfigError, RunConfig
 from distill.class_shard import shards_classes
 from distill.heads import head_from_config
-from distill.optim import decay_groups, plan as make_plan
+from distill.optim import decay_groups, plan as make_plan, rank_batch
 
 _FP32 = 4  # bytes
 
@@ -31,7 +31,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
     """The plan as one JSON-able dict (see the README's Training section for an example). `epoch_samples`:
     the samples of one epoch under data.weights (default num_samples); `datasets`: the union's layout."""
     epoch_samples = num_samples if epoch_samples is None else epoch_samples
-    steps = pipeline.steps_per_epoch(epoch_samples, cfg.train.batch_size, world_size)
+    steps = pipeline.steps_per_epoch(epoch_samples, rank_batch(cfg.train), world_size)  # optimizer steps
     plan = make_plan(cfg.train, world_size=world_size, steps_per_epoch=steps)
     with torch.device("meta"):
         student = models.build(cfg.model.name, embedding_size=cfg.model.embedding_size)
@@ -46,6 +46,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
     return {
         "world_size": world_size,
         "per_rank_batch": cfg.train.batch_size,
+        "accumulate": cfg.train.accumulate,
         "global_batch": plan.global_batch,
         "num_samples": num_samples,
         "num_classes": num_classes,
@@ -66,6 +67,7 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
                          "decayed_params": sum(p.numel() for p in decayed),
                          "undecayed_params": sum(p.numel() for p in undecayed)},
         "grad_clip": cfg.train.grad_clip,
+        "precision": precision(cfg.train),
         "shard_classes": sharded,
         "head_bytes_per_rank": replicated_bytes if not sharded else sharded_bytes,
         "head_bytes_replicated": replicated_bytes,
@@ -77,6 +79,28 @@ def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: i
     }
 
 
+_PRECISION_WHY = {
+    "auto": "the default: bf16 autocast on a CUDA GPU with bf16 (Ampere and later), fp16 autocast with loss "
+            "scaling on one without (V100, T4), fp32 on the CPU; the margin head computes in fp32 throughout",
+    "fp32": "fp32 weights and arithmetic, as the originals trained (their code has no autocast)",
+    "bf16": "bf16 autocast for the student and the teacher; the margin head computes in fp32",
+    "fp16": "fp16 autocast with a GradScaler (an overflowing step is skipped and the scale halved); the margin "
+            "head computes in fp32",
+}
+
+
+def precision(train: configs.TrainConfig) -> dict[str, Any]:
+    """train.precision, what it means on CUDA and on the CPU, and why (`plan` prints it)."""
+    cuda = {"auto": "bf16 (fp16 without bf16 support)", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[train.precision]
+    why = _PRECISION_WHY[train.precision]
+    if train.precision in ("fp32", "auto"):
+        why += ("; TF32 for fp32 matmuls and convolutions on Ampere and later (train.tf32: true), as the originals "
+                "on Ampere (PyTorch's cuDNN convolutions default to TF32)" if train.tf32 else
+                "; TF32 off (train.tf32: false): full fp32 matmuls and convolutions")
+    return {"setting": train.precision, "cuda": cuda, "cpu": "fp32" if train.precision == "auto" else train.precision,
+            "tf32": train.tf32, "why": why}
+
+
 def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool) -> dict[str, int]:
     """fp32 bytes one rank holds for the head (the README's memory table comes from here).
 
@@ -86,7 +110,8 @@ def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool)
     sample_rate of the columns are in the logits."""
     rows = -(-num_classes // world_size) if sharded else num_classes
     columns = max(1, int(cfg.distill.sample_rate * rows)) if sharded else num_classes
-    logit_rows = cfg.train.batch_size * (world_size if sharded else 1)
+    # train.accumulate: the head takes a step's micro-batches at once (their centres move once, as for one batch)
+    logit_rows = rank_batch(cfg.train) * (world_size if sharded else 1)
     centres = rows * cfg.model.embedding_size * _FP32
     trained = cfg.distill.mode == "none"  # centres are parameters: a gradient and a momentum buffer each
     # each step: the normalised centres (the sampled ones), and the cosines, logits and their gradient
@@ -101,7 +126,9 @@ def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool)
 
 def format_text(p: dict[str, Any]) -> str:
     lines = [
-        f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x {p['world_size']} rank(s)",
+        f"global batch     {p['global_batch']} = {p['per_rank_batch']} per rank x "
+        + (f"{p['accumulate']} micro-batches (train.accumulate) x " if p["accumulate"] > 1 else "")
+        + f"{p['world_size']} rank(s)",
         f"dataset          {p['num_samples']:,} samples, {p['num_classes']:,} classes",
     ]
     if len(p["datasets"]) > 1:
@@ -136,6 +163,8 @@ def format_text(p: dict[str, Any]) -> str:
         lines.append(f"{role + ' cost':<17}{c['name']}: " + (
             f"{c['params'] / 1e6:.2f} M parameters, {c['macs'] / 1e9:.3f} GMACs = {c['flops'] / 1e9:.3f} GFLOPs "
             f"(FLOPs = 2 x MACs) at {c['input_size']}x{c['input_size']}" if "flops" in c else f"not counted: {c['why_not']}"))
+    pr = p["precision"]
+    lines.append(f"precision        {pr['setting']}: {pr['cuda']} on CUDA, {pr['cpu']} on the CPU; {pr['why']}")
     for layout in ("replicated", "sharded"):
         hb = p[f"head_bytes_{layout}"]
         chosen = "  <- this run" if p["shard_classes"] == (layout == "sharded") else ""

@@ -18,16 +18,22 @@ from distill import teacher_cache
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """`train.precision` on `device`: bf16 autocast for "bf16", and for "auto" on CUDA; None is fp32."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision: expected auto, fp32 or bf16, found {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """`train.precision` on `device`: bf16 or fp16 autocast, None for fp32. "auto": fp32 on the CPU; on CUDA
+    bf16 where the GPU supports it (Ampere and later), else fp16 (V100, T4), trained with loss scaling."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 class TeacherSource:

@@ -1,4 +1,4 @@
-"""The every-N-epochs verification callback: the student on `.bin` sets, on rank 0 only."""
+"""The every-N-epochs (or N-steps) verification callback: the student on `.bin` sets, on rank 0 only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +21,9 @@ def check_targets(targets: tuple[str, ...]) -> None:
     for the 10-fold metric (reading its pair labels is cheap next to an epoch)."""
     missing = [t for t in targets if not Path(t).exists()]
     if missing:
-        raise MissingTargetError(f"eval.targets: verification set(s) not found: {missing}")
+        present = [t for t in targets if t not in missing]
+        raise MissingTargetError(f"eval.targets: verification set(s) not found: {missing}; to evaluate the sets that "
+                                 f"are present only: eval.targets=[{','.join(present)}]")
     from evaluate import verification
 
     for target in targets:

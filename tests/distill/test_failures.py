@@ -132,7 +132,14 @@ def test_the_global_batch_not_the_per_rank_batch_is_the_recipe():
     halved["train"]["batch_size"] = 64
     assert checkpoint.recipe_changes(cfg, 4, halved, 8) == {}  # 128 x 4 == 64 x 8
     assert checkpoint.recipe_changes(cfg, 4, halved, 4) == {
-        "global batch (train.batch_size x ranks)": ("128 x 4", "64 x 4")}
+        "global batch (train.batch_size x train.accumulate x ranks)": ("128 x 1 x 4", "64 x 1 x 4")}
+    # train.accumulate: micro-batches trade against the per-rank batch; another product is another recipe
+    halved["train"]["accumulate"] = 2
+    assert checkpoint.recipe_changes(cfg, 4, halved, 4) == {}  # 128 x 1 x 4 == 64 x 2 x 4
+    doubled = json.loads(json.dumps(cfg))
+    doubled["train"]["accumulate"] = 2
+    assert checkpoint.recipe_changes(cfg, 4, doubled, 4) == {
+        "global batch (train.batch_size x train.accumulate x ranks)": ("128 x 1 x 4", "128 x 2 x 4")}
 
 
 def test_a_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path, shards, capsys, monkeypatch):

@@ -143,6 +143,9 @@ def test_plan_shows_the_originals_schedules(capsys):
     assert paper["epoch_start_lr"] == [original_lr(0.1, adadistill_lr_step_func, e, 0, 11_372) for e in range(26)]
     assert paper["weight_decay"] == {"value": 5e-4, "on": "all", "decayed_params": 1_199_488, "undecayed_params": 0}
     assert paper["head_bytes_per_rank"]["centres"] == MS1MV2_CLASSES * 512 * 4
+    # the originals trained in fp32, with TF32 on Ampere
+    assert {k: paper["precision"][k] for k in ("setting", "cuda", "tf32")} == {"setting": "fp32", "cuda": "fp32",
+                                                                               "tf32": True}
 
     argv = ["plan", "--config", str(ADAFACE_KD), "--world-size", "1", "--num-samples", str(MS1MV2_IMAGES),
             "--num-classes", str(MS1MV2_CLASSES)]
@@ -152,6 +155,17 @@ def test_plan_shows_the_originals_schedules(capsys):
     assert "15,163 per epoch x 26 epochs = 394,238" in text and "peak lr          0.075" in text
     assert "quadratic over 1 epoch(s) = 15,163 steps; step 0: 0.01875" in text
     assert "from the first step of epoch 8 (1-based; step 106,141): lr 0.0075" in text
+    assert "precision        fp32: fp32 on CUDA, fp32 on the CPU; fp32 weights and arithmetic, as the originals" in text
+    assert "TF32 for fp32 matmuls and convolutions" in text
+
+    assert cli.run(argv + ["train.precision=auto"]) == 0  # every other config's default
+    assert "precision        auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on the CPU" in capsys.readouterr().out
+
+    # train.accumulate: 2 micro-batches of 192 are the 384 batch's optimizer steps, lr and schedule
+    assert cli.run(argv + ["train.batch_size=192", "train.accumulate=2"]) == 0
+    accumulated = capsys.readouterr().out
+    assert "global batch     384 = 192 per rank x 2 micro-batches (train.accumulate) x 1 rank(s)" in accumulated
+    assert accumulated.splitlines()[1:] == text.splitlines()[1:]  # the head too takes a step's 384 samples at once
 
 
 def test_plan_reads_the_dataset_from_the_shards_manifest(tmp_path, capsys):

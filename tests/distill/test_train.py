@@ -204,3 +204,50 @@ def test_grad_clip_zero_turns_clipping_off(tmp_path, shards, monkeypatch, one_th
     off, unreachable, tight = (_losses(tmp_path / n) for n in ("off", "unreachable", "tight"))
     assert off == unreachable and len(set(off.values())) == 4
     assert tight[1] == off[1] and tight[4] != off[4]
+
+
+@pytest.mark.slow
+def test_fp16_an_overflow_skips_the_step_halves_the_loss_scale_and_leaves_no_nan(tmp_path, shards, monkeypatch,
+                                                                                 one_thread):
+    """train.precision: fp16 on the CPU (torch's CPU autocast and GradScaler take float16): a loss of 1e35,
+    finite itself, overflows once scaled; that step is skipped and counted, the scale halves, and the run
+    goes on with finite weights. The scale is in the checkpoint and a resume carries it on."""
+    _single_process(monkeypatch)
+    calls, scales = [], []
+    real_loss, real_step, real_build = train.compute_loss, train.train_step, train.build_run
+
+    def low_initial_scale(*args, **kwargs):  # 2**16 overflows this net's first steps by itself: start lower
+        run = real_build(*args, **kwargs)
+        run.scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+        return run
+
+    def huge_at_3(logits, labels):
+        calls.append(1)
+        loss = real_loss(logits, labels)
+        return loss * 1e35 if len(calls) == 3 else loss
+
+    def watched(run, batch, pos):
+        assert run.scaler.is_enabled() and run.autocast_dtype == torch.float16
+        result = real_step(run, batch, pos)
+        scales.append((run.scaler.get_scale(), result.bad))
+        return result
+
+    monkeypatch.setattr(train, "compute_loss", huge_at_3)
+    monkeypatch.setattr(train, "train_step", watched)
+    monkeypatch.setattr(train, "build_run", low_initial_scale)
+    # CPU float16 convolutions are slow: a small batch
+    cfg = _config(tmp_path, shards, None, "fp16", max_steps=5, batch_size=4, lr_batch=4, precision="fp16")
+    pos = train.main(["--config", str(cfg)])
+    assert (pos.step, pos.skipped) == (5, 1)
+    initial = scales[0][0]
+    assert [bad for _, bad in scales] == [0, 0, train._BAD_GRAD, 0, 0]
+    assert initial == 64.0 and [s for s, _ in scales] == [initial, initial, initial / 2, initial / 2, initial / 2]
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines())}
+    assert records[3]["skipped"] == 1 and records[3]["loss"] is None
+    state = checkpoint.load(checkpoint.latest(tmp_path / "fp16"))
+    assert state["scaler"]["scale"] == initial / 2 and state["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    scales.clear()
+    monkeypatch.setattr(train, "build_run", real_build)  # the default initial scale, replaced by the checkpoint's
+    train.main(["--config", str(cfg), "train.max_steps=6"])
+    assert scales == [(initial / 2, 0)]  # resumed with the halved scale
