@@ -16,7 +16,8 @@ Modules, one job each:
   image, and the rule for its default threshold.
 - overlap_report: the audit's JSON report, its CSV of suspected overlaps and the exclusion list for
   `python -m convert rec|folder --exclude-classes`.
-- impostor_threshold: a similarity threshold from the data's own impostor pairs at a stated FAR.
+- impostor_threshold: similarity thresholds from the data's own strangers: image pairs at a stated FAR
+  (conflicts, overlap), images against other classes' centres at a stated rate (outliers).
 - similarity_search: every pair of unit rows above a threshold, in blocks (memory bounded in the rows).
 - audit: the data audit, conflicts (one person under two labels), outliers (mislabels) and duplicates.
 - audit_report: the audit's JSON, CSVs, decision files for `python -m convert` and its static HTML page.
