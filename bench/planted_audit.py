@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--wrong", type=float, default=0.02, help="fraction of each set's images given a wrong label")
     p.add_argument("--work", type=Path, help="folder for the data and the audit (default: a temporary one)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--outlier-threshold", help="passed to the audit (default: its impostor rule)")
+    p.add_argument("--outlier-threshold", help="passed to the audit (default: its stranger rule)")
     args = p.parse_args()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, device {args.device}; checkpoint {args.checkpoint}")

@@ -24,7 +24,8 @@ Modules, one job each:
 - landmarks: the landmarks CSV, and 112x112 crops aligned from it by the IJB alignment.
 - thresholds: the cosine threshold and TAR at each FAR of a pair set (every verification result has them).
 - roc_plot: the ROC of several models on one pair set, operating points marked.
-- impostor_threshold: a similarity threshold from the data's own impostor pairs at a stated FAR.
+- impostor_threshold: similarity thresholds from the data's own strangers: image pairs at a stated FAR
+  (conflicts, overlap), images against other classes' centres at a stated rate (outliers).
 - similarity_search: every pair of unit rows above a threshold, in blocks (memory bounded in the rows).
 - audit: the data audit, conflicts (one person under two labels), outliers (mislabels) and duplicates.
 - audit_report: the audit's JSON, CSVs, decision files for `python -m convert` and its static HTML page.

@@ -12,12 +12,16 @@ training sees them), and finds:
 - duplicates: identical stored bytes under two keys (sha256 of every sample, not only the K embedded),
   and embeddings of two classes' images with cosine >= NEAR_DUPLICATE.
 
-Both thresholds default to the impostor rule (evaluate/impostor_threshold.py): the similarity that pairs
-of images of different classes exceed at FAR 1e-5. An outlier is then an image no closer to its class
-than a stranger gets once in 1/FAR tries, a conflict two classes as close as that. Since the data's own
-labels are what is in doubt, the rule is measured again without the images and classes it flagged until
-the flagged sets stop changing (at most ROUNDS times), and the class centres too are computed again
-without the outliers. --conflict-threshold and --outlier-threshold replace the rule's value.
+The conflict threshold defaults to the impostor rule (evaluate/impostor_threshold.py): the similarity
+that pairs of images of different classes exceed at FAR 1e-5, two classes as close as a stranger gets
+once in 1/FAR tries. The outlier threshold defaults to the stranger rule (same module): the similarity to
+a class's centre that images of other classes exceed at the stranger acceptance rate 1e-2, so that an
+outlier is as far from its class as all but 1% of strangers, and about 1% of mislabels (strangers
+under the label) are missed. Since the data's own labels are what is in doubt, both rules are measured
+again without the images and classes flagged until the flagged sets stop changing (at most ROUNDS
+times), and the class centres too are computed again without the outliers for the conflicts (a class left
+without images keeps the centre of them all).
+--conflict-threshold and --outlier-threshold replace the rules' values.
 
 The class-by-class search is evaluate.similarity_search.close_pairs: blocks, memory bounded in the
 number of classes, on the GPU where there is one.
@@ -114,33 +118,42 @@ def _given(value: float, flag: str) -> dict:
 
 
 def find(e: Embedded, *, conflict_threshold: Optional[float] = None, outlier_threshold: Optional[float] = None,
-         far: float = impostor_threshold.TARGET_FAR, device="cpu", progress: bool = True) -> Findings:
+         far: float = impostor_threshold.TARGET_FAR, stranger_rate: float = impostor_threshold.STRANGER_RATE,
+         device="cpu", progress: bool = True) -> Findings:
     """Conflicts, outliers and near-duplicate embeddings (module docstring), the thresholds and the rounds."""
     flagged_images = np.zeros(e.emb.shape[0], bool)
     flagged_classes = np.zeros(0, np.int64)
     warnings = []
+    everything = np.ones(e.emb.shape[0], bool)
+    all_sums = class_sums(e, everything)
+    own = own_class_similarity(e, all_sums, everything)  # outliers are scored against the centres of all images
     for rounds in range(1, ROUNDS + 1):
-        rule = None
+        measured = False  # a rule measured this round: another round may change it
         if conflict_threshold is None or outlier_threshold is None:
             keep = ~flagged_images & ~np.isin(e.cls, flagged_classes)
             if rounds > 1 and np.unique(e.cls[keep]).size < 2:  # the previous round's findings stand
                 warnings.append(f"round {rounds}: the images and classes flagged leave {np.unique(e.cls[keep]).size} "
                                 f"class(es) to measure strangers on: the model does not separate these identities, "
-                                f"the findings of round {rounds - 1} (threshold {t_conf['value']:.4f}) are kept")
+                                f"the findings of round {rounds - 1} (thresholds {t_conf['value']:.4f}, "
+                                f"{t_out['value']:.4f}) are kept")
                 rounds -= 1
                 break
-            rule = impostor_threshold.image_threshold(e.emb, e.cls, far=far, keep=keep)
-        t_conf = _given(conflict_threshold, "--conflict-threshold") if conflict_threshold is not None else rule.to_dict()
-        t_out = _given(outlier_threshold, "--outlier-threshold") if outlier_threshold is not None else rule.to_dict()
-        # Outliers against the centres of all images, then the centres again without them for the conflicts.
-        everything = np.ones(e.emb.shape[0], bool)
-        own = own_class_similarity(e, class_sums(e, everything), everything)
+            measured = True
+        t_conf = _given(conflict_threshold, "--conflict-threshold") if conflict_threshold is not None else \
+            impostor_threshold.image_threshold(e.emb, e.cls, far=far, keep=keep).to_dict()
+        # a stranger's score mirrors `own`: against the centre of all of a class's images but one
+        t_out = _given(outlier_threshold, "--outlier-threshold") if outlier_threshold is not None else \
+            impostor_threshold.stranger_threshold(e.emb, e.cls, all_sums, rate=stranger_rate, keep=keep).to_dict()
         outlier = own < t_out["value"]  # NaN (a class of one image) compares False
         sums = class_sums(e, ~outlier)
+        # a class whose images are all outliers keeps the centre of them all, rather than no centre and no
+        # conflict: before the stranger rule, a shared identity (bench/planted_audit.py's a55 = b5) was lost so
+        left = np.bincount(e.cls[~outlier], minlength=e.num_classes) == 0
+        sums[left] = all_sums[left]
         centres = unit(sums)
         pairs = close_pairs(centres, t_conf["value"], device=device, progress=progress, desc="audit: class pairs")
         new_classes = np.unique(np.concatenate([pairs.i, pairs.j]))
-        if rule is None or (np.array_equal(outlier, flagged_images) and np.array_equal(new_classes, flagged_classes)):
+        if not measured or (np.array_equal(outlier, flagged_images) and np.array_equal(new_classes, flagged_classes)):
             break
         flagged_images, flagged_classes = outlier, new_classes
     rows = np.flatnonzero(outlier)

@@ -1,7 +1,8 @@
 """`python -m evaluate audit SHARDS [SHARDS ...] --checkpoint M --output DIR`: the data audit's command.
 
-    [--per-class K] [--conflict-threshold T] [--outlier-threshold T] [--far 1e-5] (+ the model and run
-    options of every evaluate command: --config, --network, --device, --batch-size, --quiet)
+    [--per-class K] [--conflict-threshold T] [--outlier-threshold T] [--far 1e-5] [--stranger-rate 1e-2]
+    (+ the model and run options of every evaluate command: --config, --network, --device, --batch-size,
+    --quiet)
 
 M is loaded as `python -m evaluate --checkpoint` loads it (evaluate.cli._load: a checkpoint, a run
 directory, a backbone file, or a teacher spec such as hf:...). What it finds and how: evaluate/audit.py;
@@ -38,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conflict-threshold", type=_finite_float, default=None,
                    help="centre cosine above which two classes conflict (default: the impostor rule)")
     p.add_argument("--outlier-threshold", type=_finite_float, default=None,
-                   help="own-centre cosine below which an image is an outlier (default: the impostor rule)")
+                   help="own-centre cosine below which an image is an outlier (default: the stranger rule)")
     p.add_argument("--far", type=_far, default=impostor_threshold.TARGET_FAR,
                    help=f"the impostor rule's false-accept rate (default {impostor_threshold.TARGET_FAR:g})")
+    p.add_argument("--stranger-rate", type=_far, default=impostor_threshold.STRANGER_RATE,
+                   help=f"the outlier (stranger) rule's rate: the share of images of other classes closer to a "
+                        f"class's centre than its outliers, about the share of wrong labels missed (default "
+                        f"{impostor_threshold.STRANGER_RATE:g})")
     _model_and_run(p)
     return p
 
@@ -77,7 +82,7 @@ def main_audit(argv: Sequence[str]) -> int:
     e = audit.embed_sets(loaded.net, samples, per_class=args.per_class, device=device,
                          batch_size=args.batch_size, progress=progress)
     f = audit.find(e, conflict_threshold=args.conflict_threshold, outlier_threshold=args.outlier_threshold,
-                   far=args.far, device=device, progress=progress)
+                   far=args.far, stranger_rate=args.stranger_rate, device=device, progress=progress)
     warnings += f.warnings
     groups = [audit.identical_bytes(smp) for smp in samples]
     report = audit_report.build(checkpoint=_described(loaded), sets=sets, e=e, f=f, byte_groups=groups,

@@ -56,6 +56,9 @@ def test_planted_conflicts_and_wrong_labels_are_found(planted, tmp_path, stand_i
     printed = capsys.readouterr().out
     report = json.loads((out / "audit.json").read_text())
     assert report["conflict_threshold"]["far"] == impostor_threshold.TARGET_FAR and "FAR" in printed
+    rule = report["outlier_threshold"]  # the stranger rule, its own rate, measured over image-to-centre scores
+    assert rule["far"] == impostor_threshold.STRANGER_RATE and "stranger acceptance rate" in rule["how"]
+    assert rule["how"] in printed and rule["value"] != report["conflict_threshold"]["value"]
     found = {(c["a"]["source_class"], c["b"]["source_class"]) for c in report["conflicts"]
              if (c["a"]["set"], c["b"]["set"]) == ("shards_a", "shards_b")}
     truth = {(str(N - SHARED + k), str(k)) for k in range(SHARED)}  # a's label N-10+k is b's label k
@@ -130,6 +133,43 @@ def test_impostor_rule_and_blocked_search_match_direct_computation():
     assert np.all(np.diff(found.similarity) <= 0)
     grouped = close_pairs(x, 0.5, groups=labels, block=64, progress=False)
     assert set(zip(grouped.i.tolist(), grouped.j.tolist())) == {p for p in direct if labels[p[0]] != labels[p[1]]}
+
+
+def test_stranger_rule_matches_direct_computation():
+    """Each image against the centre of every other class without one of its images, both ways of each pair."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(12), 5)
+    sums = np.zeros((12, 8))
+    np.add.at(sums, labels, x)
+    direct = []
+    for i in range(60):
+        for j in range(60):
+            if labels[i] != labels[j]:
+                rest = sums[labels[j]] - x[j]
+                direct.append(x[i] @ rest / np.linalg.norm(rest))
+    direct = np.array(direct)
+    t = impostor_threshold.stranger_threshold(x, labels, sums, rate=0.01)
+    assert t.pairs == direct.size == 60 * 55 and t.far == 0.01 and "stranger" in t.how
+    assert t.above == int((direct > t.value + 1e-6).sum()) <= 0.01 * direct.size
+    assert int((direct >= t.value - 1e-6).sum()) >= int(0.01 * direct.size)  # the rank-th largest
+    kept = impostor_threshold.stranger_threshold(x, labels, sums, rate=0.01, keep=labels >= 2)
+    assert kept.pairs == 50 * 45  # strangers only among the kept images and classes
+
+
+def test_a_class_whose_images_are_all_outliers_keeps_its_centre_for_conflicts():
+    """Centres are cleaned of outliers, but a class with nothing left is compared by all its images, so that a
+    person under two labels is still found (with the old outlier rule, a shared identity was lost so)."""
+    from evaluate import audit
+    rng = np.random.default_rng(0)
+    people = rng.standard_normal((4, 16))
+    cls = np.repeat(np.arange(5), 3)  # class 4 is person 1 again
+    x = people[np.array([0, 1, 2, 3, 1])[cls]] + 0.3 * rng.standard_normal((15, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    e = audit.Embedded(x, cls, np.zeros(15, np.int64), np.arange(15), (0, 5))
+    f = audit.find(e, conflict_threshold=0.8, outlier_threshold=1.01, progress=False)  # every image an outlier
+    assert len(f.outliers) == 15 and [(a, b) for a, b, _ in f.conflicts] == [(1, 4)]
 
 
 def test_errors_are_one_line(tmp_path, stand_in, capsys):
