@@ -245,8 +245,13 @@ class EvalConfig:
     every_epochs: int = 1                         # verification at the end of every this many epochs; 0 = not at epoch ends
     every_steps: int = 0                          # verification also after every this many (optimizer) steps, as the originals' callbacks; 0 = off
     batch_size: int = 128                         # images per batch of the verification pass
+    benchmarks: tuple[Literal["IJBB", "IJBC", "tinyface"], ...] = ()  # IJBB, IJBC (TAR@FAR=1e-4), tinyface (rank-1): run with the .bin sets, on rank 0; their data is checked at start
+    ijb_root: Optional[str] = None                # folder holding IJBB/IJBC (CVLFace's IJBC_gt_aligned or insightface's IJBC), for eval.benchmarks
+    tinyface_root: Optional[str] = None           # folder holding tinyface_aligned_pad_0.1 (or its metadata.pt), for eval.benchmarks
 
     def __post_init__(self) -> None:
+        _check(len(set(self.benchmarks)) == len(self.benchmarks), "eval.benchmarks", "names without repeats",
+               list(self.benchmarks))
         _check(self.every_epochs >= 0, "eval.every_epochs", ">= 0", self.every_epochs)
         _check(self.every_steps >= 0, "eval.every_steps", ">= 0", self.every_steps)
         _check(self.batch_size > 0, "eval.batch_size", "> 0", self.batch_size)

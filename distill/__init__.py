@@ -15,7 +15,7 @@ Modules:
   distributed.py    ranks: process-group setup from torchrun's environment, and the collectives
   checkpoint.py     saving and resuming a run, and the RNG states that make a resume exact
   metrics.py        rank 0's record of the run: progress bar, metrics.jsonl, TensorBoard events
-  verify.py         the every-N-epochs verification on .bin sets (rank 0)
+  verify.py         the every-N-epochs verification on .bin sets and the IJB/TinyFace benchmarks (rank 0)
   student_init.py   fine-tuning: the student's backbone from trained weights before step 0 (student.init)
   preemption.py     SIGTERM/SIGUSR1/SIGINT: a stop request the ranks agree on, a checkpoint, exit 75
   train.py          the loop: build_run, train_step, _train

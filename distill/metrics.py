@@ -100,9 +100,12 @@ class RunLog:
 def scalars(record: dict) -> dict[str, float]:
     """A record's TensorBoard scalars, by tag: a training record's TRAIN_SCALARS as train/<name> (None, a
     field with no value in the interval, is left out), a verification record's accuracy as
-    eval/<set name>/accuracy; nothing for other events (resume_changes)."""
+    eval/<set name>/accuracy, a benchmark record's headline as eval/<benchmark>/<metric> (eval/IJBC/tar@far=1e-4,
+    eval/tinyface/rank-1); nothing for other events (resume_changes)."""
     if record.get("event") == "verification":
         return {f"eval/{Path(record['target']).stem}/accuracy": float(record["accuracy"])}
+    if record.get("event") == "benchmark":
+        return {f"eval/{record['target']}/{record['metric']}": float(record["value"])}
     if "event" in record:
         return {}
     return {f"train/{name}": float(record[name]) for name in TRAIN_SCALARS if record.get(name) is not None}

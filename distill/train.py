@@ -114,6 +114,7 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     changes = _recipe_changes(cfg, ctx, resume_from, saved) if saved is not None else {}
     verify.check_targets(cfg.eval.targets)
+    verify.check_benchmarks(cfg.eval)
 
     # Data: the loader of epoch 0 tells the steps per epoch and the classes.
     first = _loader(cfg, ctx, epoch=0, step=0)
@@ -443,10 +444,11 @@ def _log(log: RunLog, meter: Meter, run: Run, pos: Position) -> None:
 
 
 def _verify(log: RunLog, run: Run, pos: Position) -> None:
-    """The verification sets on rank 0 (the others wait), each result a metrics.jsonl record."""
+    """The verification sets and benchmarks on rank 0 (the others wait), each result a metrics.jsonl record."""
     for record in verify.run(run.ctx, run.student_module, run.cfg.eval, step=pos.step, epoch=pos.epoch):
         log.write(record)
-        log.message(f"step {pos.step} (epoch {pos.epoch}): {record['target']} accuracy {record['accuracy']:.4f}")
+        metric, value = ("accuracy", record["accuracy"]) if "accuracy" in record else (record["metric"], record["value"])
+        log.message(f"step {pos.step} (epoch {pos.epoch}): {record['target']} {metric} {value:.4f}")
 
 
 def _save(out: Path, run: Run, pos: Position) -> int:

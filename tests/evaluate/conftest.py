@@ -101,6 +101,54 @@ def write_arrow_folder(folder, columns: dict, *, shards: int = 2) -> None:
     (folder / "state.json").write_text(json.dumps({"_data_files": names, "_split": None}))
 
 
+def ijb_protocol_arrays():
+    """(subjects, templates, medias, p1, p2, labels): 8 subjects x 2 templates x 2 images; every template
+    pair is scored."""
+    subjects = np.repeat(np.arange(8), 4)
+    templates = np.arange(32) // 2 + 100
+    medias = np.arange(32) // 2 * 10 + (np.arange(32) % 2)
+    t_ids = np.unique(templates)
+    t_subject = subjects[::2]
+    a, b = np.triu_indices(t_ids.size, 1)
+    return subjects, templates, medias, t_ids[a], t_ids[b], (t_subject[a] == t_subject[b]).astype(int)
+
+
+def write_ijb_cvlface(root, name: str = "IJBC", seed: int = 1) -> dict:
+    """CVLFace's layout under root: NAME_gt_aligned/ (arrow images + metadata.pt); what was written."""
+    rng = np.random.default_rng(seed)
+    subjects, templates, medias, p1, p2, labels = ijb_protocol_arrays()
+    images = [identity_image(rng, int(s)) for s in subjects]
+    faceness = rng.uniform(0.6, 1.0, 32).astype(np.float32)
+    folder = root / f"{name}_gt_aligned"
+    write_arrow_folder(folder, {"image": images, "index": list(range(32))})
+    torch.save({"faceness_scores": faceness, "templates": templates, "medias": medias, "label": labels,
+                "p1": p1, "p2": p2}, folder / "metadata.pt")
+    return {"folder": folder, "images": images, "faceness": faceness, "templates": templates, "medias": medias,
+            "p1": p1, "p2": p2, "labels": labels}
+
+
+def write_tinyface(root, seed: int = 0) -> tuple[list, list]:
+    """CVLFace's TinyFace layout under root: tinyface_aligned_pad_0.1/ with 6 identities (a probe and two
+    gallery images each) and 4 distractors, stored shuffled; (paths, images) in identity order."""
+    rng = np.random.default_rng(seed)
+    paths, images = [], []
+    for ident in range(6):
+        for k in range(3):
+            paths.append(f"Probe/{ident}_{k}.jpg" if k == 0 else f"Gallery_Match/{ident}_{k}.jpg")
+            images.append(identity_image(rng, ident))
+    for d in range(4):
+        paths.append(f"Gallery_Distractor/{d}_distractor.jpg")
+        images.append(identity_image(rng, 100 + d))
+    order = rng.permutation(len(images))
+    folder = root / "tinyface_aligned_pad_0.1"
+    write_arrow_folder(folder, {
+        "image": [images[i] for i in order], "index": order.tolist(), "path": [paths[i] for i in order]})
+    torch.save({"image_paths": paths, "probe_paths": [p for p in paths if p.startswith("Probe")],
+                "gallery_paths": [p for p in paths if p.startswith("Gallery_Match")],
+                "distractor_paths": [p for p in paths if "Distractor" in p]}, folder / "metadata.pt")
+    return paths, images
+
+
 @pytest.fixture
 def val_data(tmp_path):
     """A --val-data folder holding lfw.bin: 20 pairs of synthetic identities."""

@@ -1,10 +1,9 @@
 """TinyFace: CMC on a hand-made gallery, and end to end with a small backbone from a CVLFace folder."""
 import numpy as np
 import pytest
-import torch
 
 from evaluate import report, tinyface
-from tests.evaluate.conftest import identity_image, manual_fused, write_arrow_folder
+from tests.evaluate.conftest import manual_fused, write_tinyface
 
 
 def _unit(deg):
@@ -24,27 +23,8 @@ def test_tinyface_cmc_hand_computed():
     assert r == pytest.approx({1: 100 / 3, 2: 200 / 3, 5: 100.0})
 
 
-def _name(identity, k):
-    return f"{identity}_{k}.jpg"
-
-
 def test_tinyface_end_to_end(tmp_path, tiny_model):
-    rng = np.random.default_rng(0)
-    paths, images = [], []
-    for ident in range(6):
-        for k in range(3):
-            paths.append(f"Probe/{_name(ident, k)}" if k == 0 else f"Gallery_Match/{_name(ident, k)}")
-            images.append(identity_image(rng, ident))
-    for d in range(4):
-        paths.append(f"Gallery_Distractor/{d}_distractor.jpg")
-        images.append(identity_image(rng, 100 + d))
-    order = rng.permutation(len(images))
-    write_arrow_folder(tmp_path / "tinyface_aligned_pad_0.1", {
-        "image": [images[i] for i in order], "index": order.tolist(), "path": [paths[i] for i in order]})
-    torch.save({"image_paths": paths, "probe_paths": [p for p in paths if p.startswith("Probe")],
-                "gallery_paths": [p for p in paths if p.startswith("Gallery_Match")],
-                "distractor_paths": [p for p in paths if "Distractor" in p]},
-               tmp_path / "tinyface_aligned_pad_0.1" / "metadata.pt")
+    paths, images = write_tinyface(tmp_path, seed=0)
     ts = tinyface.load_tinyface(tmp_path / "tinyface_aligned_pad_0.1")
     assert ts.gallery_labels.tolist() == [i for i in range(6) for _ in range(2)] + [-100] * 4
     r = tinyface.run(tiny_model, ts, batch_size=8, ranks=(1, 5), progress=False)

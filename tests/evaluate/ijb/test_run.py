@@ -1,34 +1,17 @@
 """IJB end to end with a small backbone: both layouts through the image pass, 1:1 and 1:N."""
 import cv2
 import numpy as np
-import torch
 
 from evaluate import report
 from evaluate.ijb import align, metrics, protocol as ijb_protocol, run as ijb_run
-from tests.evaluate.conftest import identity_image, manual_fused, write_arrow_folder
+from tests.evaluate.conftest import ijb_protocol_arrays, manual_fused, write_ijb_cvlface
 from tests.evaluate.ijb.conftest import loose_crop
 
 
-def _ijb_protocol(rng):
-    # 8 subjects x 2 templates x 2 images; every template pair is scored.
-    subjects = np.repeat(np.arange(8), 4)
-    templates = np.arange(32) // 2 + 100
-    medias = np.arange(32) // 2 * 10 + (np.arange(32) % 2)
-    t_ids = np.unique(templates)
-    t_subject = subjects[::2]
-    a, b = np.triu_indices(t_ids.size, 1)
-    return subjects, templates, medias, t_ids[a], t_ids[b], (t_subject[a] == t_subject[b]).astype(int)
-
-
 def test_ijb_cvlface_layout_end_to_end(tmp_path, tiny_model):
-    rng = np.random.default_rng(1)
-    subjects, templates, medias, p1, p2, labels = _ijb_protocol(rng)
-    images = [identity_image(rng, int(s)) for s in subjects]
-    faceness = rng.uniform(0.6, 1.0, 32).astype(np.float32)
-    folder = tmp_path / "IJBC_gt_aligned"
-    write_arrow_folder(folder, {"image": images, "index": list(range(32))})
-    torch.save({"faceness_scores": faceness, "templates": templates, "medias": medias, "label": labels,
-                "p1": p1, "p2": p2}, folder / "metadata.pt")
+    written = write_ijb_cvlface(tmp_path, "IJBC", seed=1)
+    folder, images, faceness = written["folder"], written["images"], written["faceness"]
+    templates, medias, p1, p2, labels = (written[k] for k in ("templates", "medias", "p1", "p2", "labels"))
     assert ijb_protocol.find(tmp_path, "IJBC") == folder
     r = ijb_run.run(tiny_model, ijb_protocol.load(folder, "IJBC"), batch_size=8, progress=False)
     fused, _ = manual_fused(tiny_model, images)
@@ -40,7 +23,7 @@ def test_ijb_cvlface_layout_end_to_end(tmp_path, tiny_model):
 
 def test_ijb_insightface_layout_with_1n(tmp_path, tiny_model):
     rng = np.random.default_rng(3)
-    subjects, templates, medias, p1, p2, labels = _ijb_protocol(rng)
+    subjects, templates, medias, p1, p2, labels = ijb_protocol_arrays()
     root = tmp_path / "IJBB"
     (root / "loose_crop").mkdir(parents=True)
     (root / "meta").mkdir()
