@@ -73,14 +73,15 @@ def benchmark_record(name: str, report: dict) -> dict:
     CVLFace's headline configuration, TinyFace's rank-1 identification rate, as a fraction like accuracy."""
     if "1:1" in report:
         head = report["1:1"]["headline"]
-        return {"metric": f"tar@far={head['far']:.0e}".replace("e-0", "e-"), "value": float(head["tar"]), "config": head["config"],
-                "pairs": report["pairs"]}
+        return {"metric": f"tar@far={head['far']:.0e}".replace("e-0", "e-"), "value": float(head["tar"]),
+                "config": head["config"], "pairs": report["pairs"]}
     return {"metric": "rank-1", "value": float(report["rank-1"]) / 100.0, "probes": report["probes"]}
 
 
 def run(ctx: DistContext, student: nn.Module, cfg: EvalConfig, *, step: int, epoch: int) -> list[dict]:
     """Rank 0 embeds every target with the unwrapped student and returns one record per set; the other
-    ranks wait at a barrier (the sets are small: a few thousand pairs). The RNG states are put back
+    ranks wait at a barrier (the .bin sets are a few thousand pairs; IJB-C's image pass takes minutes, inside
+    the process group's 60-minute timeout, distill/distributed.py). The RNG states are put back
     afterwards, so a run with verification trains exactly like one without."""
     records = []
     if ctx.is_main and (cfg.targets or cfg.benchmarks):
