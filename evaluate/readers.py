@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from convert.errors import InputError
+from common.errors import InputError
 
 _FILE_MAGIC = b"ARROW1"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from convert.errors import InputError
+from common.errors import InputError
 from evaluate import tinyface, verification
 from evaluate.ijb import protocol as ijb_protocol
 from evaluate.ijb import run as ijb_run

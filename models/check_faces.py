@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from convert.errors import InputError
+from common.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_IMAGES = 256  # enough to find a disagreement; an iresnet100 at batch 1 stays within a minute

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from convert.errors import InputError
+from common.errors import InputError
 from evaluate import verification
 from evaluate.readers import DataFileError, UnsafePickleError, load_metadata, load_restricted, read_dataset_folder
 from tests.evaluate.conftest import pair_set, write_arrow_folder, write_bin

@@ -1,0 +1,10 @@
+"""The parts every package shares: expected-failure errors and the one-line reporting of them, atomic file
+writes and the output-folder lock.
+
+Upstream of every other package (convert, pipeline, models, distill, evaluate, bench and configs may all
+import it); it imports none of them, and not torch.
+
+Modules:
+- errors.py: InputError, the base of every expected failure, and run_command, which reports one as one line.
+- files.py: atomic writes, file checksums, and the lock that makes one job the only writer of an output folder.
+"""
