@@ -1,8 +1,8 @@
 """The parts every package shares: expected-failure errors and the one-line reporting of them, atomic file
 writes and the output-folder lock, and pickles from outside read as data only.
 
-Upstream of every other package (convert, pipeline, models, distill, evaluate, bench and configs may all
-import it); it imports none of them, and not torch.
+Upstream of every other package (convert, pipeline, models, distill, evaluate and bench import it; configs,
+a leaf, needs none of it); it imports none of them, and not torch.
 
 Modules:
 - errors.py: InputError, the base of every expected failure, and run_command, which reports one as one line.
