@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError, Settings
-from convert.errors import run_command
+from common.errors import run_command
 
 PROG = "python -m bench"
 
@@ -130,7 +130,7 @@ def _settings(args, device: str, scratch: Path) -> Settings:
 
 def _known_errors() -> tuple:
     """The project's own errors about data and devices: reported as one line, not a traceback (besides
-    convert.errors.InputError, which every one of them may derive from)."""
+    common.errors.InputError, which every one of them may derive from)."""
     from convert import ManifestError, OutputError
     from convert.recordio import RecordIOError
     from convert.sources import SourceError

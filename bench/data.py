@@ -112,7 +112,7 @@ def _fingerprint(path: Path) -> str:
 
 def _rec_from_shards(shards: Path, rec_dir: Path, progress: bool) -> tuple:
     """An im2rec-layout .rec (key = shard key, label = contiguous class) of JPEG shards' images."""
-    from convert.files import atomic_path
+    from common.files import atomic_path
     from convert.recordio import IRHeader, RecordWriter, pack
     import pipeline
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from bench.settings import BenchError
-from convert.errors import run_command
+from common.errors import run_command
 
 PROG = "python -m bench.env_report"
 
@@ -42,7 +42,7 @@ def lines(device: str, shards: Optional[Path]) -> Iterator[str]:
     import torch
 
     from bench import environment, torchvision_decode
-    from convert.errors import InputError
+    from common.errors import InputError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"--device cuda: torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no CUDA "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError
-from convert.errors import run_command
+from common.errors import run_command
 
 PROG = "python -m bench.fresh_teacher"
 
@@ -23,7 +23,7 @@ def write(network: str, out: Path, seed: int = 0) -> Path:
     import torch
 
     import models
-    from convert.files import atomic_path
+    from common.files import atomic_path
 
     if network not in models.names():
         raise BenchError(f"network {network!r}: not a registered backbone; known: {', '.join(models.names())}")

@@ -16,7 +16,7 @@ import numpy as np
 import simplejpeg
 
 from bench.settings import BenchError
-from convert.files import atomic_path
+from common.files import atomic_path
 from convert.recordio import IRHeader, RecordWriter, pack
 from convert.synthetic.faces import render
 

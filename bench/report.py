@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError
-from convert.files import atomic_path, write_atomic
+from common.files import atomic_path, write_atomic
 
 FORMAT = "adadistill-bench"
 VERSION = 1

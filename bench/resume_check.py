@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bench.settings import BenchError
-from convert.errors import run_command
+from common.errors import run_command
 
 PROG = "python -m bench.resume_check"
 

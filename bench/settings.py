@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from convert.errors import InputError
+from common.errors import InputError
 
 
 class BenchError(InputError, RuntimeError):

@@ -20,8 +20,6 @@ Modules, in the order the data flows:
 - converter.py: a conversion from start to end: both passes, the shuffle, resuming, the manifest.
 - verify_shards.py: re-read a shard directory and list where it disagrees with its manifest.
 - source_keys.py: each shard sample's source image (.rec key or folder path), from the manifest and the source.
-- files.py: atomic writes, file checksums, and the lock that makes one job the only writer of an output folder.
-- errors.py: InputError, the base of every expected failure, and run_command, which reports one as one line.
 - cli.py: the command line, `python -m convert rec|folder|verify|synth|synth-bin`.
 - synthetic/: synthetic face identities, a data source written as a .rec, folders or a .bin pair set.
 """

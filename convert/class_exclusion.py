@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 from convert.manifest import ExclusionRecord
 
 

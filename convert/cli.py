@@ -2,7 +2,7 @@
 
 A bad input or a refused action (an output folder another job holds, files that would be overwritten
 without --overwrite) ends the command with one line, `python -m convert: error: <file>: <what>`, and exit
-status 2 (convert.errors.run_command). `verify` finding problems lists them and exits 1: a report, not an
+status 2 (common.errors.run_command). `verify` finding problems lists them and exits 1: a report, not an
 error.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from convert.errors import run_command
+from common.errors import run_command
 from convert.image_check import DEFAULT_MAX_PIXELS
 
 PROG = "python -m convert"

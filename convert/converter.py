@@ -11,7 +11,7 @@ kept in OUT/.convert-state.json (and the validation in .convert-validated.npz), 
 the same command skips every shard whose checksum matches and writes the same bytes for the rest
 (convert/output_folder.py reads what an earlier run left).
 
-One job writes an output folder at a time: the conversion holds files.output_lock on OUT from start to
+One job writes an output folder at a time: the conversion holds common.files.output_lock on OUT from start to
 end, and a second one stops at once naming the holder.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from convert.errors import InputError
-from convert.files import output_lock, remove_stale_temporaries, write_json_atomic
+from common.errors import InputError
+from common.files import output_lock, remove_stale_temporaries, write_json_atomic
 from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError
 from convert.class_exclusion import ExclusionList, read_exclusion_list, resolve
 from convert.class_exclusion import record as exclusion_record

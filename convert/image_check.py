@@ -18,7 +18,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from convert.errors import InputError
+from common.errors import InputError
 
 JPEG_QUALITY = 95
 # Pillow's own default limit (PIL.Image.MAX_IMAGE_PIXELS, 1024 * 1024 * 1024 // 4 // 3), where it starts to

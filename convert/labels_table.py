@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from convert.files import write_atomic
+from common.files import write_atomic
 from convert.manifest import TableRecord
 
 LABELS_NAME = "labels.npy"

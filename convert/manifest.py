@@ -6,8 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from convert.errors import InputError
-from convert.files import write_json_atomic
+from common.errors import InputError
+from common.files import write_json_atomic
 
 FORMAT = "adadistill-webdataset-shards"
 VERSION = 1

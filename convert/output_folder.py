@@ -18,8 +18,8 @@ import zipfile
 from dataclasses import replace
 from typing import Optional
 
-from convert.errors import InputError
-from convert.files import sha256_file
+from common.errors import InputError
+from common.files import sha256_file
 from convert.labels_table import LABELS_NAME
 from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, TableRecord
 from convert.validation import Validated

@@ -7,9 +7,9 @@ are filled in from a template here: TarWriter goes through tarfile's generic hea
 The DALI index line of each sample (`ext offset size name` per member, offsets of the member's
 data, as DALI's wds2idx writes them) is written as the tar is written.
 
-The tar streams into a convert.files.AtomicPath across calls; a failing write drops its temporary file
-and, for want of space or permission, becomes files.WriteError naming the shard, as every file written
-through convert.files does.
+The tar streams into a common.files.AtomicPath across calls; a failing write drops its temporary file
+and, for want of space or permission, becomes common.files.WriteError naming the shard, as every file written
+through common.files does.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import tarfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
-from convert.files import atomic_path, write_atomic
+from common.files import atomic_path, write_atomic
 from convert.manifest import ShardRecord
 
 _BLOCK = 512
@@ -124,7 +124,7 @@ class ShardWriter:
         return self._sha.hexdigest()
 
     def _failed(self, error: OSError) -> None:
-        """Drop the temporary file; raise files.WriteError naming the shard when `error` is a full disk, a refused
+        """Drop the temporary file; raise common.files.WriteError naming the shard when `error` is a full disk, a refused
         permission or a read-only file system (the AtomicPath's own rule for a failed `with` block)."""
         self.abort()
         self._tar.__exit__(type(error), error, error.__traceback__)

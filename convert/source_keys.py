@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 from convert.key_exclusion import item_names
 from convert.manifest import Manifest
 from convert.sources import FolderSource, RecSource, SourceError

@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import Optional
 
-from convert.errors import InputError
+from common.errors import InputError
 from convert.rec_layout import image_keys, insightface_image_end
 from convert.recordio import RecordIOError, RecordReader, split, unpack
 

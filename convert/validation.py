@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from convert.files import atomic_path
+from common.files import atomic_path
 from convert.image_check import DEFAULT_MAX_PIXELS, CorruptImageError, ImageSizeError, is_jpeg, validate
 from convert.worker_pool import spawn_pool, worth_spawning
 

@@ -9,7 +9,7 @@ from typing import Union
 
 import numpy as np
 
-from convert.files import sha256_file
+from common.files import sha256_file
 from convert.labels_table import labels_problem, read_labels
 from convert.manifest import Manifest, ManifestError, ShardRecord
 from convert.shard_writer import INDEX_VERSION, key_name

@@ -3,7 +3,7 @@ random number generators' states that make a resume exact.
 
 A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts (docs/DESIGN.md, "The
 project's concrete seams"), so `torch.load(weights_only=True)` reads it and no code runs on load.
-Every file is written atomically (convert.files), so a run killed at any moment leaves either the old
+Every file is written atomically (common.files), so a run killed at any moment leaves either the old
 or the new checkpoint, never a torn one. Reading a checkpoint's backbone for any other purpose (a
 teacher, the evaluator) is models.load_backbone's job; `models.newest_checkpoint` reads `latest`.
 """
@@ -18,8 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from common.files import write_atomic
 import models
-from convert.files import write_atomic
 from models import CHECKPOINTS_DIR, LATEST, CheckpointError
 
 REQUIRED_KEYS = ("student", "head", "optimizer", "scheduler", "scaler", "step", "epoch", "epoch_step", "rng",

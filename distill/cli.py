@@ -8,13 +8,13 @@ from typing import Optional, Sequence
 
 import torch
 
+from common.errors import run_command
 import models
 from configs import ConfigError
-from convert.errors import run_command
 from distill import distributed, teacher as teachers, teacher_cache
 from distill.teacher_cache import CacheManifest
 
-# Failures whose message already says what, where and what was found, besides convert.errors.InputError
+# Failures whose message already says what, where and what was found, besides common.errors.InputError
 # (which every package's own errors derive from): no traceback needed.
 KNOWN_ERRORS = (ConfigError,)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from convert.errors import InputError
-from convert.files import atomic_path
+from common.errors import InputError
+from common.files import atomic_path
 from distill.metrics import read_records
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from convert.files import OutputLockedError, output_lock
+from common.files import OutputLockedError, output_lock
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def all_mean(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
 
 
 def rank0_lock(ctx: DistContext, folder, job: str) -> contextlib.ExitStack:
-    """Rank 0 holds `folder`'s output lock (convert.files.output_lock) for the `with` block: one job
+    """Rank 0 holds `folder`'s output lock (common.files.output_lock) for the `with` block: one job
     writes there. Every rank learns whether rank 0 got it, so that all stop together when it did not
     (the others would otherwise wait at their first collective)."""
     stack, refused = contextlib.ExitStack(), None

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from convert.files import write_atomic
+from common.files import write_atomic
 from models import CheckpointError
 
 from . import checkpoint, distributed

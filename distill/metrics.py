@@ -11,8 +11,8 @@ from typing import Any, Iterator, Optional
 import torch
 from tqdm import tqdm
 
-from convert.errors import InputError
-from convert.files import write_atomic
+from common.errors import InputError
+from common.files import write_atomic
 from distill.distributed import DistContext, all_mean
 
 # The scalars of a training record (distill.train._log) that go to TensorBoard, as train/<name>.

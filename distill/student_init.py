@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from common.files import sha256_file
 from configs import RunConfig
-from convert.files import sha256_file
 from models import CheckpointError
 from models.loading import read_weights
 

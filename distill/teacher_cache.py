@@ -44,9 +44,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.errors import InputError
+from common.files import write_atomic
 import pipeline
-from convert.errors import InputError
-from convert.files import write_atomic
 from distill import distributed
 
 FORMAT = "adadistill-teacher-cache"

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common.errors import InputError
+from common.files import write_atomic
 import configs
 import models
 import pipeline
 from configs import RunConfig
-from convert.errors import InputError
-from convert.files import write_atomic
 from distill import checkpoint, distributed, head_rows, preemption, student_init, teacher as teachers, teacher_cache, verify
 from distill.class_shard import shard_for_run
 from distill.heads import head_from_config

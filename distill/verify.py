@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import InputError
 from configs import EvalConfig
-from convert.errors import InputError
 from distill.checkpoint import capture_rng, restore_rng
 from distill.distributed import DistContext, barrier
 

@@ -11,7 +11,7 @@ Modules, one job each:
 - ijb: IJB-B/C 1:1 and 1:N (a sub-package; see evaluate.ijb).
 - tinyface: TinyFace identification, CMC over probes against matches plus distractors.
 - ranking: rank-k and TPIR at FPIR over probe x gallery scores (IJB 1:N and TinyFace).
-- readers: the sets' files read as data only (a restricted unpickler, arrow folders, metadata.pt).
+- readers: the sets' files read as data only (arrow folders, metadata.pt; .bin files by common.safe_pickle).
 - report: the report as JSON, CSV rows and a printed table.
 - overlap: the train/test identity-overlap audit, training-class centres against every verification
   image, and the rule for its default threshold.

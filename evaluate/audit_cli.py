@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 
+from common.errors import InputError
 import pipeline
-from convert.errors import InputError
 from convert.manifest import Manifest
 from convert.source_keys import SourceKeysError, source_keys
 from evaluate import audit, audit_report, impostor_threshold

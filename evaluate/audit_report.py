@@ -12,7 +12,7 @@ files for `python -m convert`, and index.html with its thumbnails.
 - index.html: a static page (no script, no server), thumbnails in thumbs/ beside it: each conflict's two
   classes side by side, each outlier beside typical images of its class, each duplicate pair, most
   confident first, with the scores. Every shown item is an element of class "item" with data-kind.
-Every file is written atomically (convert.files).
+Every file is written atomically (common.files).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from convert.files import write_atomic
+from common.files import write_atomic
 from evaluate.audit import Embedded, Findings, conflict_groups
 from evaluate.overlap_report import source_class
 

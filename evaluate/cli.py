@@ -20,11 +20,11 @@ skipped; a target named in --targets whose data is missing is an error, and so i
 to run at all.
 
 What goes wrong is said in one line on stderr, `python -m evaluate: error: <path>: <what>`, exit status 2
-(convert.errors.run_command), and before the work where it can be: a data root that does not exist, a
+(common.errors.run_command), and before the work where it can be: a data root that does not exist, a
 report that cannot be written. A set's file that is not what it should be (garbage, truncated, a pickle
 asking for code, an image that does not decode) is named with the position in it.
 
-Batch mode holds `<checkpoint-dir>/reports` for its life (convert.files.output_lock): a second batch job
+Batch mode holds `<checkpoint-dir>/reports` for its life (common.files.output_lock): a second batch job
 on the same folder stops at once, naming the first. A checkpoint that cannot be loaded
 (models.CheckpointError: unreadable, non-finite weights, another backbone) does not stop the batch: it is
 printed as failed and gets a row in summary.csv holding its `checkpoint` and, in an `error` column, the
@@ -45,11 +45,11 @@ from typing import Callable, Optional, Sequence
 import yaml
 from tqdm import tqdm
 
+from common.errors import InputError, run_command
+from common.files import WriteError, output_lock
 import models
 import pipeline
 from models import onnx_net
-from convert.errors import InputError, run_command
-from convert.files import WriteError, output_lock
 from convert.manifest import Manifest
 from evaluate import impostor_threshold, overlap, overlap_report, verification
 from evaluate import report as rep

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from common.files import atomic_path, write_atomic
 import pipeline
-from convert.files import atomic_path, write_atomic
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, pass_device
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import LandmarksError, aligned_png

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 from convert.manifest import MANIFEST_NAME
 from convert.sources import IMAGE_EXTENSIONS, FolderSource, RecSource
 

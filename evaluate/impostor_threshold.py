@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 
 TARGET_FAR = 1e-5
 MAX_PAIRS = 4_000_000  # 4M pairs: 16 MB of similarities, FAR 1e-5 rests on 40 of them

@@ -21,7 +21,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 from evaluate.ijb.align import align
 
 POINTS = 5

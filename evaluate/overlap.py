@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.errors import InputError
 import pipeline
-from convert.errors import InputError
 from evaluate import impostor_threshold
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, embed_encoded, pass_device
 from evaluate.verification import VerificationSet

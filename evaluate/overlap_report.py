@@ -1,6 +1,6 @@
 """The overlap audit's outputs: the JSON report, a CSV of its suspected overlaps, and the exclusion list.
 
-Every file is written atomically (convert.files.write_atomic). The exclusion list is what `python -m
+Every file is written atomically (common.files.write_atomic). The exclusion list is what `python -m
 convert rec|folder --exclude-classes FILE` reads (convert/class_exclusion.py): a '#' header, then one
 source class a line, the source's own name of each flagged class (the manifest's class_map maps our
 contiguous labels back to a .rec's labels or the identity folders' names; without a class_map the label
@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from convert.errors import InputError
-from convert.files import write_atomic
+from common.errors import InputError
+from common.files import write_atomic
 from convert.manifest import Manifest
 from evaluate.overlap import ClassCentres, SetAudit, Threshold, by_chance
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from common.files import WriteError
 import pipeline
-from convert.files import WriteError
 from evaluate import cli, embed_images, image_sources, landmarks, pairs, roc_plot, thresholds, verification
 from evaluate import report as rep
 

@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 from sklearn.model_selection import KFold
 
-from convert.errors import InputError
-from convert.files import write_atomic
+from common.errors import InputError
+from common.files import write_atomic
 from convert.synthetic import write_bin
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import aligned_png

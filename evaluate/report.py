@@ -1,7 +1,7 @@
 """Evaluation reports: JSON per checkpoint, flattened CSV rows, and a printed table.
 
-Files are written with `convert.files.write_atomic`, so a reader never sees half a report, and a write
-that fails for want of space or permission raises convert.files.WriteError naming the file.
+Files are written with `common.files.write_atomic`, so a reader never sees half a report, and a write
+that fails for want of space or permission raises common.files.WriteError naming the file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from convert.errors import InputError
-from convert.files import write_atomic
+from common.errors import InputError
+from common.files import write_atomic
 
 REPORT_KEYS = ("checkpoint", "network", "step", "results")
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from convert.files import atomic_path
+from common.files import atomic_path
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from convert.errors import InputError
+from common.errors import InputError
 
 DEFAULT_BLOCK = 4096  # a [4096, 4096] float32 tile is 64 MB
 MAX_FOUND = 5_000_000  # more means a threshold inside the bulk of the distribution, not a finding

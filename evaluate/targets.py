@@ -2,7 +2,7 @@
 
 Every failure a user can act on is an InputError naming the path: a root that is no folder, a target
 asked for whose data is missing, none at all to run, or a set's file that is not what it should be
-(evaluate.readers.DataFileError, naming the file).
+(common.safe_pickle.DataFileError, naming the file).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from convert.errors import InputError
+from common.errors import InputError
+from common.safe_pickle import DataFileError
 from evaluate import tinyface, verification
 from evaluate.ijb import protocol as ijb_protocol
 from evaluate.ijb import run as ijb_run
-from evaluate.readers import DataFileError
 
 TINYFACE_FOLDERS = ("tinyface_aligned_pad_0.1",)
 ALL_TARGETS = (*verification.STANDARD_SETS, *ijb_protocol.TARGETS, "tinyface")

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from common.safe_pickle import DataFileError
 from evaluate.ranking import as_float32, identification
-from evaluate.readers import DataFileError, load_metadata, read_image_folder
+from evaluate.readers import load_metadata, read_image_folder
 
 DISTRACTOR_LABEL = -100
 DEFAULT_RANKS = (1, 5, 20)

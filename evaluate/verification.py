@@ -24,7 +24,8 @@ import numpy as np
 import sklearn.preprocessing
 from sklearn.model_selection import KFold
 
-from evaluate.readers import DataFileError, load_restricted, read_image_folder
+from common.safe_pickle import DataFileError, read_pairs_bin
+from evaluate.readers import read_image_folder
 
 # Identical to insightface's np.arange calls: the grid values must match bit for bit.
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -56,35 +57,11 @@ class VerificationSet:
 def load_bin(path: str | Path) -> VerificationSet:
     """Read an insightface `.bin` verification set (a pickle of (bins, issame_list)).
 
-    The pickle is read with a data-only unpickler (see `evaluate.readers`); Python 2 strings
-    come back as bytes, which is what insightface's `encoding="bytes"` fallback does.
+    Read by common.safe_pickle.read_pairs_bin, with its data-only unpickler.
     """
     path = Path(path)
-    obj = load_restricted(path, encoding="bytes")
-    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-        raise DataFileError(f"{path}: expected a pickle of (bins, issame_list), found {type(obj).__name__}"
-                            + (f" of length {len(obj)}" if hasattr(obj, "__len__") else ""))
-    bins, issame = obj
-    if not isinstance(bins, (tuple, list, np.ndarray)):
-        raise DataFileError(f"{path}: bins should be a list of encoded images, found {type(bins).__name__}")
-    images = []
-    for i, b in enumerate(bins):
-        if isinstance(b, np.ndarray):  # some converters stored each image as a uint8 array
-            b = b.tobytes()
-        if not isinstance(b, (bytes, bytearray)):
-            raise DataFileError(f"{path}: image {i} of {len(bins)} should be encoded bytes, found {type(b).__name__}")
-        images.append(bytes(b))
-    flags = np.asarray(issame)
-    if flags.ndim != 1:
-        raise DataFileError(f"{path}: issame_list should be a flat list, found shape {flags.shape}")
-    if flags.dtype != np.bool_:
-        if not np.isin(flags, (0, 1)).all():
-            raise DataFileError(f"{path}: issame_list should hold booleans, found values {np.unique(flags)[:5]}")
-        flags = flags.astype(bool)
-    if len(images) != 2 * flags.size:
-        raise DataFileError(f"{path}: expected 2 images per pair = {2 * flags.size} images for {flags.size} "
-                            f"issame flags, found {len(images)}")
-    return VerificationSet(name=path.stem, images=tuple(images), issame=flags, source=str(path))
+    images, flags = read_pairs_bin(path)
+    return VerificationSet(name=path.stem, images=images, issame=flags, source=str(path))
 
 
 def load_arrow_set(folder: str | Path) -> VerificationSet:

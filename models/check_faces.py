@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from convert.errors import InputError
+from common.errors import InputError
+from common.safe_pickle import read_pairs_bin
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_IMAGES = 256  # enough to find a disagreement; an iresnet100 at batch 1 stays within a minute
@@ -51,11 +52,7 @@ def read_faces(path: Optional[Path]) -> CheckFaces:
         return default_faces()
     path = Path(path)
     if path.is_file() and path.suffix == ".bin":
-        # The evaluator's reader: a data-only unpickler (a .bin is a pickle). Imported here, at the call,
-        # so that importing models never imports evaluate (which sits downstream of it).
-        from evaluate.verification import load_bin
-
-        images = load_bin(path).images
+        images, _ = read_pairs_bin(path)  # the evaluator's reader too: a .bin is a pickle, read as data only
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         images = tuple(p.read_bytes() for p in files[:MAX_IMAGES])

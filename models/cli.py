@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from convert.errors import run_command
+from common.errors import run_command
 
 PROG = "python -m models"
 

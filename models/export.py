@@ -25,8 +25,8 @@ from typing import Any, Optional, Union
 import torch
 import yaml
 
-from convert.errors import InputError
-from convert.files import write_atomic
+from common.errors import InputError
+from common.files import write_atomic
 
 from . import check_faces, complexity, model_card, onnx_export, onnx_net, parity
 from .loading import load_backbone

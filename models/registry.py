@@ -6,7 +6,7 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
-from convert.errors import InputError
+from common.errors import InputError
 
 Builder = Callable[[int], nn.Module]
 

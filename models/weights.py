@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import yaml
 
-from convert.errors import InputError
+from common.errors import InputError
 
 from .ir import IR_UNITS
 from .registry import names

@@ -16,8 +16,8 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from common.errors import InputError
 from configs import AugmentConfig
-from convert.errors import InputError
 
 # AdaFace's ranges (their `augmenter.py`): RandomResizedCrop scale and ratio, downscale ratio, jitter.
 CROP_SCALE = (0.2, 1.0)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from convert.errors import InputError
+from common.errors import InputError
 
 
 class PipelineDeviceError(InputError, RuntimeError):

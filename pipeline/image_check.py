@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from convert.errors import InputError
+from common.errors import InputError
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from convert.errors import InputError
+from common.errors import InputError
 from pipeline.augment import Augment, parse_augment
 from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from convert.errors import InputError
+from common.errors import InputError
 from pipeline.augment import Augment, AugmentParams, draw_params
 
 # Domain tags keep the streams for the order and for per-step randomness (flips, augmentation) apart.

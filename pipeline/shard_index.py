@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from convert.errors import InputError
+from common.errors import InputError
 from convert.labels_table import labels_problem, read_labels
 from convert.manifest import ENCODINGS, EXTENSIONS, MANIFEST_NAME, Manifest
 from pipeline.image_check import header_problem, jpeg_size

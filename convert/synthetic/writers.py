@@ -3,7 +3,7 @@
 
 Images come from `faces.render`, encoded as JPEG quality 95, generated in parallel over
 processes (one task per identity) and written in identity order, so the output depends only on
-the arguments, never on the number of workers. A dataset is written under files.output_lock on its
+the arguments, never on the number of workers. A dataset is written under common.files.output_lock on its
 folder, and never over the files of one already there unless `overwrite`.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from convert.errors import InputError
-from convert.files import atomic_path, output_lock, write_atomic
+from common.errors import InputError
+from common.files import atomic_path, output_lock, write_atomic
 from convert.recordio import IRHeader, RecordWriter, pack
 from convert.synthetic.faces import render
 from convert.worker_pool import spawn_pool
@@ -87,7 +87,7 @@ def write_synthetic(
     as scalar label, then one record per identity (label = [first, last+1) image keys, no image).
     fmt "folder": out/<identity, 6 digits>/<n, 4 digits>.jpg.
     A dataset already in `out` (those files, or identity folders) is refused unless `overwrite`, which
-    removes it first; another job writing `out` is refused (files.OutputLockedError).
+    removes it first; another job writing `out` is refused (common.files.OutputLockedError).
     """
     _check_counts(identities, per_identity, first_identity)
     if fmt not in FORMATS:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from skimage import transform
 
-from evaluate.readers import DataFileError
+from common.safe_pickle import DataFileError
 
 # insightface's template: the 96x112 one in float32, shifted by 8 px in x for 112x112 (`src[:, 0] += 8.0`).
 ARCFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from evaluate.readers import DataFileError, load_metadata, meta_array, read_image_folder
+from common.safe_pickle import DataFileError
+from evaluate.readers import load_metadata, meta_array, read_image_folder
 
 TARGETS = ("IJBB", "IJBC")
 

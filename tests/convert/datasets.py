@@ -23,6 +23,6 @@ def read_shards(out):
 def tree_bytes(out):
     """{file name: bytes} of every file in a directory (for byte-identical comparisons), less the output lock,
     which names the job that last held the folder."""
-    from convert.files import LOCK_NAME
+    from common.files import LOCK_NAME
 
     return {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out)) if name != LOCK_NAME}

@@ -260,7 +260,7 @@ def test_option_out_of_range_is_one_line(capsys, tmp_path, synth_rec, argv, frag
 def test_every_convert_and_bench_error_is_an_input_error():
     from bench.settings import BenchError
     from convert.converter import OptionError, OutputError
-    from convert.errors import InputError
+    from common.errors import InputError
     from convert.image_check import CorruptImageError, ImageSizeError
     from convert.manifest import ManifestError
     from convert.recordio import RecordIOError

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
+from common.files import sha256_file
 import convert
 from convert.cli import main
-from convert.files import sha256_file
 from convert.labels_table import LABELS_NAME, labels_problem
 from convert.output_folder import sealed
 from tests.convert.datasets import IDENTITIES, PER_IDENTITY, read_shards, tree_bytes

@@ -1,6 +1,6 @@
 """What a conversion writes is never shared, overwritten unasked, half-written, or described wrongly.
 
-One job per output folder (files.output_lock), files of another dataset refused unless --overwrite, a full
+One job per output folder (common.files.output_lock), files of another dataset refused unless --overwrite, a full
 disk reported as one line naming the file (with no temporary left, and the rerun resuming), and a manifest
 edited by hand written again rather than trusted.
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from convert import files, shard_writer
+from common import files
+from common.files import LOCK_NAME, output_lock
+from convert import shard_writer
 from convert.cli import main
-from convert.files import LOCK_NAME, output_lock
 from convert.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ def _one_line_error(code, err, *fragments):
 
 def _hold_lock(folder):
     """A separate process holding the lock on `folder` until it is killed."""
-    code = ("import sys, time\nfrom convert.files import output_lock\n"
+    code = ("import sys, time\nfrom common.files import output_lock\n"
             "with output_lock(sys.argv[1], 'python -m convert rec elsewhere'):\n"
             "    print('locked', flush=True)\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -64,7 +64,7 @@ def test_a_failing_sync_names_the_shard_and_leaves_no_file(tmp_path, monkeypatch
     import errno
 
     from convert import shard_writer
-    from convert.files import WriteError
+    from common.files import WriteError
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

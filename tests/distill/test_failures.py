@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from common.files import LOCK_NAME, output_lock
 import configs
 import convert
-from convert.files import LOCK_NAME, output_lock
 from convert.synthetic import write_synthetic
 from distill import checkpoint, cli, train
 
@@ -56,7 +56,7 @@ def test_a_second_job_on_the_same_run_directory_is_refused(tmp_path, shards, cap
     assert checkpoint.latest(run) is None and not (run / "metrics.jsonl").exists()  # nothing written
 
     # A lock file left by a job that is gone (killed: the kernel dropped its lock) does not block a resume.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom convert.files import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom common.files import output_lock\n"
                                f"with output_lock({str(run)!r}, 'killed job'):\n print('held', flush=True)\n"
                                " time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     assert holder.stdout.readline().strip() == "held"

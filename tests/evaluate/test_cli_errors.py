@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
+from common.files import output_lock
 import models
-from convert.files import output_lock
 from evaluate import cli
 from tests.evaluate.conftest import TINY_EMB, TINY_NET, pair_set, write_bin
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert.errors import InputError
+from common.errors import InputError
+from common.safe_pickle import DataFileError, UnsafePickleError, load_restricted
 from evaluate import verification
-from evaluate.readers import DataFileError, UnsafePickleError, load_metadata, load_restricted, read_dataset_folder
+from evaluate.readers import load_metadata, read_dataset_folder
 from tests.evaluate.conftest import pair_set, write_arrow_folder, write_bin
 
 

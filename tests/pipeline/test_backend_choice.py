@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 
+from common.errors import InputError
 import pipeline
-from convert.errors import InputError
 from pipeline import backend_choice, dali_graph, dali_probe, loader as loader_module
 from pipeline.dali_probe import DaliCuda
 from tests.pipeline.conftest import gpu_skip_reason

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convert.errors import InputError
+from common.errors import InputError
 from pipeline import UndecodableImageError, dali_graph, decode_images
 from pipeline.device import PipelineDeviceError
 from tests.pipeline.conftest import gpu_skip_reason

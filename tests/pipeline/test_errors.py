@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import InputError
 import pipeline
-from convert.errors import InputError
 from tests.pipeline.conftest import encode, smooth_image, write_shards
 
 BACKENDS = ["dali", "torch"]

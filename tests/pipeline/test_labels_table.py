@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.files import sha256_file
 import pipeline
 from convert import Manifest
-from convert.files import sha256_file
 from pipeline.shard_index import ShardIndex, ShardReader
 from tests.pipeline.conftest import read_tars, without_labels_table
 

@@ -29,7 +29,7 @@ def test_rec_layout_is_insightface(synth_rec):
 def test_folder_layout_matches_rec(synth_rec, synth_folder):
     from tests.convert.datasets import IDENTITIES, PER_IDENTITY
 
-    from convert.files import LOCK_NAME
+    from common.files import LOCK_NAME
 
     assert sorted(os.listdir(synth_folder)) == [LOCK_NAME] + [f"{i:06d}" for i in range(IDENTITIES)]
     reader = RecordReader(os.path.join(synth_rec, "train.rec"), os.path.join(synth_rec, "train.idx"))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
-from convert.errors import InputError
+from common.errors import InputError
 
 PathLike = Union[str, os.PathLike]
 # What AtomicPath names its temporary files: hidden, the target's name, the writer's pid, an optional suffix.

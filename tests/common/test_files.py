@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from convert.files import atomic_path, remove_stale_temporaries, sha256_file, write_atomic, write_json_atomic
+from common.files import atomic_path, remove_stale_temporaries, sha256_file, write_atomic, write_json_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
