@@ -1,4 +1,4 @@
-"""`make demo`: the whole product on the built-in synthetic identities, on a CPU in about ten minutes.
+"""`make demo`: the whole product on the built-in synthetic identities, on a CPU in about a quarter of an hour.
 
 Each step is the command a user would type (printed before it runs), so the demo doubles as a check
 that the README's commands work. A step whose output is complete is skipped when the demo is run
