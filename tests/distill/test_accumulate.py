@@ -13,20 +13,10 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import convert
 import models
-from convert.synthetic import write_synthetic
 from distill import checkpoint, train
 
 STUDENT, DIM = "mobilefacenet_s", 64   # the smallest registered backbone
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic(root / "rec", 8, 8, seed=0, workers=1)  # 64 images: 4 steps of 16 an epoch
-    convert.convert_rec(root / "rec", root / "shards", workers=1, progress=False)
-    return root / "shards"
 
 
 @pytest.fixture(scope="module")

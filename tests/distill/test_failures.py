@@ -14,19 +14,9 @@ import pytest
 
 from common.files import LOCK_NAME, output_lock
 import configs
-import convert
-from convert.synthetic import write_synthetic
 from distill import checkpoint, cli, train
 
 STUDENT, DIM = "mobilefacenet_s", 32
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("failures")
-    write_synthetic(root / "rec", 8, 8, seed=0, workers=1)
-    convert.convert_rec(root / "rec", root / "shards", workers=1, progress=False)
-    return root / "shards"
 
 
 pytestmark = pytest.mark.usefixtures("one_process")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import convert
-from convert.synthetic import write_pairs_bin, write_synthetic
+from convert.synthetic import write_pairs_bin
 from distill import checkpoint, cli
 from distill.metrics import TRAIN_SCALARS
 
@@ -20,13 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny shards, and a verification set of held-out identities (100 pairs: every fold of 10 gets both kinds)."""
+def data(shards, tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny shards (conftest's), and a verification set of held-out identities (100 pairs: every fold of 10 gets both kinds)."""
     root = tmp_path_factory.mktemp("monitoring")
-    write_synthetic(root / "rec", 8, 8, seed=0, workers=1)
-    convert.convert_rec(root / "rec", root / "shards", workers=1, progress=False)
     pairs = write_pairs_bin(root / "heldout.bin", 4, 4, 100, seed=0, first_identity=100, workers=1)
-    return root / "shards", Path(pairs)
+    return shards, Path(pairs)
 
 
 pytestmark = pytest.mark.usefixtures("one_process")

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 import configs
-import convert
 import models
-from convert.synthetic import write_synthetic
 from distill import checkpoint, cli, distributed, train
 
 STUDENT, DIM = "mobilefacenet_s", 32
@@ -74,14 +72,6 @@ def test_a_mismatch_is_an_error_naming_the_keys_unless_init_strict_is_false(tmp_
     student = run.student_module.state_dict()
     loaded = [k for k in source if k not in record["misshapen"]]
     assert len(loaded) == record["loaded"] and all(torch.equal(student[k], source[k]) for k in loaded)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("init_shards")
-    write_synthetic(root / "rec", 8, 8, seed=0, workers=1)
-    convert.convert_rec(root / "rec", root / "shards", workers=1, progress=False)
-    return root / "shards"
 
 
 def test_the_checkpoint_records_the_source_and_a_resume_does_not_reapply_it(tmp_path, shards):
