@@ -13,8 +13,8 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
      MobileFaceNet) distilled with AdaDistill from the cache, and the same student without KD;
   5. the three evaluated on the held-out pairs; the distilled student exported to ONNX (its parity with
      the checkpoint proven on held-out faces) and evaluated as exported, through onnxruntime; then, as a
-     user would with a folder of people (README, "Your own data"), the held-out identities' images as
-     identity folders, a pair set drawn from them whose 10 folds share no identity, and the distilled
+     user would with a folder of people (docs/evaluation.md, "Your own data"), the held-out identities'
+     images as identity folders, a pair set drawn from them whose 10 folds share no identity, and the distilled
      student's cosine threshold at FAR 1e-3 on it;
   6. the training identities audited against the held-out pairs (`python -m evaluate overlap`), and against
      a deliberately overlapping .bin of pairs of training identities (written in this step), which it
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 OUT = Path(os.environ.get("DEMO_DIR", "demo"))
-# Passive OpenMP waiting for every step: spinning torch threads starve DALI's on a small CPU (README, Troubleshooting).
+# Passive OpenMP waiting for every step: spinning torch threads starve DALI's on a small CPU (docs/troubleshooting.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 PY = sys.executable
 TRAIN_IDENTITIES, PER_IDENTITY, HELD_OUT_IDENTITIES, PAIRS = 200, 20, 100, 1000
@@ -167,10 +167,10 @@ def summarise(seconds: dict) -> str:
     model = json.loads((OUT / "reports" / "thresholds.json").read_text())["models"][0]
     result = model["results"]["heldout_people"]
     point = result["thresholds"]["far"]["0.001"]
-    lines += ["", f"Operating threshold (README, \"Your own data\"; {OUT}/reports/thresholds.json): the distilled "
-              f"student accepts a pair of held-out faces at FAR 1e-3 when the cosine of their fused, normalised "
-              f"embeddings is >= " + (f"{point['threshold']:.4f} (TAR there {100 * point['tar']:.1f} %)"
-                                       if isinstance(point, dict) else point)
+    lines += ["", f"Operating threshold (docs/evaluation.md, \"Your own data\"; {OUT}/reports/thresholds.json): "
+              f"the distilled student accepts a pair of held-out faces at FAR 1e-3 when the cosine of their "
+              f"fused, normalised embeddings is >= " + (f"{point['threshold']:.4f} (TAR there {100 * point['tar']:.1f} %)"
+                                                         if isinstance(point, dict) else point)
               + f", on {result['pairs']} pairs of the held-out identities whose 10 folds share no identity."]
     exported = json.loads((OUT / "export" / "student_adadistill" / "config.json").read_text())
     onnx_acc = json.loads((OUT / "reports" / "student_adadistill_onnx.json").read_text())["results"]["synthetic_heldout"]

@@ -7,7 +7,7 @@ Modules:
   schema.py     the sections as frozen dataclasses, each checking its own values; the parts take them
                 as they are (AugmentConfig is the pipeline's augmentation, GeomConfig the head's)
   loader.py     YAML plus `key=value` overrides -> RunConfig, and back to plain dicts
-  reference.py  the README's config table, generated from schema.py's comments
+  reference.py  docs/configuration.md's config table, generated from schema.py's comments
   *.yaml        the shipped configs (the AdaDistill paper's, the AdaFace-KD code's, the demo's)
 """
 from configs.loader import dump, field_type, from_dict, load, to_dict

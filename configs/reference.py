@@ -1,8 +1,8 @@
-"""The config reference in the README, generated from configs/schema.py so that it cannot drift.
+"""The config reference (docs/configuration.md), generated from configs/schema.py so that it cannot drift.
 
 Every key's default comes from the dataclasses and its meaning from the comment on its line in
 schema.py (or the section's docstring). `python -m configs.reference` prints the Markdown table;
-tests/test_readme.py checks that the README holds exactly this table.
+tests/test_readme.py checks that docs/configuration.md holds exactly this table.
 """
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
-def readme_block(readme: Path) -> str:
-    """The README's current table, markers included ('' when the markers are missing)."""
-    text = readme.read_text()
+def page_block(page: Path) -> str:
+    """The page's current table, markers included ('' when the markers are missing)."""
+    text = page.read_text()
     if BEGIN not in text or END not in text:
         return ""
     return text[text.index(BEGIN):text.index(END) + len(END)]

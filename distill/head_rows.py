@@ -9,7 +9,7 @@ them with their bounds; its `head` lacks `centres` and its `optimizer` state lac
 Why per-rank files and not one [C, D] tensor gathered on rank 0: at 2M classes x 512 the centres are
 4.1 GB (8.2 GB with the momentum); gathering them would need that much on rank 0 and a write of all of it
 while every other rank waits. Per-rank files are written in parallel, each rank 1/W of it, so a save
-stalls the ranks for about the slowest rank's own write (measured in the README). Each file is written
+stalls the ranks for about the slowest rank's own write (measured in docs/clusters.md). Each file is written
 atomically and the main file, written last by rank 0 after a barrier, commits them: a crash leaves no
 main file naming a missing row file. A replicated head's checkpoint keeps everything in the main file, as
 before; both layouts load into both kinds of head.

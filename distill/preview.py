@@ -28,7 +28,7 @@ _FP32 = 4  # bytes
 
 def preview(cfg: RunConfig, *, world_size: int, num_samples: int, num_classes: int,
             epoch_samples: Optional[int] = None, datasets: Sequence[pipeline.DatasetSpan] = ()) -> dict[str, Any]:
-    """The plan as one JSON-able dict (see the README's Training section for an example). `epoch_samples`:
+    """The plan as one JSON-able dict (see docs/training.md for an example). `epoch_samples`:
     the samples of one epoch under data.weights (default num_samples); `datasets`: the union's layout."""
     epoch_samples = num_samples if epoch_samples is None else epoch_samples
     steps = pipeline.steps_per_epoch(epoch_samples, rank_batch(cfg.train), world_size)  # optimizer steps
@@ -102,7 +102,7 @@ def precision(train: configs.TrainConfig) -> dict[str, Any]:
 
 
 def head_bytes(cfg: RunConfig, num_classes: int, world_size: int, sharded: bool) -> dict[str, int]:
-    """fp32 bytes one rank holds for the head (the README's memory table comes from here).
+    """fp32 bytes one rank holds for the head (docs/clusters.md's memory table comes from here).
 
     Replicated: all C centres on every rank, and the logits of its B samples against all C classes.
     Sharded: ceil(C/W) centres, and the logits of the global batch (W*B rows) against them, so the

@@ -202,17 +202,17 @@ def test_output_format_and_check_data_are_checked_first(tiny_run, exported, tmp_
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("where", ["README.md", "the card"])
+@pytest.mark.parametrize("where", ["docs/export.md", "the card"])
 def test_onnxruntime_snippet_runs_on_an_export(exported, tmp_path, where):
-    """The onnxruntime snippet of the project's README and of the export's card, pasted as it is, beside
-    the exported model.onnx and two aligned faces: it prints the cosine that the evaluator's fused and
+    """The onnxruntime snippet of the project's export page (docs/export.md) and of the export's card, pasted as
+    it is, beside the exported model.onnx and two aligned faces: it prints the cosine that the evaluator's fused and
     normalised embeddings give."""
     from PIL import Image
 
     from convert.synthetic import render
 
-    text = (ROOT / "README.md").read_text() if where == "README.md" else (exported / "README.md").read_text()
-    section = text[text.index("## Export and deploy"):] if where == "README.md" else text
+    text = (ROOT / where).read_text() if where == "docs/export.md" else (exported / "README.md").read_text()
+    section = text[text.index("# Export and deploy"):] if where == "docs/export.md" else text
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     work = tmp_path / "snippet"
     work.mkdir()
