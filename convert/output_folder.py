@@ -21,7 +21,7 @@ from typing import Optional
 from common.errors import InputError
 from common.files import sha256_file
 from convert.labels_table import LABELS_NAME
-from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, TableRecord
+from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, StaleManifestError, TableRecord
 from convert.validation import Validated
 
 STATE_NAME = ".convert-state.json"
@@ -44,9 +44,9 @@ def complete(out: str, rec: ShardRecord) -> bool:
     return os.path.isfile(os.path.join(out, rec.index_name)) and _as_recorded(out, rec)
 
 
-def table_complete(out: str, rec: Optional[TableRecord]) -> bool:
-    """Whether the table `rec` (the labels table) is in `out` as its record says; True when there is none."""
-    return rec is None or _as_recorded(out, rec)
+def table_complete(out: str, rec: TableRecord) -> bool:
+    """Whether the table `rec` (the labels table) is in `out` as its record says."""
+    return _as_recorded(out, rec)
 
 
 def _remove_shards(out: str, records, table: Optional[TableRecord] = None) -> None:
@@ -79,6 +79,10 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
     if os.path.exists(manifest_path):
         try:
             old = Manifest.load(out)
+        except StaleManifestError:
+            if not overwrite:
+                raise  # it says to convert again with --overwrite
+            old = None
         except ManifestError:
             old = None
         if old is not None and old.extra.get("fingerprint") == fingerprint:
@@ -160,9 +164,8 @@ def sealed(manifest: Manifest) -> Manifest:
 
 
 def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
-    """The manifest of this very conversion when it already completed, unedited, and every shard (and its
-    labels table, where it lists one) still checks out. A manifest written before the labels table existed
-    stays finished as it is: readers parse the `.cls` members instead."""
+    """The manifest of this very conversion when it already completed, unedited, and every shard and its
+    labels table still check out."""
     if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
         return None
     manifest = Manifest.load(out)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pipeline
-from tests.pipeline.conftest import read_tars, without_labels_table
+from tests.pipeline.conftest import read_tars
 
 BACKENDS = ["dali", "torch"]
 
@@ -16,16 +16,10 @@ def _brute_force_repeats(labels: list) -> int:
     return max(counts.values())
 
 
-@pytest.fixture(scope="module")
-def untabled(jpeg_shards, tmp_path_factory):
-    return without_labels_table(jpeg_shards, tmp_path_factory.mktemp("untabled") / "shards")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_size", [1, 2, 4])
-@pytest.mark.parametrize("table", [True, False], ids=["labels-table", "parsed-cls"])
-def test_label_repeats_counts_all_ranks(request, jpeg_shards, backend, world_size, table):
-    shards = jpeg_shards if table else request.getfixturevalue("untabled")
+def test_label_repeats_counts_all_ranks(jpeg_shards, backend, world_size):
+    shards = jpeg_shards
     batch_size = 24 // world_size  # a global batch of 24 out of 24 identities x 6: repeats are common
     tars = read_tars(jpeg_shards)
     ranks = [list(pipeline.build_loader(shards, batch_size, rank=r, world_size=world_size, device="cpu",
