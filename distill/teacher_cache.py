@@ -320,10 +320,9 @@ class CachedTeacher:
     def __call__(self, batch) -> torch.Tensor:
         if batch.flipped is None:
             raise TeacherCacheError("the teacher cache needs Batch.flipped: build the loader with with_flip=True")
-        # The host's copies of the keys and flips (pipeline.Batch.keys, .flips): no device-to-host sync.
-        keys = batch.keys if batch.keys is not None else batch.index.cpu().numpy()
-        flips = batch.flips if batch.flips is not None else batch.flipped.cpu().numpy()
-        rows = self.embeddings[keys, flips.astype(np.int64)]  # one gather from the memory map: [B, D] float16
+        # The host's copies of the keys and flips (pipeline.Batch.keys, .flips; a batch with `flipped` has
+        # `flips`): no device-to-host sync.
+        rows = self.embeddings[batch.keys, batch.flips.astype(np.int64)]  # one gather from the memory map: [B, D] float16
         host = torch.from_numpy(rows)  # float16 across, widened on the device (exact): half the bytes copied
         if self.device.type == "cuda":
             host = host.pin_memory()  # an asynchronous copy needs pinned memory

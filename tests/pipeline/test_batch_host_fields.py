@@ -66,7 +66,7 @@ def test_batch_checks_its_host_fields():
     images, ids = torch.zeros(4, 3, 8, 8), torch.arange(4)
     keys = np.arange(4, dtype=np.int64)
     flips = np.zeros(4, bool)
-    pipeline.Batch(images, ids, ids)  # host fields are optional: batches made outside the pipeline
+    pipeline.Batch(images, ids, ids, keys=keys)  # flips and global_labels are optional: batches made elsewhere
     pipeline.Batch(images, ids, ids, torch.zeros(4, dtype=torch.bool), keys=keys, flips=flips,
                    global_labels=np.arange(8))
     bad = [dict(keys=keys.astype(np.int32)), dict(keys=keys[:3]), dict(keys=torch.arange(4)),
@@ -74,6 +74,6 @@ def test_batch_checks_its_host_fields():
            dict(global_labels=np.arange(8, dtype=np.int32)), dict(global_labels=np.zeros((2, 4), np.int64))]
     for kw in bad:
         with pytest.raises(ValueError, match=r"Batch\.(keys|flips|global_labels)"):
-            pipeline.Batch(images, ids, ids, **kw)
+            pipeline.Batch(images, ids, ids, **{"keys": keys, **kw})
     with pytest.raises(ValueError, match=r"Batch\.flips: expected an array exactly when flipped is one"):
         pipeline.Batch(images, ids, ids, keys=keys, flips=flips)
