@@ -173,12 +173,11 @@ def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
         return None
     if not table_complete(out, manifest.labels):
         return None
-    recorded = manifest.extra.get(CONTENT_KEY)
-    if recorded != _content_sha256(manifest):
-        what = ("holds no checksum of its content (an earlier converter wrote it)" if recorded is None else
-                "was edited since this conversion wrote it")
-        _warn(f"{os.path.join(out, MANIFEST_NAME)}: {what}; it says {manifest.num_samples} samples and "
-              f"{manifest.num_classes} classes; writing it again from the source")
+    # Every converter that wrote a labels table (which a manifest must list to load) also wrote this
+    # checksum: one that is absent or differs means the manifest was edited.
+    if manifest.extra.get(CONTENT_KEY) != _content_sha256(manifest):
+        _warn(f"{os.path.join(out, MANIFEST_NAME)}: was edited since this conversion wrote it; it says "
+              f"{manifest.num_samples} samples and {manifest.num_classes} classes; writing it again from the source")
         return None
     return manifest
 
