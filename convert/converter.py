@@ -146,6 +146,44 @@ def _convert(source, out: str, opts: ConvertOptions) -> Manifest:
 def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
     """Both passes, the shuffle and the manifest, while this process holds the lock on `out`."""
     workers = opts.workers or os.cpu_count() or 1
+    decisions = _read_decisions(source, opts)
+    fingerprint = _fingerprint(source, opts, decisions.exclusion, decisions.keys, decisions.merge)
+    records = previous_records(out, fingerprint, opts.overwrite, opts.prefix)
+    remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
+    done_before = finished(out, fingerprint)
+    if done_before is not None:
+        return done_before
+    validated = _first_pass(source, out, opts, workers, fingerprint, records)
+    chosen = _select(source, validated, decisions)
+    perm = np.random.default_rng(opts.seed).permutation(len(chosen.valid))
+    order, labels = chosen.valid[perm], chosen.contiguous[perm]
+    per_shard = _samples_per_shard(opts, validated, chosen.valid)
+    shards = _write_shards(source, out, opts, workers, fingerprint, records, validated, order, labels, per_shard)
+    manifest = sealed(Manifest(
+        num_samples=len(order), num_classes=int(labels.max()) + 1, image_size=opts.image_size,
+        encoding=opts.encoding, seed=opts.seed, shards=shards, source=fingerprint["source"],
+        class_map=chosen.class_map, skipped=tuple(source.where(i) for i, _ in validated.errors),
+        labels=write_labels(out, labels),  # before the manifest that lists it
+        **_decision_records(source, validated, decisions, chosen),
+        extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
+    ))
+    manifest.save(out)
+    os.remove(os.path.join(out, STATE_NAME))
+    os.remove(os.path.join(out, VALIDATED_NAME))
+    return manifest
+
+
+@dataclass(frozen=True)
+class _Decisions:
+    """The decision files a conversion was given, read (each None when not given)."""
+
+    exclusion: Optional[ExclusionList]  # --exclude-classes: source classes to leave out
+    keys: Optional[ExclusionList]  # --exclude-keys: source images to leave out
+    merge: Optional[class_merge.MergeList]  # --merge-classes: FROM -> TO source classes
+
+
+def _read_decisions(source, opts: ConvertOptions) -> _Decisions:
+    """The decision files, read, and checked against the source where that needs no image read."""
     exclusion = read_exclusion_list(opts.exclude_classes) if opts.exclude_classes is not None else None
     keys = key_exclusion.read_key_list(opts.exclude_keys) if opts.exclude_keys is not None else None
     merge = class_merge.read_merge_list(opts.merge_classes) if opts.merge_classes is not None else None
@@ -156,14 +194,13 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
             class_merge.resolve(merge, source, excluded=resolve(exclusion, source) if exclusion else None)
     if keys is not None:
         key_exclusion.resolve(keys, source)  # the source's keys are known without reading an image
-    fingerprint = _fingerprint(source, opts, exclusion, keys, merge)
-    records = previous_records(out, fingerprint, opts.overwrite, opts.prefix)
-    remove_stale_temporaries(out)  # what a killed run was writing; its rerun writes the same files again
-    done_before = finished(out, fingerprint)
-    if done_before is not None:
-        return done_before
-    state_path, validated_path = os.path.join(out, STATE_NAME), os.path.join(out, VALIDATED_NAME)
+    return _Decisions(exclusion, keys, merge)
 
+
+def _first_pass(source, out: str, opts: ConvertOptions, workers: int, fingerprint: dict, records: dict) -> Validated:
+    """The first pass's results: an earlier run's where it left them, else every image decoded now (and
+    saved); the state file started. A corrupt image stops here unless --skip-corrupt."""
+    state_path, validated_path = os.path.join(out, STATE_NAME), os.path.join(out, VALIDATED_NAME)
     if records or (os.path.exists(state_path) and os.path.exists(validated_path)):
         validated = load_validated(validated_path)
     else:
@@ -176,7 +213,26 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
     if validated.errors and not opts.skip_corrupt:
         index, message = validated.errors[0]
         raise CorruptImageError(f"{message} ({len(validated.errors)} corrupt images; --skip-corrupt leaves them out)")
+    return validated
 
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which source items a conversion keeps, and the labels they take."""
+
+    excluded: np.ndarray  # int64: the source classes --exclude-classes leaves out
+    dropped: np.ndarray  # int64: the source items --exclude-keys leaves out
+    mapping: dict  # --merge-classes: source class -> the source class it merges into
+    labels_merged: np.ndarray  # every item's source label after merging
+    keep: np.ndarray  # bool [N]: the items written
+    valid: np.ndarray  # the kept items' indices (np.flatnonzero(keep))
+    contiguous: np.ndarray  # the contiguous label of each kept item, in `valid`'s order
+    class_map: Optional[tuple]  # the source class of each contiguous label, None when they are the same
+
+
+def _select(source, validated: Validated, decisions: _Decisions) -> _Selection:
+    """The readable items outside the excluded classes and images, classes merged, labels made contiguous."""
+    exclusion, keys, merge = decisions.exclusion, decisions.keys, decisions.merge
     excluded = resolve(exclusion, source, validated.labels[validated.ok]) if exclusion is not None else \
         np.zeros(0, np.int64)
     dropped = key_exclusion.resolve(keys, source) if keys is not None else np.zeros(0, np.int64)
@@ -188,16 +244,24 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
     keep[dropped] = False
     emptied = np.setdiff1d(classes_before, labels_merged[keep])
     contiguous, class_map = _class_labels(source, labels_merged, keep, excluded, emptied)
-    valid = np.flatnonzero(keep)
-    perm = np.random.default_rng(opts.seed).permutation(len(valid))
-    order, labels = valid[perm], contiguous[perm]
-    per_shard = opts.samples_per_shard
-    if per_shard is None:
-        mean_bytes = float(validated.nbytes[valid].mean()) + 1536  # two 512-byte headers and padding
-        per_shard = max(1, int(TARGET_SHARD_BYTES // mean_bytes))
+    return _Selection(excluded, dropped, mapping, labels_merged, keep, np.flatnonzero(keep), contiguous, class_map)
+
+
+def _samples_per_shard(opts: ConvertOptions, validated: Validated, valid: np.ndarray) -> int:
+    """--samples-per-shard, or as many as fill about TARGET_SHARD_BYTES."""
+    if opts.samples_per_shard is not None:
+        return opts.samples_per_shard
+    mean_bytes = float(validated.nbytes[valid].mean()) + 1536  # two 512-byte headers and padding
+    return max(1, int(TARGET_SHARD_BYTES // mean_bytes))
+
+
+def _write_shards(source, out: str, opts: ConvertOptions, workers: int, fingerprint: dict, records: dict,
+                  validated: Validated, order: np.ndarray, labels: np.ndarray, per_shard: int) -> tuple:
+    """The second pass: every shard an earlier run did not finish, written in parallel, each one recorded
+    in the state file as it completes. Returns every shard's record, in order."""
+    state_path = os.path.join(out, STATE_NAME)
     starts = list(range(0, len(order), per_shard))
     names = [f"{opts.prefix}-{k:06d}" for k in range(len(starts))]
-
     done = {n: records[n + ".tar"] for n in names if n + ".tar" in records and complete(out, records[n + ".tar"])}
     todo = [k for k, n in enumerate(names) if n not in done]
     ext = EXTENSIONS[opts.encoding]
@@ -217,23 +281,19 @@ def _convert_locked(source, out: str, opts: ConvertOptions) -> Manifest:
                                            "shards": {n: asdict(r) for n, r in records.items()}})
     finally:
         bar.close()
+    return tuple(done[n] for n in names)
 
-    manifest = sealed(Manifest(
-        num_samples=len(order), num_classes=int(labels.max()) + 1, image_size=opts.image_size,
-        encoding=opts.encoding, seed=opts.seed, shards=tuple(done[n] for n in names),
-        source=fingerprint["source"], class_map=class_map,
-        skipped=tuple(source.where(i) for i, _ in validated.errors),
-        labels=write_labels(out, labels),  # before the manifest that lists it
-        exclusion=(exclusion_record(exclusion, source, excluded,
-                                    int((validated.ok & np.isin(validated.labels, excluded)).sum()))
-                   if exclusion is not None else None),
-        key_exclusion=key_exclusion.record(keys, source, dropped) if keys is not None else None,
-        merge=(class_merge.record(merge, source, mapping, dict(zip(labels_merged[valid].tolist(), contiguous.tolist())),
-                                  int((keep & np.isin(validated.labels, list(mapping))).sum()))
-               if merge is not None else None),
-        extra={"fingerprint": fingerprint, "samples_per_shard": per_shard},
-    ))
-    manifest.save(out)
-    os.remove(state_path)
-    os.remove(validated_path)
-    return manifest
+
+def _decision_records(source, validated: Validated, decisions: _Decisions, chosen: _Selection) -> dict:
+    """The manifest's exclusion, key_exclusion and merge records (None for a decision file not given)."""
+    exclusion, keys, merge = decisions.exclusion, decisions.keys, decisions.merge
+    return {
+        "exclusion": (exclusion_record(exclusion, source, chosen.excluded,
+                                       int((validated.ok & np.isin(validated.labels, chosen.excluded)).sum()))
+                      if exclusion is not None else None),
+        "key_exclusion": key_exclusion.record(keys, source, chosen.dropped) if keys is not None else None,
+        "merge": (class_merge.record(merge, source, chosen.mapping,
+                                     dict(zip(chosen.labels_merged[chosen.valid].tolist(), chosen.contiguous.tolist())),
+                                     int((chosen.keep & np.isin(validated.labels, list(chosen.mapping))).sum()))
+                  if merge is not None else None),
+    }

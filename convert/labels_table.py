@@ -3,8 +3,8 @@
 Row k holds the label of sample key k, the same label as its `.cls` member, as little-endian int32: a loader
 reads a batch's labels with one gather instead of parsing B tar members, and can count the labels of a
 whole global batch (all ranks together) without touching the tars. The manifest lists the table with its
-size and sha256 (convert.manifest.TableRecord); shard sets converted before the table existed have none,
-and their readers parse the `.cls` members.
+size and sha256 (convert.manifest.TableRecord); a manifest without it (a shard set converted before the
+table existed) does not load: convert.manifest.StaleManifestError says to convert it again.
 """
 from __future__ import annotations
 

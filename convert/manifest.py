@@ -21,6 +21,10 @@ class ManifestError(InputError, ValueError):
     """A manifest that is missing, unreadable, or holds impossible values; the message names the file and key."""
 
 
+class StaleManifestError(ManifestError):
+    """A manifest an older converter wrote (no labels table): the shard set must be converted again."""
+
+
 @dataclass(frozen=True)
 class ShardRecord:
     """One tar shard: file name (relative to the manifest), sample count, byte size, sha256 hex digest."""
@@ -120,6 +124,18 @@ class MergeRecord:
             raise ManifestError(f"merge {self.file}: expected (from, to, label) triples and num_samples >= 0")
 
 
+def _before_labels_table(where: str, source: Any) -> str:
+    """The error for a manifest without a labels table: its shard set predates labels.npy, which readers
+    need (pipeline.ShardIndex gathers every label from it); the fix is the same conversion run again."""
+    folder = os.path.dirname(where) if os.path.basename(where) == MANIFEST_NAME else where
+    source = source if isinstance(source, Mapping) else {}
+    command = (f"python -m convert {source['kind']} {source['path']} {folder or '.'}"
+               if source.get("kind") in ("rec", "folder") and source.get("path") else
+               f"python -m convert rec|folder SOURCE {folder or '.'}")
+    return (f"{where}: lists no labels table: this shard set was converted before labels.npy existed; "
+            f"convert it again ({command} --overwrite, with the options it was converted with)")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a shard directory holds. Shard k holds keys sum(samples of shards < k) .. + samples - 1.
@@ -127,7 +143,8 @@ class Manifest:
     class_map: the source's label (a number or a folder name) of each contiguous class 0..C-1, or
     None when the source's labels already are 0..C-1. skipped: source keys left out by --skip-corrupt.
     labels: the labels table (convert/labels_table.py: int32 [num_samples], row = global key, the same
-    labels as the `.cls` members), or None for shard sets converted before the table existed.
+    labels as the `.cls` members). A manifest without one (a shard set converted before the table existed)
+    does not load: ManifestError says to convert the source again.
     exclusion: the source classes left out by --exclude-classes, or None when none were.
     key_exclusion: the source images left out by --exclude-keys; merge: the classes merged by
     --merge-classes (class_map says how the labels were renumbered); None when not used.
@@ -140,9 +157,9 @@ class Manifest:
     seed: int
     shards: tuple
     source: Mapping[str, Any]
+    labels: TableRecord
     class_map: Optional[tuple] = None
     skipped: tuple = ()
-    labels: Optional[TableRecord] = None
     exclusion: Optional[ExclusionRecord] = None
     key_exclusion: Optional[KeyExclusionRecord] = None
     merge: Optional[MergeRecord] = None
@@ -172,8 +189,8 @@ class Manifest:
             raise ManifestError("manifest lists a shard name twice")
         if self.class_map is not None and len(self.class_map) != self.num_classes:
             raise ManifestError(f"class_map has {len(self.class_map)} entries for {self.num_classes} classes")
-        if self.labels is not None and not isinstance(self.labels, TableRecord):
-            raise ManifestError(f"manifest labels must be a TableRecord or None, found {type(self.labels).__name__}")
+        if not isinstance(self.labels, TableRecord):
+            raise ManifestError(f"manifest labels must be a TableRecord, found {type(self.labels).__name__}")
         if self.exclusion is not None and not isinstance(self.exclusion, ExclusionRecord):
             raise ManifestError(f"manifest exclusion must be an ExclusionRecord or None, found "
                                 f"{type(self.exclusion).__name__}")
@@ -203,10 +220,6 @@ class Manifest:
         d["shards"] = [asdict(s) for s in self.shards]
         d["class_map"] = list(self.class_map) if self.class_map is not None else None
         d["skipped"] = list(self.skipped)
-        if self.labels is None:
-            # Absent rather than null: a manifest written before the table existed keeps its exact content
-            # (and its content checksum, by which a rerun of its conversion finds it finished).
-            del d["labels"]
         if self.exclusion is None:
             del d["exclusion"]  # likewise: a conversion without --exclude-classes writes the manifest it always did
         else:
@@ -227,13 +240,14 @@ class Manifest:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ManifestError(f"{where}: unknown keys {unknown}")
+        if d.get("labels") is None:
+            raise StaleManifestError(_before_labels_table(where, d.get("source")))
         try:
             d["shards"] = tuple(ShardRecord(**s) for s in d["shards"])
             if d.get("class_map") is not None:
                 d["class_map"] = tuple(d["class_map"])
             d["skipped"] = tuple(d.get("skipped", ()))
-            if d.get("labels") is not None:
-                d["labels"] = TableRecord(**d["labels"])
+            d["labels"] = TableRecord(**d["labels"])
             if d.get("exclusion") is not None:
                 d["exclusion"] = ExclusionRecord(**{**d["exclusion"], "classes": tuple(d["exclusion"]["classes"])})
             if d.get("key_exclusion") is not None:

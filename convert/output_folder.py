@@ -21,7 +21,7 @@ from typing import Optional
 from common.errors import InputError
 from common.files import sha256_file
 from convert.labels_table import LABELS_NAME
-from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, TableRecord
+from convert.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardRecord, StaleManifestError, TableRecord
 from convert.validation import Validated
 
 STATE_NAME = ".convert-state.json"
@@ -44,9 +44,9 @@ def complete(out: str, rec: ShardRecord) -> bool:
     return os.path.isfile(os.path.join(out, rec.index_name)) and _as_recorded(out, rec)
 
 
-def table_complete(out: str, rec: Optional[TableRecord]) -> bool:
-    """Whether the table `rec` (the labels table) is in `out` as its record says; True when there is none."""
-    return rec is None or _as_recorded(out, rec)
+def table_complete(out: str, rec: TableRecord) -> bool:
+    """Whether the table `rec` (the labels table) is in `out` as its record says."""
+    return _as_recorded(out, rec)
 
 
 def _remove_shards(out: str, records, table: Optional[TableRecord] = None) -> None:
@@ -73,52 +73,74 @@ def previous_records(out: str, fingerprint: dict, overwrite: bool, prefix: str) 
 
     Shard files that neither this conversion's manifest nor its state accounts for (another tool's, or a
     copy) would be overwritten: refused unless `overwrite`, which removes them."""
-    manifest_path, state_path = os.path.join(out, MANIFEST_NAME), os.path.join(out, STATE_NAME)
-    records: dict = {}
-    ours = False  # whether `out` holds a manifest or state of this very conversion
-    if os.path.exists(manifest_path):
-        try:
-            old = Manifest.load(out)
-        except ManifestError:
-            old = None
-        if old is not None and old.extra.get("fingerprint") == fingerprint:
-            records = {r.name: r for r in old.shards}
-            ours = True
-        elif not overwrite:
-            if old is not None and _same_source(old.extra.get("fingerprint"), fingerprint):
-                raise OutputError(f"{out}: holds a conversion of the same source with other options "
-                                  f"({_changed(old.extra['fingerprint'], fingerprint)}); pass --overwrite to "
-                                  f"replace it, or convert into another folder")
-            what = f"source {old.source.get('path')}" if old is not None else "an unreadable manifest"
-            raise OutputError(f"{out}: holds another dataset's manifest ({what}); pass --overwrite to replace it")
-        else:
-            os.remove(manifest_path)
-            if old is not None:
-                _remove_shards(out, old.shards, old.labels)
-    if os.path.exists(state_path):
-        state, shards = _load_state(state_path, overwrite)
-        if state.get("fingerprint") == fingerprint:
-            records.update(shards)
-            ours = True
-        elif shards and not overwrite:
-            if _same_source(state.get("fingerprint"), fingerprint):
-                raise OutputError(f"{out}: holds an unfinished conversion of the same source with other options "
-                                  f"({_changed(state['fingerprint'], fingerprint)}); rerun it with its own "
-                                  f"options to finish it, or pass --overwrite to replace it")
-            raise OutputError(f"{out}: holds an unfinished conversion of another source; pass --overwrite to replace it")
-        else:
-            _remove_shards(out, shards.values())
-            os.remove(state_path)
-            if os.path.exists(os.path.join(out, VALIDATED_NAME)):
-                os.remove(os.path.join(out, VALIDATED_NAME))
-    stray = [] if ours else _stray_shards(out, prefix)
+    from_manifest = _manifest_records(out, fingerprint, overwrite)
+    from_state = _state_records(out, fingerprint, overwrite)
+    if from_manifest is None and from_state is None:  # `out` holds no manifest or state of this very conversion
+        _clear_stray_shards(out, prefix, overwrite)
+    return {**(from_manifest or {}), **(from_state or {})}
+
+
+def _manifest_records(out: str, fingerprint: dict, overwrite: bool) -> Optional[dict]:
+    """The shard records of `out`'s manifest when this very conversion wrote it; None when there is none or
+    another one (refused unless `overwrite`, which removes it and its files)."""
+    manifest_path = os.path.join(out, MANIFEST_NAME)
+    if not os.path.exists(manifest_path):
+        return None
+    try:
+        old = Manifest.load(out)
+    except StaleManifestError:
+        if not overwrite:
+            raise  # it says to convert again with --overwrite
+        old = None
+    except ManifestError:
+        old = None
+    if old is not None and old.extra.get("fingerprint") == fingerprint:
+        return {r.name: r for r in old.shards}
+    if not overwrite:
+        if old is not None and _same_source(old.extra.get("fingerprint"), fingerprint):
+            raise OutputError(f"{out}: holds a conversion of the same source with other options "
+                              f"({_changed(old.extra['fingerprint'], fingerprint)}); pass --overwrite to "
+                              f"replace it, or convert into another folder")
+        what = f"source {old.source.get('path')}" if old is not None else "an unreadable manifest"
+        raise OutputError(f"{out}: holds another dataset's manifest ({what}); pass --overwrite to replace it")
+    os.remove(manifest_path)
+    if old is not None:
+        _remove_shards(out, old.shards, old.labels)
+    return None
+
+
+def _state_records(out: str, fingerprint: dict, overwrite: bool) -> Optional[dict]:
+    """The shard records of an unfinished run of this very conversion (its state file); None when there is
+    none or another one (refused unless `overwrite` or it wrote no shard; then removed with its files)."""
+    state_path = os.path.join(out, STATE_NAME)
+    if not os.path.exists(state_path):
+        return None
+    state, shards = _load_state(state_path, overwrite)
+    if state.get("fingerprint") == fingerprint:
+        return shards
+    if shards and not overwrite:
+        if _same_source(state.get("fingerprint"), fingerprint):
+            raise OutputError(f"{out}: holds an unfinished conversion of the same source with other options "
+                              f"({_changed(state['fingerprint'], fingerprint)}); rerun it with its own "
+                              f"options to finish it, or pass --overwrite to replace it")
+        raise OutputError(f"{out}: holds an unfinished conversion of another source; pass --overwrite to replace it")
+    _remove_shards(out, shards.values())
+    os.remove(state_path)
+    if os.path.exists(os.path.join(out, VALIDATED_NAME)):
+        os.remove(os.path.join(out, VALIDATED_NAME))
+    return None
+
+
+def _clear_stray_shards(out: str, prefix: str, overwrite: bool) -> None:
+    """Remove the files named as this conversion's shards (or its labels table) that no run of it wrote;
+    refused unless `overwrite`."""
+    stray = _stray_shards(out, prefix)
     if stray and not overwrite:
         shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
         raise OutputError(f"{out}: holds shard files that no conversion of this source wrote ({shown}); "
                           f"they would be overwritten; pass --overwrite to replace them")
     for name in stray:
         os.remove(os.path.join(out, name))
-    return records
 
 
 def _same_source(old, fingerprint: dict) -> bool:
@@ -160,9 +182,8 @@ def sealed(manifest: Manifest) -> Manifest:
 
 
 def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
-    """The manifest of this very conversion when it already completed, unedited, and every shard (and its
-    labels table, where it lists one) still checks out. A manifest written before the labels table existed
-    stays finished as it is: readers parse the `.cls` members instead."""
+    """The manifest of this very conversion when it already completed, unedited, and every shard and its
+    labels table still check out."""
     if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
         return None
     manifest = Manifest.load(out)
@@ -170,12 +191,11 @@ def finished(out: str, fingerprint: dict) -> Optional[Manifest]:
         return None
     if not table_complete(out, manifest.labels):
         return None
-    recorded = manifest.extra.get(CONTENT_KEY)
-    if recorded != _content_sha256(manifest):
-        what = ("holds no checksum of its content (an earlier converter wrote it)" if recorded is None else
-                "was edited since this conversion wrote it")
-        _warn(f"{os.path.join(out, MANIFEST_NAME)}: {what}; it says {manifest.num_samples} samples and "
-              f"{manifest.num_classes} classes; writing it again from the source")
+    # Every converter that wrote a labels table (which a manifest must list to load) also wrote this
+    # checksum: one that is absent or differs means the manifest was edited.
+    if manifest.extra.get(CONTENT_KEY) != _content_sha256(manifest):
+        _warn(f"{os.path.join(out, MANIFEST_NAME)}: was edited since this conversion wrote it; it says "
+              f"{manifest.num_samples} samples and {manifest.num_classes} classes; writing it again from the source")
         return None
     return manifest
 

@@ -122,8 +122,6 @@ class _Labels:
 def _check_labels_table(directory: str, manifest: Manifest, cls_labels: _Labels) -> list:
     """The labels table against its record, its shape, dtype and range, and the `.cls` members' labels."""
     rec = manifest.labels
-    if rec is None:
-        return []  # converted before the table existed: the .cls members are the only labels
     path = os.path.join(directory, rec.name)
     where = f"labels table {rec.name}"
     if not os.path.isfile(path):

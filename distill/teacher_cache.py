@@ -12,7 +12,8 @@ Layout of a cache directory:
                   manifest.json; for several directories laid end to end, of their manifests' sha256s in
                   order: see `shards_sha256`), dtype, shape, chunk size, done ([start, stop) ranges), complete, and
                   precision: the teacher's compute precision (fp32, or bf16 autocast as the online
-                  teacher runs on CUDA); manifests written before it existed were fp32.
+                  teacher runs on CUDA); a manifest without it (written before it was recorded) does not
+                  load: the cache is built again.
 
 Which hash proves the teacher: the sha256 of the teacher's state dict (see `weights_sha256`), not of a
 file. A spec may be a hub id, a directory or a run directory whose `latest` moves; the weights are what
@@ -108,7 +109,7 @@ class CacheManifest:
     embedding_size: int
     chunk: int                                    # samples per resume unit
     done: tuple[tuple[int, int], ...] = ()        # merged [start, stop) ranges written so far
-    precision: str = "fp32"                       # the teacher's precision when the cache was built (fp32, bf16)
+    precision: str = field(kw_only=True)          # the teacher's precision when the cache was built (fp32, bf16)
     complete: bool = False
     dtype: str = "float16"
     format: str = FORMAT
@@ -133,6 +134,9 @@ class CacheManifest:
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise TeacherCacheError(f"{path}: expected format {FORMAT!r} version {VERSION}, found "
                                     f"{raw.get('format')!r} version {raw.get('version')!r}")
+        if "precision" not in raw:
+            raise TeacherCacheError(f"{path}: records no precision (a cache built before it was recorded); build "
+                                    f"it again with `python -m distill cache-teacher`")
         try:
             shape = tuple(raw.pop("shape"))
             made = cls(**{**raw, "done": tuple(tuple(r) for r in raw.get("done", ()))})
@@ -320,10 +324,9 @@ class CachedTeacher:
     def __call__(self, batch) -> torch.Tensor:
         if batch.flipped is None:
             raise TeacherCacheError("the teacher cache needs Batch.flipped: build the loader with with_flip=True")
-        # The host's copies of the keys and flips (pipeline.Batch.keys, .flips): no device-to-host sync.
-        keys = batch.keys if batch.keys is not None else batch.index.cpu().numpy()
-        flips = batch.flips if batch.flips is not None else batch.flipped.cpu().numpy()
-        rows = self.embeddings[keys, flips.astype(np.int64)]  # one gather from the memory map: [B, D] float16
+        # The host's copies of the keys and flips (pipeline.Batch.keys, .flips; a batch with `flipped` has
+        # `flips`): no device-to-host sync.
+        rows = self.embeddings[batch.keys, batch.flips.astype(np.int64)]  # one gather from the memory map: [B, D] float16
         host = torch.from_numpy(rows)  # float16 across, widened on the device (exact): half the bytes copied
         if self.device.type == "cuda":
             host = host.pin_memory()  # an asynchronous copy needs pinned memory

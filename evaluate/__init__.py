@@ -4,7 +4,11 @@ Modules, one job each:
 - cli: `python -m evaluate` (one checkpoint), `python -m evaluate batch` (a folder of them) and
   `python -m evaluate overlap` (the identity-overlap audit); the backbone comes from
   models.load_backbone (any checkpoint, run directory or bare state dict), or from models.onnx_net for an
-  exported model.onnx (run in onnxruntime); __main__ only calls cli.main.
+  exported model.onnx (run in onnxruntime); it dispatches `embed | pairs | threshold` to own_data_cli and
+  `audit` to audit_cli; __main__ only calls cli.main.
+- cli_args: the option value types and the model-and-run options every evaluate command shares.
+- model_input: the backbone a command names (--checkpoint with --network or --config), loaded.
+- output_check: where a command will write, checked before its work.
 - targets: which benchmark sets exist under the data roots, and running one for a model.
 - embed: the image pass, encoded images through pipeline.decode_images and the backbone with its flip.
 - verification: pair sets (insightface .bin, CVLFace arrow) and insightface's 10-fold accuracy metric.

@@ -117,6 +117,27 @@ def _given(value: float, flag: str) -> dict:
     return {"value": float(value), "how": f"given by {flag}: {float(value):.4f}"}
 
 
+def _centres_without(e: Embedded, outlier: np.ndarray, all_sums: np.ndarray) -> np.ndarray:
+    """[C, D] unit class centres of the images that are not outliers."""
+    sums = class_sums(e, ~outlier)
+    # a class whose images are all outliers keeps the centre of them all, rather than no centre and no
+    # conflict: before the stranger rule, a shared identity (bench/planted_audit.py's a55 = b5) was lost so
+    left = np.bincount(e.cls[~outlier], minlength=e.num_classes) == 0
+    sums[left] = all_sums[left]
+    return unit(sums)
+
+
+def _ranked_outliers(e: Embedded, outlier: np.ndarray, own: np.ndarray, centres: np.ndarray) -> tuple:
+    """Each outlier as (image, similarity to its own class, nearest other class, similarity to it), the
+    least like its own class first."""
+    rows = np.flatnonzero(outlier)
+    sims = e.emb[rows] @ centres.T  # [outliers, C]: which class each outlier looks like
+    sims[np.arange(rows.size), e.cls[rows]] = -np.inf
+    nearest = sims.argmax(axis=1) if rows.size else np.zeros(0, np.int64)
+    order = np.argsort(own[rows], kind="stable")
+    return tuple((int(rows[o]), float(own[rows[o]]), int(nearest[o]), float(sims[o, nearest[o]])) for o in order)
+
+
 def find(e: Embedded, *, conflict_threshold: Optional[float] = None, outlier_threshold: Optional[float] = None,
          far: float = impostor_threshold.TARGET_FAR, stranger_rate: float = impostor_threshold.STRANGER_RATE,
          device="cpu", progress: bool = True) -> Findings:
@@ -145,23 +166,13 @@ def find(e: Embedded, *, conflict_threshold: Optional[float] = None, outlier_thr
         t_out = _given(outlier_threshold, "--outlier-threshold") if outlier_threshold is not None else \
             impostor_threshold.stranger_threshold(e.emb, e.cls, all_sums, rate=stranger_rate, keep=keep).to_dict()
         outlier = own < t_out["value"]  # NaN (a class of one image) compares False
-        sums = class_sums(e, ~outlier)
-        # a class whose images are all outliers keeps the centre of them all, rather than no centre and no
-        # conflict: before the stranger rule, a shared identity (bench/planted_audit.py's a55 = b5) was lost so
-        left = np.bincount(e.cls[~outlier], minlength=e.num_classes) == 0
-        sums[left] = all_sums[left]
-        centres = unit(sums)
+        centres = _centres_without(e, outlier, all_sums)
         pairs = close_pairs(centres, t_conf["value"], device=device, progress=progress, desc="audit: class pairs")
         new_classes = np.unique(np.concatenate([pairs.i, pairs.j]))
         if not measured or (np.array_equal(outlier, flagged_images) and np.array_equal(new_classes, flagged_classes)):
             break
         flagged_images, flagged_classes = outlier, new_classes
-    rows = np.flatnonzero(outlier)
-    sims = e.emb[rows] @ centres.T  # [outliers, C]: which class each outlier looks like
-    sims[np.arange(rows.size), e.cls[rows]] = -np.inf
-    nearest = sims.argmax(axis=1) if rows.size else np.zeros(0, np.int64)
-    order = np.argsort(own[rows], kind="stable")
-    outliers = tuple((int(rows[o]), float(own[rows[o]]), int(nearest[o]), float(sims[o, nearest[o]])) for o in order)
+    outliers = _ranked_outliers(e, outlier, own, centres)
     near = close_pairs(e.emb, NEAR_DUPLICATE, groups=e.cls, device=device, progress=progress,
                        desc="audit: near-duplicates")
     return Findings(t_conf, t_out, rounds,

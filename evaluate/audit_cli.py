@@ -4,7 +4,7 @@
     (+ the model and run options of every evaluate command: --config, --network, --device, --batch-size,
     --quiet)
 
-M is loaded as `python -m evaluate --checkpoint` loads it (evaluate.cli._load: a checkpoint, a run
+M is loaded as `python -m evaluate --checkpoint` loads it (evaluate.model_input.load: a checkpoint, a run
 directory, a backbone file, or a teacher spec such as hf:...). What it finds and how: evaluate/audit.py;
 what it writes: evaluate/audit_report.py.
 """
@@ -22,7 +22,8 @@ import pipeline
 from convert.manifest import Manifest
 from convert.source_keys import SourceKeysError, source_keys
 from evaluate import audit, audit_report, impostor_threshold
-from evaluate.cli import _described, _far, _finite_float, _load, _model_and_run, _positive_int, _writable_folder
+from evaluate import cli_args, model_input
+from evaluate.output_check import writable_folder
 
 AUDIT_PROG = "python -m evaluate audit"
 
@@ -34,19 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", type=Path, metavar="SHARDS", help="shard directories (python -m convert)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run directory, backbone .pth or hf:...")
     p.add_argument("--output", required=True, type=Path, help="folder for audit.json, the CSVs, index.html")
-    p.add_argument("--per-class", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--per-class", type=cli_args.positive_int, default=None, metavar="K",
                    help="images embedded per class, its first K by key (default: all)")
-    p.add_argument("--conflict-threshold", type=_finite_float, default=None,
+    p.add_argument("--conflict-threshold", type=cli_args.finite_float, default=None,
                    help="centre cosine above which two classes conflict (default: the impostor rule)")
-    p.add_argument("--outlier-threshold", type=_finite_float, default=None,
+    p.add_argument("--outlier-threshold", type=cli_args.finite_float, default=None,
                    help="own-centre cosine below which an image is an outlier (default: the stranger rule)")
-    p.add_argument("--far", type=_far, default=impostor_threshold.TARGET_FAR,
+    p.add_argument("--far", type=cli_args.far, default=impostor_threshold.TARGET_FAR,
                    help=f"the impostor rule's false-accept rate (default {impostor_threshold.TARGET_FAR:g})")
-    p.add_argument("--stranger-rate", type=_far, default=impostor_threshold.STRANGER_RATE,
+    p.add_argument("--stranger-rate", type=cli_args.far, default=impostor_threshold.STRANGER_RATE,
                    help=f"the outlier (stranger) rule's rate: the share of images of other classes closer to a "
                         f"class's centre than its outliers, about the share of wrong labels missed (default "
                         f"{impostor_threshold.STRANGER_RATE:g})")
-    _model_and_run(p)
+    cli_args.model_and_run(p)
     return p
 
 
@@ -62,12 +63,12 @@ def main_audit(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"{args.output}: --output must be a folder, found a file")
-    _writable_folder(args.output, "the audit")
+    writable_folder(args.output, "the audit")
     manifests = [Manifest.load(d) for d in args.shards]  # a missing or bad set fails before the model loads
     samples = [pipeline.ShardSamples(d) for d in args.shards]
     names = _set_names(args.shards)
     device = pipeline.resolve_device(args.device)
-    loaded = _load(Path(args.checkpoint), args, device)
+    loaded = model_input.load(Path(args.checkpoint), args, device)
     progress = not args.quiet
     warnings, sets = [], []
     for d, name, m, smp in zip(args.shards, names, manifests, samples):
@@ -85,7 +86,7 @@ def main_audit(argv: Sequence[str]) -> int:
                    far=args.far, stranger_rate=args.stranger_rate, device=device, progress=progress)
     warnings += f.warnings
     groups = [audit.identical_bytes(smp) for smp in samples]
-    report = audit_report.build(checkpoint=_described(loaded), sets=sets, e=e, f=f, byte_groups=groups,
+    report = audit_report.build(checkpoint=model_input.described(loaded), sets=sets, e=e, f=f, byte_groups=groups,
                                 per_class=args.per_class, device=str(device), warnings=warnings)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     audit_report.write_json(args.output / "audit.json", report)

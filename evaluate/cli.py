@@ -37,21 +37,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
 from tqdm import tqdm
 
 from common.errors import InputError, run_command
 from common.files import WriteError, output_lock
 import models
 import pipeline
-from models import onnx_net
 from convert.manifest import Manifest
-from evaluate import impostor_threshold, overlap, overlap_report, verification
+from evaluate import cli_args, impostor_threshold, model_input, output_check, overlap, overlap_report, verification
 from evaluate import report as rep
 from evaluate.targets import (ALL_TARGETS, DataRoots, MissingDataError, UnknownTargetError, kind, plan,
                               require_some, run_target)
@@ -69,45 +66,8 @@ class BatchFailedError(InputError):
     """Checkpoints of a batch that could not be evaluated (the others were)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
-    return value
-
-
-def _far(text: str) -> float:
-    """A false-accept rate for the impostor rule (evaluate/impostor_threshold.py): in (0, 1)."""
-    value = _finite_float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), found {text!r}")
-    return value
-
-
-def _model_and_run(p: argparse.ArgumentParser) -> None:
-    """The options every command shares: how to build the backbone, and where and how to run it."""
-    p.add_argument("--config", type=Path, help="YAML whose model.name/embedding_size build the backbone")
-    p.add_argument("--network", help="backbone name for a bare state dict (e.g. iresnet50)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    _model_and_run(p)
+    cli_args.model_and_run(p)
     p.add_argument("--val-data", type=Path, help="folder of .bin files or CVLFace arrow folders")
     p.add_argument("--ijb-root", type=Path, help="folder holding IJBB/IJBC (insightface) or IJB?_gt_aligned (CVLFace)")
     p.add_argument("--tinyface-root", type=Path, help="folder holding tinyface_aligned_pad_0.1")
@@ -137,34 +97,6 @@ def _parser_batch() -> argparse.ArgumentParser:
     return p
 
 
-def _model_section(config: Path) -> dict:
-    """`model.name` and `model.embedding_size` of a YAML run config: the backbone of a bare state dict."""
-    try:
-        data = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise models.CheckpointError(f"{config}: cannot read the config: {err}") from err
-    section = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(section, dict) or "name" not in section:
-        raise models.CheckpointError(f"{config}: expected a 'model' section with 'name'")
-    return section
-
-
-def _load(path: Path, args, device) -> models.LoadedBackbone:
-    """The backbone in `path` (checkpoint, run directory or .pth), named by --network or --config's model;
-    an exported model.onnx, or a folder of `python -m models export` holding one, runs in onnxruntime."""
-    if onnx_net.onnx_file(path) is not None:
-        return onnx_net.load_onnx(path, device=device)
-    given = _model_section(args.config) if args.config is not None else {}
-    return models.load_backbone(path, network=args.network or given.get("name"),
-                                embedding_size=given.get("embedding_size"), device=device)
-
-
-def _described(loaded) -> dict:
-    """What a report says of the backbone it ran."""
-    return {"checkpoint": str(loaded.file), "network": loaded.name, "embedding_size": loaded.embedding_size,
-            "step": loaded.step}
-
-
 def _roots(args) -> DataRoots:
     """The data roots, each checked to be a folder (MissingDataError naming it)."""
     return DataRoots(args.val_data, args.ijb_root, args.tinyface_root)
@@ -179,7 +111,7 @@ def evaluate_checkpoint(path: Path, args, *, before_run: Optional[Callable[[Path
     device = pipeline.resolve_device(args.device)
     roots = _roots(args)
     to_run, skipped = plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))
-    loaded = _load(path, args, device)
+    loaded = model_input.load(path, args, device)
     require_some(to_run, roots)
     if before_run is not None:
         before_run(Path(loaded.file))
@@ -189,7 +121,7 @@ def evaluate_checkpoint(path: Path, args, *, before_run: Optional[Callable[[Path
         results[target] = run_target(loaded.net, target, data, device=device, batch_size=args.batch_size,
                                      progress=not args.quiet)
         results[target]["seconds"] = round(time.perf_counter() - t0, 2)
-    return {**_described(loaded), "device": str(device), "results": results, "skipped": skipped,
+    return {**model_input.described(loaded), "device": str(device), "results": results, "skipped": skipped,
             "protocols": {"verification": "insightface verification.evaluate (acc); VAL@FAR: largest threshold "
                                           "with training FAR <= 1e-3",
                           "ijb": "insightface eval_ijbc.py / CVLFace three configurations; headline "
@@ -211,32 +143,13 @@ def default_report_path(checkpoint: Path) -> Path:
     return folder / "reports" / f"{checkpoint.stem}.json"
 
 
-def _writable_folder(folder: Path, what: str) -> None:
-    """Create `folder` if missing and write a file there: a report that cannot be written fails now, not
-    after the evaluation. Only a write tells (os.access says yes to root whatever the mode bits)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
-            pass
-    except OSError as err:
-        raise WriteError(f"{folder}: cannot write {what} here ({err.strerror or err}); choose another "
-                         f"place or fix the permissions") from None
-
-
-def _check_output(path: Path, what: str = "the report", example: str = "report.json") -> None:
-    if path.is_dir():
-        raise WriteError(f"{path}: {what} would replace this directory; give a file name such as "
-                         f"{path / example}")
-    _writable_folder(path.parent, what)
-
-
 def main_single(argv: Sequence[str]) -> int:
     args = _parser_single().parse_args(argv)
     _roots(args)
     if args.output is not None:
-        _check_output(args.output)
-    report = evaluate_checkpoint(args.checkpoint, args,
-                                 before_run=lambda file: _check_output(args.output or default_report_path(file)))
+        output_check.check_output(args.output)
+    report = evaluate_checkpoint(args.checkpoint, args, before_run=lambda file: output_check.check_output(
+        args.output or default_report_path(file)))
     out = args.output or default_report_path(Path(report["checkpoint"]))
     rep.write_json(out, report)
     _print_report(report)
@@ -265,7 +178,7 @@ def main_batch(argv: Sequence[str]) -> int:
     require_some(plan(args.targets or ALL_TARGETS, roots, explicit=bool(args.targets))[0], roots)
     pipeline.resolve_device(args.device)
     reports_dir = args.checkpoint_dir / "reports"
-    _writable_folder(reports_dir, "reports")
+    output_check.writable_folder(reports_dir, "reports")
     with output_lock(reports_dir, BATCH_PROG):
         return _batch(args, checkpoints, reports_dir)
 
@@ -316,18 +229,18 @@ def _parser_overlap() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="SET",
                    help="verification sets under --val-data to audit (default: every one there)")
     given = p.add_mutually_exclusive_group()  # a given threshold has no rate to choose
-    given.add_argument("--threshold", type=_finite_float, default=None,
+    given.add_argument("--threshold", type=cli_args.finite_float, default=None,
                        help="cosine similarity above which a (class, image) is flagged (default: the impostor "
                             "rule, evaluate/overlap.py, from pairs of training images of different classes)")
-    given.add_argument("--far", type=_far, default=impostor_threshold.TARGET_FAR,
+    given.add_argument("--far", type=cli_args.far, default=impostor_threshold.TARGET_FAR,
                        help=f"the impostor rule's false-accept rate (default {impostor_threshold.TARGET_FAR:g})")
-    p.add_argument("--per-class", type=_positive_int, default=overlap.DEFAULT_PER_CLASS, metavar="K",
+    p.add_argument("--per-class", type=cli_args.positive_int, default=overlap.DEFAULT_PER_CLASS, metavar="K",
                    help=f"images averaged into each class centre, its first K by key (default "
                         f"{overlap.DEFAULT_PER_CLASS})")
     p.add_argument("--output", required=True, type=Path, help="report JSON; the CSV goes beside it (.csv)")
     p.add_argument("--write-exclusions", type=Path, metavar="FILE",
                    help="write the flagged classes for `python -m convert rec|folder --exclude-classes FILE`")
-    _model_and_run(p)
+    cli_args.model_and_run(p)
     return p
 
 
@@ -355,13 +268,13 @@ def main_overlap(argv: Sequence[str]) -> int:
     if args.output.suffix == ".csv":
         raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
     csv_path = args.output.with_suffix(".csv")
-    _check_output(args.output)
+    output_check.check_output(args.output)
     if args.write_exclusions is not None:
-        _check_output(args.write_exclusions, "the exclusion list", "exclusions.txt")
+        output_check.check_output(args.write_exclusions, "the exclusion list", "exclusions.txt")
     samples = pipeline.ShardSamples(args.shards)
     manifest = Manifest.load(args.shards)
     device = pipeline.resolve_device(args.device)
-    loaded = _load(args.checkpoint, args, device)
+    loaded = model_input.load(args.checkpoint, args, device)
     sets = [verification.load_set(p) for p in paths.values()]
 
     progress = not args.quiet
@@ -372,7 +285,7 @@ def main_overlap(argv: Sequence[str]) -> int:
     chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device, far=args.far)
     warnings = overlap.warnings_for(chosen, audits)
     report = overlap_report.build(
-        checkpoint=_described(loaded),
+        checkpoint=model_input.described(loaded),
         shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
         chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
         exclusions=args.write_exclusions)
@@ -400,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from evaluate.own_data_cli import COMMANDS
         prog, command = COMMANDS[argv[0]]
         return run_command(prog, lambda: command(argv[1:]), known=(models.CheckpointError,))
-    if argv[:1] == ["audit"]:  # evaluate/audit_cli.py: the data audit, sharing _model_and_run and _load
+    if argv[:1] == ["audit"]:  # evaluate/audit_cli.py: the data audit
         from evaluate.audit_cli import AUDIT_PROG, main_audit
         return run_command(AUDIT_PROG, lambda: main_audit(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["overlap"]:

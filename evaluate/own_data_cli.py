@@ -6,7 +6,7 @@
     python -m evaluate threshold --checkpoint MODEL [MODEL ...] --data SET [--far F ...] [--roc roc.png]
         [--output REPORT.json] [--names A B ...] [--config CFG | --network NAME] [--device auto] [--batch-size N]
 
-MODEL is whatever `python -m evaluate --checkpoint` takes, loaded by the same function (evaluate.cli._load).
+MODEL is whatever `python -m evaluate --checkpoint` takes, loaded by the same function (evaluate.model_input.load).
 `embed` writes one Parquet row per image of SRC (evaluate.embed_images; SRC as evaluate.image_sources
 reads it); `pairs` draws a .bin from identity folders whose 10 folds share no identity (evaluate.pairs);
 `threshold` reports each model's cosine threshold and TAR at each FAR on a pair set
@@ -22,8 +22,10 @@ from typing import Sequence
 
 from common.files import WriteError
 import pipeline
-from evaluate import cli, embed_images, image_sources, landmarks, pairs, roc_plot, thresholds, verification
+from evaluate import (cli_args, embed_images, image_sources, landmarks, model_input, pairs, roc_plot, thresholds,
+                      verification)
 from evaluate import report as rep
+from evaluate.output_check import check_output
 
 EMBED_PROG = "python -m evaluate embed"
 PAIRS_PROG = "python -m evaluate pairs"
@@ -51,7 +53,7 @@ def _parser_embed() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help=f"leave out images that do not decode, listed in {embed_images.SKIPPED_NAME} beside the output")
     p.add_argument("--landmarks", type=Path, help="CSV: image, then five x,y points; align each image to 112x112")
-    cli._model_and_run(p)
+    cli_args.model_and_run(p)
     return p
 
 
@@ -61,15 +63,15 @@ def main_embed(argv: Sequence[str]) -> int:
     points = None
     if args.landmarks is not None:
         points = landmarks.match(landmarks.read_landmarks(args.landmarks), source.keys, source.path, args.landmarks)
-    cli._check_output(args.output, "the embeddings", "embeddings.parquet")
+    check_output(args.output, "the embeddings", "embeddings.parquet")
     device = pipeline.resolve_device(args.device)
-    loaded = cli._load(args.checkpoint, args, device)
+    loaded = model_input.load(args.checkpoint, args, device)
     t0 = time.perf_counter()
     done = embed_images.embed_source(loaded.net, source, device=device, batch_size=args.batch_size,
                                      flip=not args.no_flip, skip_bad=args.skip_bad, landmarks=points,
                                      progress=not args.quiet)
     seconds = time.perf_counter() - t0
-    meta = {**cli._described(loaded), "source": source.path, "source_kind": source.kind,
+    meta = {**model_input.described(loaded), "source": source.path, "source_kind": source.kind,
             "embedding": "e(x)" if args.no_flip else "e(x) + e(flip(x))", "normalised": False,
             "landmarks": str(args.landmarks) if args.landmarks else None, "skipped": len(done.skipped)}
     embed_images.write_parquet(args.output, embed_images.table(source, done, rep.jsonable(meta)))
@@ -89,7 +91,7 @@ def _parser_pairs() -> argparse.ArgumentParser:
                                 "identity folders, half genuine, half impostor, its 10 folds disjoint in identities.")
     p.add_argument("folder", type=Path, help="a folder of identity folders (or a .rec, or JPEG shards)")
     p.add_argument("--output", required=True, type=Path, help="the .bin to write; its pair listing goes beside (.csv)")
-    p.add_argument("--pairs", required=True, type=cli._positive_int, help="number of pairs (at least 20)")
+    p.add_argument("--pairs", required=True, type=cli_args.positive_int, help="number of pairs (at least 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--landmarks", type=Path, help="CSV: image, then five x,y points; store 112x112 aligned crops")
     return p
@@ -109,7 +111,7 @@ def main_pairs(argv: Sequence[str]) -> int:
     if points is None:  # stored as they are: every image must be one the evaluation reads, checked before drawing
         for s in range(0, len(source), 1024):
             pairs.check_formats(source, range(s, min(s + 1024, len(source))))
-    cli._check_output(args.output, "the pair set", "pairs.bin")
+    check_output(args.output, "the pair set", "pairs.bin")
     drawn = pairs.draw(source.labels, args.pairs, args.seed, where=source.path)
     stored = pairs.stored_images(source, sorted({i for p in drawn for i in (p.first, p.second)}), points)
     listing = pairs.write(args.output, source, drawn, stored)
@@ -132,7 +134,7 @@ def _parser_threshold() -> argparse.ArgumentParser:
                         "impostor pairs support)")
     p.add_argument("--roc", type=Path, help="draw the ROC of every model into this PNG")
     p.add_argument("--output", type=Path, help="report JSON; a CSV (one row per model and FAR) goes beside it")
-    cli._model_and_run(p)
+    cli_args.model_and_run(p)
     return p
 
 
@@ -158,11 +160,11 @@ def main_threshold(argv: Sequence[str]) -> int:
         raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
     for path, what, example in ((args.output, "the report", "thresholds.json"), (args.roc, "the ROC", "roc.png")):
         if path is not None:
-            cli._check_output(path, what, example)
+            check_output(path, what, example)
     device = pipeline.resolve_device(args.device)
     models, curves = [], []
     for n, ckpt in enumerate(args.checkpoint):
-        loaded = cli._load(ckpt, args, device)
+        loaded = model_input.load(ckpt, args, device)
         name = args.names[n] if args.names else ckpt.name
         fused, xnorm = verification.normalised_embeddings(loaded.net, vset, device=device, batch_size=args.batch_size,
                                                           progress=not args.quiet)
@@ -170,7 +172,7 @@ def main_threshold(argv: Sequence[str]) -> int:
         result = verification.evaluate(fused, vset.issame) | {
             "xnorm": xnorm, "pairs": int(vset.issame.size),
             "thresholds": thresholds.operating_points(cosines, vset.issame, args.far)}
-        models.append({"name": name, **cli._described(loaded), "results": {vset.name: result}})
+        models.append({"name": name, **model_input.described(loaded), "results": {vset.name: result}})
         _print_points(name, result)
         far, tar = thresholds.roc(cosines, vset.issame)
         curves.append(roc_plot.Curve(name, far, tar, {f: p for f, p in result["thresholds"]["far"].items()

@@ -120,6 +120,40 @@ def _round_trip(folder: Path, images: torch.Tensor, reference, source: Path, out
     return {"max_abs_diff": diff, "tolerance": tolerance}
 
 
+def _teacher_cost(config: Optional[dict]) -> Optional[dict]:
+    """The training run's teacher, named with its cost (or why not), for the card; None without one."""
+    if config is not None and isinstance(config.get("teacher"), dict) and config["teacher"].get("spec"):
+        t_name, t_cost, why = complexity.of_teacher(config["teacher"].get("spec"), config["teacher"].get("network"))
+        return {"name": t_name, "complexity": t_cost, "why_not": why}
+    return None
+
+
+def _write_weights(tmp: Path, loaded, fmt: str) -> tuple[dict, dict]:
+    """model.safetensors in `tmp` (with CVLFace's key prefix and pretrained_model/model.yaml for the
+    cvlface format). Returns (each file written so far: what it is, CVLFace's `conf` of the net)."""
+    files = {onnx_net.MODEL_FILE: "the backbone for onnxruntime (input `images`, output `embedding`)",
+             "model.safetensors": "the backbone's weights (safetensors)"}
+    conf = {"name": loaded.name, "output_dim": loaded.embedding_size, "input_size": [3, 112, 112],
+            "color_space": loaded.net.color_space}
+    write_atomic(tmp / "model.safetensors", _state_bytes(loaded.net.net, CVLFACE_PREFIX if fmt == "cvlface" else ""))
+    if fmt == "cvlface":
+        (tmp / "pretrained_model").mkdir()
+        write_atomic(tmp / "pretrained_model" / "model.yaml", yaml.safe_dump(conf, sort_keys=False))
+        files["model.safetensors"] += f", keys `{CVLFACE_PREFIX}<key>` as CVLFace's hub repositories"
+        files["pretrained_model/model.yaml"] = "CVLFace's description of the net (name, output_dim, color_space)"
+    return files, conf
+
+
+def _described(info: dict, cost, teacher: Optional[dict]) -> dict:
+    """config.json's content: the card's facts, the costs as plain numbers."""
+    described = {k: v for k, v in info.items() if k not in ("complexity", "teacher")}
+    described["complexity"] = {"student": cost.as_dict(),
+                               "teacher": None if teacher is None else {
+                                   "name": teacher["name"], "why_not": teacher["why_not"],
+                                   **(teacher["complexity"].as_dict() if teacher["complexity"] else {})}}
+    return described
+
+
 def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str = "onnx",
            check_data: Optional[Path] = None, force: bool = False, network: Optional[str] = None,
            embedding_size: Optional[int] = None) -> Exported:
@@ -133,10 +167,7 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
     reference = parity.torch_embeddings(loaded.net, images)
     config = _training_config(loaded.file)
     cost = complexity.of_module(loaded.net.net)
-    teacher = None
-    if config is not None and isinstance(config.get("teacher"), dict) and config["teacher"].get("spec"):
-        t_name, t_cost, why = complexity.of_teacher(config["teacher"].get("spec"), config["teacher"].get("network"))
-        teacher = {"name": t_name, "complexity": t_cost, "why_not": why}
+    teacher = _teacher_cost(config)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
@@ -149,16 +180,7 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
         if not result.passed:
             raise ExportError(f"{loaded.file}: the ONNX export does not reproduce the checkpoint: {result.text()}, "
                               f"below the required cosine {parity.MIN_COSINE}; nothing was written to {output}")
-        files = {onnx_net.MODEL_FILE: "the backbone for onnxruntime (input `images`, output `embedding`)",
-                 "model.safetensors": "the backbone's weights (safetensors)"}
-        conf = {"name": loaded.name, "output_dim": loaded.embedding_size, "input_size": [3, 112, 112],
-                "color_space": loaded.net.color_space}
-        write_atomic(tmp / "model.safetensors", _state_bytes(loaded.net.net, CVLFACE_PREFIX if fmt == "cvlface" else ""))
-        if fmt == "cvlface":
-            (tmp / "pretrained_model").mkdir()
-            write_atomic(tmp / "pretrained_model" / "model.yaml", yaml.safe_dump(conf, sort_keys=False))
-            files["model.safetensors"] += f", keys `{CVLFACE_PREFIX}<key>` as CVLFace's hub repositories"
-            files["pretrained_model/model.yaml"] = "CVLFace's description of the net (name, output_dim, color_space)"
+        files, conf = _write_weights(tmp, loaded, fmt)
         info: dict[str, Any] = {
             "architecture": loaded.name, "embedding_size": loaded.embedding_size,
             "trained_color_space": loaded.net.color_space, "format": fmt, "checkpoint": str(loaded.file),
@@ -167,11 +189,7 @@ def export(checkpoint: Union[str, Path], output: Union[str, Path], *, fmt: str =
             "config": config, "files": {**files, "config.json": "this export's description (machine-readable)",
                                         "README.md": "this card"},
             "onnxruntime": _version("onnxruntime"), "torch": torch.__version__}
-        described = {k: v for k, v in info.items() if k not in ("complexity", "teacher")}
-        described["complexity"] = {"student": cost.as_dict(),
-                                   "teacher": None if teacher is None else {
-                                       "name": teacher["name"], "why_not": teacher["why_not"],
-                                       **(teacher["complexity"].as_dict() if teacher["complexity"] else {})}}
+        described = _described(info, cost, teacher)
         if fmt == "cvlface":
             described["conf"] = conf  # what models.weights.read_directory (and CVLFace) reads
             write_atomic(tmp / "config.json", json.dumps(described, indent=1, default=str) + "\n")

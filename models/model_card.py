@@ -34,11 +34,16 @@ def _results(evaluations: list[dict]) -> list[str]:
 
 def card(info: Mapping[str, Any]) -> str:
     """The card of an export described by `info` (models.export builds it)."""
+    return "\n".join(_about(info) + _checks(info) + _usage(info))
+
+
+def _about(info: Mapping[str, Any]) -> list[str]:
+    """Front matter and title, the files, the input and output, the cost of the model (and its teacher)."""
     name, dim = info["architecture"], info["embedding_size"]
     front = {"library_name": "onnx", "pipeline_tag": "image-feature-extraction",
              "tags": ["face-recognition", "knowledge-distillation", "adadistill", "onnx", name],
              "license": "cc-by-nc-sa-4.0"}
-    parity, files = info["parity"], info["files"]
+    files = info["files"]
     student, teacher = info["complexity"], info.get("teacher")
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {name} face embedding ({dim}-d), exported by AdaDistill", "",
@@ -63,7 +68,13 @@ def card(info: Mapping[str, Any]) -> str:
               _cost_row("student (this model)", name, student)]
     if teacher is not None:
         lines.append(_cost_row("teacher", teacher["name"], teacher.get("complexity"), teacher.get("why_not", "")))
-    lines += ["", "## Parity with the checkpoint", "",
+    return lines
+
+
+def _checks(info: Mapping[str, Any]) -> list[str]:
+    """The parity checks made at export, and the run's evaluation results."""
+    parity = info["parity"]
+    lines = ["", "## Parity with the checkpoint", "",
               f"Checked at export on {info['check_data']}, decoded as the evaluator decodes them "
               f"(pipeline.decode_images): onnxruntime {info['onnxruntime']} (CPUExecutionProvider) against torch "
               f"{info['torch']} on the checkpoint.", "",
@@ -76,7 +87,12 @@ def card(info: Mapping[str, Any]) -> str:
                      f"{rt['max_abs_diff']:.3g} against the checkpoint (required: <= {rt['tolerance']:.3g}, 1e-5 of the "
                      "largest embedding value).")
     lines += ["", "## Evaluation results of the run", ""] + _results(info["evaluations"])
-    lines += ["", "## How to use", "", "With onnxruntime (no torch needed):", "", "```python",
+    return lines
+
+
+def _usage(info: Mapping[str, Any]) -> list[str]:
+    """How to run the export (onnxruntime, our commands), and the training config."""
+    lines = ["", "## How to use", "", "With onnxruntime (no torch needed):", "", "```python",
               "import numpy as np, onnxruntime as ort",
               "from PIL import Image",
               "session = ort.InferenceSession(\"model.onnx\", providers=[\"CPUExecutionProvider\"])",
@@ -94,4 +110,4 @@ def card(info: Mapping[str, Any]) -> str:
     lines += ["```", "", "## Training config", "", "The run's effective config as saved in the checkpoint:", "",
               "```yaml", yaml.safe_dump(info["config"], sort_keys=False).strip() if info.get("config") else
               "# (the checkpoint holds no config: a bare state dict)", "```", ""]
-    return "\n".join(lines)
+    return lines

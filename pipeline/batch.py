@@ -1,7 +1,7 @@
 """The Batch contract: what every consumer of the pipeline receives (docs/DESIGN.md, "Batches")."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Optional
 
 import numpy as np
@@ -19,21 +19,23 @@ class Batch:
     index:   [B] int64, each sample's global index (its shard key).
     flipped: [B] bool, True where the image was mirrored; None unless the loader was asked
              `with_flip=True` (the teacher-embedding cache keys on it).
-    On the host (numpy; read them instead of copying the tensors above back, which would sync the device):
-    keys:    int64 [B], the values of `index`.
+    On the host (numpy; read them instead of copying the tensors above back, which would sync the device),
+    keyword-only:
+    keys:    int64 [B], the values of `index`; required (whoever builds a batch holds its keys on the host).
     flips:   bool [B], the values of `flipped`; None when `flipped` is None.
     global_labels: int64 [W*B], the labels of this step's GLOBAL batch: every rank's batch, in rank order
              (rank r's `labels` are global_labels[r*B:(r+1)*B]), as an all_gather of `labels` would give them;
              the same on every rank, known without communicating (the order is a function of seed and epoch).
-    Batches built by pipeline.build_loader fill all three; the host fields are None only in batches made
-    elsewhere (a benchmark's baseline loader), whose consumers fall back to reading the tensors.
+    Batches built by pipeline.build_loader fill all three; global_labels is None only in batches made
+    elsewhere (a benchmark's baseline loader, the training loop's micro-batches).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
     flipped: Optional[torch.Tensor] = None
-    keys: Optional[np.ndarray] = None
+    _: KW_ONLY
+    keys: np.ndarray
     flips: Optional[np.ndarray] = None
     global_labels: Optional[np.ndarray] = None
 
@@ -50,7 +52,8 @@ class Batch:
                 f"Batch.flipped: expected bool [{n}], found {self.flipped.dtype} {tuple(self.flipped.shape)}")
         for name, dtype in (("keys", np.int64), ("flips", np.bool_)):
             a = getattr(self, name)
-            if a is not None and (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,)):
+            if (a is not None or name == "keys") and (not isinstance(a, np.ndarray) or a.dtype != dtype
+                                                       or a.shape != (n,)):
                 found = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
                 raise ValueError(f"Batch.{name}: expected a numpy {np.dtype(dtype)} [{n}], found {found}")
         g = self.global_labels
@@ -59,7 +62,7 @@ class Batch:
             found = f"{g.dtype} {g.shape}" if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(f"Batch.global_labels: expected a numpy int64 [W*{n}] (every rank's labels), "
                              f"found {found}")
-        if (self.flips is None) != (self.flipped is None) and self.keys is not None:
+        if (self.flips is None) != (self.flipped is None):
             raise ValueError(f"Batch.flips: expected an array exactly when flipped is one, found flips "
                              f"{'None' if self.flips is None else 'an array'} and flipped "
                              f"{'None' if self.flipped is None else 'a tensor'}")

@@ -90,7 +90,7 @@ class DaliLoader:
             for _ in range(self.start_step, self.plan.steps):
                 try:
                     (images,) = graph.pipe.run()
-                except ShardError:  # raised by our source (a header or a label): it names the sample already
+                except ShardError:  # raised by our source (a header): it names the sample already
                     raise
                 except RuntimeError as err:
                     raise _refused(reader, pending, err) from err

@@ -79,9 +79,7 @@ def join_indexes(parts: Sequence[ShardIndex]) -> ShardIndex:
     table = np.concatenate([p.table.astype(np.int64) for p in parts])
     if table.size and int(table.max()) < 2**32:
         table = table.astype(np.uint32)  # as ShardIndex.open: half the memory where every tar is under 4 GiB
-    labels = None
-    if all(p.label_table is not None for p in parts):  # else every `.cls` is parsed (ShardReader.labels)
-        labels = np.concatenate([p.label_table.astype(np.int32) + s.first_class for p, s in zip(parts, spans)])
+    labels = np.concatenate([p.label_table.astype(np.int32) + s.first_class for p, s in zip(parts, spans)])
     return ShardIndex(parts[0].root, tuple(t for p in parts for t in p.paths), parts[0].encoding,
                       parts[0].image_size, key, cls, np.concatenate(shard_of), table, labels,
                       datasets=tuple(spans), shard_dataset=np.concatenate(shard_dataset))

@@ -3,8 +3,8 @@
 Sample keys are global indices and shard k holds a contiguous slice of them (docs/DESIGN.md, "Shards"),
 so one flat array per field, indexed by the key, locates every sample. The tars are memory-mapped and
 read by offset: a batch costs B slices of a mapping, with no tar parsing on the hot path. Labels come from
-the converter's labels table (one gather a batch, checked once when opened); shard sets converted before
-it existed have none, and their labels are parsed from the `.cls` members (checked every batch).
+the converter's labels table (one gather a batch, checked once when opened); a shard set converted before
+the table existed does not open (convert.manifest.StaleManifestError says to convert it again).
 An index may span several directories laid end to end (pipeline/datasets.py joins them); its `datasets`
 say where each one's keys and classes start: messages name a sample's own tar and 9-digit member name.
 """
@@ -117,7 +117,7 @@ class ShardIndex:
     num_classes: int
     shard_of: np.ndarray  # int32 [N]
     table: np.ndarray  # uint32 (int64 for tars over 4 GiB) [N, 4]: image offset, image size, cls offset, cls size
-    label_table: Optional[np.ndarray] = None  # int32 [N], row = key, the union's classes; None: parse the .cls members
+    label_table: np.ndarray  # int32 [N], row = key, the union's classes
     datasets: tuple[DatasetSpan, ...] = ()  # () for one directory: filled in as (root, 0, N, 0, C)
     shard_dataset: Optional[np.ndarray] = None  # int32 [len(paths)]: each tar's dataset; None: all the first
 
@@ -181,13 +181,11 @@ class ShardIndex:
                    table, _label_table(root, manifest))
 
 
-def _label_table(root: Path, manifest: Manifest) -> Optional[np.ndarray]:
+def _label_table(root: Path, manifest: Manifest) -> np.ndarray:
     """The converter's labels table, checked once against the manifest (size, dtype, shape, and every label
-    in 0..num_classes-1 in one vectorised pass); None for shard sets converted before it existed. Its sha256
-    is `python -m convert verify`'s to check, as the tars' are: hashing on every open would cost seconds."""
+    in 0..num_classes-1 in one vectorised pass). Its sha256 is `python -m convert verify`'s to check, as the
+    tars' are: hashing on every open would cost seconds."""
     rec = manifest.labels
-    if rec is None:
-        return None
     path = root / rec.name
     if not path.is_file():
         raise ShardError(f"{path}: the labels table that {MANIFEST_NAME} lists is missing")
@@ -275,38 +273,11 @@ class ShardReader:
 
     def step_labels(self, global_keys: np.ndarray, part: slice) -> tuple[np.ndarray, np.ndarray]:
         """(labels of `global_keys[part]` (a rank's), labels of all `global_keys` (its step's global batch)):
-        Batch.labels and .global_labels. With the labels table that is one gather; without it the global
-        batch's `.cls` members are parsed (and checked, so that every rank stops at the same step on a bad
-        label)."""
+        Batch.labels and .global_labels: one gather from the labels table."""
         everyone = self.labels(global_keys)
         return everyone[part].copy(), everyone
 
     def labels(self, keys: np.ndarray) -> np.ndarray:
-        """int64 [len(keys)]: each sample's label, a class of the manifest. From the labels table (one gather,
-        checked when the index was opened) where the shard set has one, else parsed from the `.cls` members
-        and checked here."""
-        if self.index.label_table is not None:
-            return self.index.label_table[keys].astype(np.int64)
-        rows = self.index.table[keys, 2:].tolist()
-        shard_ids = self.index.shard_of[keys]
-        shards = shard_ids.tolist()
-        out = np.empty(len(keys), np.int64)
-        for i, (k, (off, size)) in enumerate(zip(shards, rows)):
-            try:
-                out[i] = int(self._map(k)[off:off + size])
-            except (ValueError, OverflowError) as err:
-                raise ShardError(f"{self.sample(keys[i])}.cls at offset {off} is not a decimal label") from err
-        # One vectorised test a batch: a label out of range would index past the margin head's weight
-        # (a CUDA assert on the GPU, a silently wrong class where it happens to fit). A `.cls` member holds
-        # its own directory's label: checked against that directory's classes, then moved to the union's.
-        dataset = self.index.shard_dataset[shard_ids]
-        first = np.array([d.first_class for d in self.index.datasets], np.int64)[dataset]
-        classes = np.array([d.num_classes for d in self.index.datasets], np.int64)[dataset]
-        bad = np.flatnonzero((out < 0) | (out >= classes))
-        if bad.size:
-            i = int(bad[0])
-            span = self.index.datasets[int(dataset[i])]
-            manifest = MANIFEST_NAME if len(self.index.datasets) == 1 else str(Path(span.dir) / MANIFEST_NAME)
-            raise ShardError(f"{self.sample(keys[i])}.cls holds label {out[i]}, outside 0..{span.num_classes - 1} "
-                             f"({manifest} says num_classes {span.num_classes})")
-        return out + first
+        """int64 [len(keys)]: each sample's label, a class of the manifest (of the union's classes): one
+        gather from the labels table, checked when the index was opened."""
+        return self.index.label_table[keys].astype(np.int64)

@@ -8,8 +8,8 @@ Samples are read by offset through the shards' `.idx` files, like the DALI loade
 webdataset's streaming reader: a stream can only shuffle inside a buffer, and would neither give the
 (seed, epoch) permutation the DALI loader uses nor start exactly at a resumed step.
 
-A sample that does not decode, or whose label is not a class of the manifest, stops the epoch with a
-ShardError naming its shard and key. A worker returns that error as its item instead of raising it:
+A sample that does not decode stops the epoch with a ShardError naming its shard and key (labels are
+checked once, when the index opens). A worker returns that error as its item instead of raising it:
 DataLoader would re-raise it with the worker's whole traceback folded into the message.
 """
 from __future__ import annotations

@@ -83,7 +83,7 @@ def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = Fal
     def batches():
         for images, labels, keys in loaders():  # as the original training loop: .to(device) of each batch
             yield pipeline.Batch(images=images.to(device, non_blocking=True), labels=labels.to(device),
-                                 index=keys.to(device))
+                                 index=keys.to(device), keys=keys.numpy())
 
     return batches
 

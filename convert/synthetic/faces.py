@@ -168,7 +168,14 @@ def _render(seed: int, identity: int, t: dict, images: np.ndarray) -> np.ndarray
     m = len(images)
     cv = _Canvas(v, m)
     cv.img[:] = v["bg"][:, None, None, :]
+    _paint_head(cv, t)
+    _paint_features(cv, t, v)
+    img = _lit(cv, v, m)
+    return np.ascontiguousarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
+
+def _paint_head(cv: _Canvas, t: dict) -> None:
+    """The identity's hair, face (skin with its texture) and fringe, painted onto the canvas."""
     fcx, fcy, fax, fay = t["face"]
     # Hair: a larger ellipse behind the face, visible around it and above the hairline.
     hw, hh = fax * t["hair_width"], fay * 1.12
@@ -184,6 +191,10 @@ def _render(seed: int, identity: int, t: dict, images: np.ndarray) -> np.ndarray
     fringe = np.clip((hairline_y - y) / 0.03 + 0.5, 0, 1) * face_mask
     _paint(img, fringe, t["hair"])
 
+
+def _paint_features(cv: _Canvas, t: dict, v: dict) -> None:
+    """Eyes, brows, nose and mouth, placed by the identity and moved by each image's yaw, eyes and smile."""
+    fcx, fcy = t["face"][:2]
     # Features move with yaw (the head turns, the outline barely changes).
     fx = fcx + v["yaw"]
     ex, ey, erx, ery = t["eye"]
@@ -210,6 +221,9 @@ def _render(seed: int, identity: int, t: dict, images: np.ndarray) -> np.ndarray
     mouth_y = y + (mcurve + v["smile"]) * 0.1 * np.square((x - fx) / mw)
     _paint(img, _ellipse(x, mouth_y, fx, fcy + my, mw, mth, soft=0.012), t["lips"])
 
+
+def _lit(cv: _Canvas, v: dict, m: int) -> np.ndarray:
+    """The canvas under each image's lighting, blur and noise: float32 [m, SIZE, SIZE, 3]."""
     # Lighting: gain, a linear gradient across the image, a colour cast.
     img = cv.img
     u, w = cv.u[None], cv.w[None]
@@ -220,4 +234,4 @@ def _render(seed: int, identity: int, t: dict, images: np.ndarray) -> np.ndarray
     for i in range(m):
         noise = np.random.default_rng(v["noise_seed"][i]).standard_normal((SIZE, SIZE, 3), dtype=np.float32)
         img[i] += v["noise"][i] * noise
-    return np.ascontiguousarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img

@@ -177,6 +177,18 @@ def write_pairs_bin(
     if per_identity_images < 2:
         raise SynthError(f"same-identity pairs need >= 2 images per identity, found {per_identity_images}")
     rng = np.random.default_rng([seed, _PAIR_STREAM, first_identity, identities, per_identity_images])
+    chosen = _draw_pairs(rng, pairs, identities, per_identity_images)
+    jpeg_of = _pair_images(chosen, seed, first_identity, workers)
+    bins, issame = [], []
+    for first, second, same in chosen:
+        bins += [jpeg_of[first], jpeg_of[second]]
+        issame.append(bool(same))
+    return write_bin(path, bins, issame)
+
+
+def _draw_pairs(rng: np.random.Generator, pairs: int, identities: int, per_identity_images: int) -> list:
+    """The pairs, shuffled, as ((identity offset, image n), (identity offset, image n), same): the first
+    ceil(pairs / 2) drawn are same-identity."""
     n_same = (pairs + 1) // 2
     chosen = []  # (identity offset, image n) x 2 per pair
     for p in range(pairs):
@@ -188,8 +200,11 @@ def write_pairs_bin(
             na, nb = (int(k) for k in rng.integers(per_identity_images, size=2))
         chosen.append(((a, na), (b, nb), p < n_same))
     order = rng.permutation(pairs)
-    chosen = [chosen[i] for i in order]
+    return [chosen[i] for i in order]
 
+
+def _pair_images(chosen: list, seed: int, first_identity: int, workers: Optional[int]) -> dict:
+    """(identity offset, image n) -> JPEG bytes of every image the pairs use, each rendered once."""
     needed: dict = {}
     for (a, na), (b, nb), _ in chosen:
         needed.setdefault(a, set()).add(na)
@@ -200,11 +215,7 @@ def write_pairs_bin(
     for (identity, images), jpegs in zip(tasks, _identity_images(seed, tasks, workers, "synth pairs", total)):
         for n, jpeg in zip(images, jpegs):
             jpeg_of[(identity - first_identity, n)] = jpeg
-    bins, issame = [], []
-    for first, second, same in chosen:
-        bins += [jpeg_of[first], jpeg_of[second]]
-        issame.append(bool(same))
-    return write_bin(path, bins, issame)
+    return jpeg_of
 
 
 def write_bin(path: Union[str, os.PathLike], bins: Sequence[bytes], issame: Sequence[bool]) -> str:

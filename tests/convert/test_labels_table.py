@@ -1,16 +1,17 @@
 """The labels table beside the shards: written with the shards, listed in the manifest with its sha256,
-checked by verify, rewritten by a rerun when damaged; shard sets converted before it existed stay finished."""
-import dataclasses
+checked by verify, rewritten by a rerun when damaged; a shard set converted before it existed is refused,
+saying to convert it again with --overwrite, which does."""
 import json
 import os
 
 import numpy as np
+import pytest
 
 from common.files import sha256_file
 import convert
 from convert.cli import main
 from convert.labels_table import LABELS_NAME, labels_problem
-from convert.output_folder import sealed
+from convert.manifest import StaleManifestError
 from tests.convert.datasets import IDENTITIES, PER_IDENTITY, read_shards, tree_bytes
 
 
@@ -91,15 +92,21 @@ def test_rerun_rewrites_a_damaged_table(synth_rec, tmp_path):
     assert os.stat(out / "train-000000.tar").st_mtime_ns == untouched  # shards kept, only the table rewritten
 
 
-def test_a_finished_set_without_table_stays_accepted(synth_rec, tmp_path):
+def test_a_set_without_table_is_refused_until_converted_again(synth_rec, tmp_path):
     """A shard set written before the table existed: no labels.npy, and no `labels` in its manifest."""
     out = tmp_path / "o"
     m = _convert(synth_rec, out)
+    reference = tree_bytes(out)
+    data = json.loads((out / "manifest.json").read_text())
+    del data["labels"]
+    (out / "manifest.json").write_text(json.dumps(data))
     (out / LABELS_NAME).unlink()
-    sealed(dataclasses.replace(m, labels=None)).save(out)
-    assert "labels" not in json.loads((out / "manifest.json").read_text())
-    before = tree_bytes(out)
-    assert convert.verify(out) == []
-    again = _convert(synth_rec, out)  # the same command again: finished, nothing rewritten
-    assert again.labels is None and tree_bytes(out) == before
-    assert convert.Manifest.load(out).labels is None
+    expected = (f"{out / 'manifest.json'}: lists no labels table: this shard set was converted before labels.npy "
+                f"existed; convert it again (python -m convert rec {m.source['path']} {out} --overwrite, with the "
+                f"options it was converted with)")
+    assert convert.verify(out) == [expected]
+    with pytest.raises(StaleManifestError) as info:
+        _convert(synth_rec, out)  # the same command again: refused, nothing rewritten
+    assert str(info.value) == expected and not (out / LABELS_NAME).exists()
+    again = _convert(synth_rec, out, overwrite=True)
+    assert again.labels is not None and tree_bytes(out) == reference

@@ -257,3 +257,17 @@ def test_sharded_centres_start_at_their_own_rows_of_the_class_means(data, tmp_pa
     rows = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in range(2)]
     assert [len(r) for r in rows] == [3, 4]  # 7 classes over 2 ranks: [0, 3) and [3, 7)
     assert torch.equal(torch.cat(rows), means)
+
+
+def test_a_manifest_without_precision_is_refused_saying_to_build_again(data, tmp_path):
+    """A cache built before the precision was recorded: one error naming its manifest, no fp32 assumed."""
+    import shutil
+
+    old = tmp_path / "tc"
+    shutil.copytree(data["cache"], old)
+    raw = json.loads((old / "manifest.json").read_text())
+    del raw["precision"]
+    (old / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(teacher_cache.TeacherCacheError, match=rf"^{old / 'manifest.json'}: records no precision .*"
+                                                              r"`python -m distill cache-teacher`$"):
+        teacher_cache.CacheManifest.load(old)

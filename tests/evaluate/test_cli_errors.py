@@ -11,7 +11,7 @@ import torch
 
 from common.files import output_lock
 import models
-from evaluate import cli
+from evaluate import cli, output_check
 from tests.evaluate.conftest import TINY_EMB, TINY_NET, pair_set, write_bin
 
 PAIRS = 60  # 120 images: "image 3 of 120"
@@ -186,7 +186,7 @@ def test_read_only_file_system_fails_before_the_evaluation(tmp_path, val_data, c
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(cli.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(output_check.tempfile, "NamedTemporaryFile", read_only)
     ckpt = _checkpoint(tmp_path / "a.pt", 1)
     assert cli.main(_args("--checkpoint", str(ckpt), "--val-data", str(val_data))) == 2
     assert f"{tmp_path / 'reports'}: cannot write the report here (Read-only file system)" in _error_line(capsys)

@@ -264,11 +264,12 @@ def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsy
 
 def test_exclusion_list_names_source_classes_keeps_earlier_ones_and_reads_back(tmp_path):
     from convert.class_exclusion import read_exclusion_list
-    from convert.manifest import ExclusionRecord, Manifest, ShardRecord
+    from convert.manifest import ExclusionRecord, Manifest, ShardRecord, TableRecord
     from evaluate import overlap_report
 
     manifest = Manifest(num_samples=3, num_classes=3, image_size=112, encoding="jpeg", seed=0,
                         shards=(ShardRecord("train-000000.tar", 3, 2048, "0" * 64),), source={},
+                        labels=TableRecord("labels.npy", 140, "0" * 64),
                         class_map=("alice", "bob", "carol"),
                         exclusion=ExclusionRecord("/x/list.txt", "0" * 64, 1, 4, ("dave",)))
     report = {"flagged_classes": [{"source_class": overlap_report.source_class(manifest, 1)}], "threshold": 0.7,

@@ -37,9 +37,11 @@ def raw_shards(source, tmp_path_factory) -> Path:
 
 
 def write_shards(out: Path, members, labels, *, num_classes: int, per_shard: int = 4, size: int = 112) -> Path:
-    """JPEG-encoding shards of the given image members and labels, written with the converter's ShardWriter
-    and Manifest: for contents the converter itself never writes (PNG bytes in a .jpg member, bytes that do
-    not decode, a label beyond num_classes), as a foreign tool or a damaged disk could leave them."""
+    """JPEG-encoding shards of the given image members and labels, written with the converter's ShardWriter,
+    labels table and Manifest: for contents the converter itself never writes (PNG bytes in a .jpg member,
+    bytes that do not decode), as a foreign tool or a damaged disk could leave them."""
+    from convert.labels_table import write_labels
+
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for k, start in enumerate(range(0, len(members), per_shard)):
@@ -48,7 +50,8 @@ def write_shards(out: Path, members, labels, *, num_classes: int, per_shard: int
             writer.write(key, members[key], labels[key])
         records.append(writer.close())
     Manifest(num_samples=len(members), num_classes=num_classes, image_size=size, encoding="jpeg", seed=0,
-             shards=tuple(records), source={"kind": "test"}).save(out)
+             shards=tuple(records), source={"kind": "test"},
+             labels=write_labels(str(out), np.asarray(labels))).save(out)
     return out
 
 
@@ -127,14 +130,12 @@ def fresh_fallback_warnings(monkeypatch):
 
 def without_labels_table(shards: Path, out: Path) -> Path:
     """A copy of `shards` as the converter wrote it before the labels table existed: no labels.npy, and a
-    manifest without `labels` (sealed again, so that its conversion still finds it finished)."""
-    import dataclasses
+    manifest.json without `labels` (edited as JSON: a Manifest without one is no longer built)."""
+    import json
     import shutil
 
-    from convert.output_folder import sealed
-
     shutil.copytree(shards, out)
-    manifest = Manifest.load(out)
-    (out / manifest.labels.name).unlink()
-    sealed(dataclasses.replace(manifest, labels=None)).save(out)
+    data = json.loads((out / "manifest.json").read_text())
+    (out / data.pop("labels")["name"]).unlink()
+    (out / "manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return out

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pipeline
-from tests.pipeline.conftest import read_tars, without_labels_table
+from tests.pipeline.conftest import read_tars
 
 BACKENDS = ["dali", "torch"]
 
@@ -16,16 +16,10 @@ def _brute_force_repeats(labels: list) -> int:
     return max(counts.values())
 
 
-@pytest.fixture(scope="module")
-def untabled(jpeg_shards, tmp_path_factory):
-    return without_labels_table(jpeg_shards, tmp_path_factory.mktemp("untabled") / "shards")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_size", [1, 2, 4])
-@pytest.mark.parametrize("table", [True, False], ids=["labels-table", "parsed-cls"])
-def test_label_repeats_counts_all_ranks(request, jpeg_shards, backend, world_size, table):
-    shards = jpeg_shards if table else request.getfixturevalue("untabled")
+def test_label_repeats_counts_all_ranks(jpeg_shards, backend, world_size):
+    shards = jpeg_shards
     batch_size = 24 // world_size  # a global batch of 24 out of 24 identities x 6: repeats are common
     tars = read_tars(jpeg_shards)
     ranks = [list(pipeline.build_loader(shards, batch_size, rank=r, world_size=world_size, device="cpu",
@@ -72,7 +66,7 @@ def test_batch_checks_its_host_fields():
     images, ids = torch.zeros(4, 3, 8, 8), torch.arange(4)
     keys = np.arange(4, dtype=np.int64)
     flips = np.zeros(4, bool)
-    pipeline.Batch(images, ids, ids)  # host fields are optional: batches made outside the pipeline
+    pipeline.Batch(images, ids, ids, keys=keys)  # flips and global_labels are optional: batches made elsewhere
     pipeline.Batch(images, ids, ids, torch.zeros(4, dtype=torch.bool), keys=keys, flips=flips,
                    global_labels=np.arange(8))
     bad = [dict(keys=keys.astype(np.int32)), dict(keys=keys[:3]), dict(keys=torch.arange(4)),
@@ -80,6 +74,6 @@ def test_batch_checks_its_host_fields():
            dict(global_labels=np.arange(8, dtype=np.int32)), dict(global_labels=np.zeros((2, 4), np.int64))]
     for kw in bad:
         with pytest.raises(ValueError, match=r"Batch\.(keys|flips|global_labels)"):
-            pipeline.Batch(images, ids, ids, **kw)
+            pipeline.Batch(images, ids, ids, **{"keys": keys, **kw})
     with pytest.raises(ValueError, match=r"Batch\.flips: expected an array exactly when flipped is one"):
         pipeline.Batch(images, ids, ids, keys=keys, flips=flips)

@@ -15,7 +15,6 @@ from convert.synthetic import write_synthetic
 from pipeline.loader import open_index
 from pipeline.order import plan_epoch
 from pipeline.shard_index import ShardReader
-from tests.pipeline.conftest import without_labels_table
 
 BACKENDS = ["dali", "torch"]
 A_IDS, A_PER, B_IDS, B_PER = 6, 5, 4, 6          # 30 + 24 = 54 samples, 6 + 4 = 10 classes
@@ -92,15 +91,6 @@ def test_one_directory_in_a_list_is_the_directory(sets):
         assert len(plain) == len(listed)
         for x, y in zip(plain, listed):
             assert torch.equal(x.index, y.index) and torch.equal(x.labels, y.labels) and torch.equal(x.images, y.images)
-
-
-def test_sets_without_a_labels_table_are_offset_too(sets, tmp_path):
-    old = without_labels_table(sets["b"], tmp_path / "b_old")
-    assert open_index([sets["a"], old]).label_table is None  # the `.cls` members are parsed
-    new, legacy = _epoch([sets["a"], sets["b"]], 6, "torch", seed=1), _epoch([sets["a"], old], 6, "torch", seed=1)
-    for x, y in zip(new, legacy):
-        assert torch.equal(x.index, y.index) and torch.equal(x.labels, y.labels)
-        assert np.array_equal(x.global_labels, y.global_labels)
 
 
 def test_weights_repeat_and_subsample_each_epoch():

@@ -1,16 +1,17 @@
-"""The converter's labels table as the pipeline reads it: equal to the .cls members, checked once on open,
-and shard sets without it (converted before it existed) still load, their labels parsed from .cls."""
+"""The converter's labels table as the pipeline reads it: equal to the .cls members, checked once on open;
+a shard set without it (converted before it existed) is refused, saying to convert it again."""
 import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
-import torch
 
+from common.errors import InputError
 from common.files import sha256_file
 import pipeline
 from convert import Manifest
+from convert.manifest import StaleManifestError
 from pipeline.shard_index import ShardIndex, ShardReader
 from tests.pipeline.conftest import read_tars, without_labels_table
 
@@ -26,20 +27,20 @@ def test_table_labels_equal_the_cls_members(request, shards):
     keys = np.arange(index.num_samples)
     expected = np.array([tars[k][1] for k in keys])
     assert np.array_equal(ShardReader(index).labels(keys), expected)
-    parsed = ShardReader(dataclasses.replace(index, label_table=None)).labels(keys)  # the .cls parse path
-    assert np.array_equal(parsed, expected) and parsed.dtype == np.int64
     assert np.array_equal(pipeline.ShardSamples(shards).labels(keys[::-1]), expected[::-1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_shards_without_a_table_still_load(jpeg_shards, tmp_path, backend):
+def test_shards_without_a_table_are_refused_saying_to_convert_again(jpeg_shards, tmp_path, backend):
     old = without_labels_table(jpeg_shards, tmp_path / "old")
     assert not (old / "labels.npy").exists() and "labels" not in json.loads((old / "manifest.json").read_text())
-    assert ShardIndex.open(old).label_table is None
-    kw = dict(device="cpu", backend=backend, with_flip=True, seed=3, world_size=2, rank=1)
-    for a, b in zip(pipeline.build_loader(jpeg_shards, 12, **kw), pipeline.build_loader(old, 12, **kw)):
-        assert torch.equal(a.labels, b.labels) and torch.equal(a.index, b.index) and torch.equal(a.images, b.images)
-        assert np.array_equal(a.global_labels, b.global_labels)
+    source = Manifest.load(jpeg_shards).source["path"]
+    with pytest.raises(StaleManifestError) as info:
+        pipeline.build_loader(old, 12, device="cpu", backend=backend)
+    message = str(info.value)
+    assert message.startswith(f"{old / 'manifest.json'}: lists no labels table") and "\n" not in message
+    assert f"python -m convert rec {source} {old} --overwrite" in message
+    assert isinstance(info.value, InputError)  # a CLI prints it as one line and exits 2
 
 
 def _with_table(shards, tmp_path, table) -> str:
