@@ -4,11 +4,11 @@
 Modules:
   margins.py        the margin logits (ArcFace, CosFace, AdaFace), registered by name
   centres.py        AdaDistill's teacher-driven class centres: mixing coefficients and the update
-  heads.py          the head: centres, AdaFace norm statistics, the geometry-aware margin; build_head
+  heads.py          the head: its class centres (all, or this rank's shard), AdaFace norm statistics, the
+                    geometry-aware margin, Partial FC sampling (sample_rate); forward returns the loss; build_head
   class_shard.py    which class centres a rank holds (distill.shard_classes): ClassShard, shard_for_run
-  sharded_head.py   the head with its centres split across ranks, and Partial FC sampling (sample_rate)
   sharded_softmax.py the cross-entropy across ranks and the all-gather of embeddings with its backward
-  head_rows.py      a sharded head's rows in checkpoints: per-rank files, re-sharded on load
+  head_rows.py      the head's rows in checkpoints: per-rank files (sharded runs), re-sharded on load
   optim.py          the recipe: the lr at every step (plan) and SGD with the originals' weight decay
   teacher.py        where the teacher's embeddings come from: online (TeacherSource) or the cache
   teacher_cache.py  the teacher embedding cache: its format on disk, its build, its reading in the loop

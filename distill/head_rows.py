@@ -1,5 +1,5 @@
-"""A sharded head's class centres in checkpoints: every rank writes its own rows, and a run on any world size
-reads back the rows it holds (re-sharding on load), from either layout.
+"""The head's class centres in checkpoints: with sharded classes every rank writes its own rows, and a run
+on any world size reads back the rows its head's shard holds (re-sharding on load), from either layout.
 
 Layout (docs/DESIGN.md, checkpoints): next to `step-<9 digits>.pt`, the folder `step-<9 digits>.head/` holds
 `rank-<r>-of-<W>.pt` per rank: {start, stop, num_classes, centres [stop-start, D], and with distill.mode
@@ -11,8 +11,8 @@ Why per-rank files and not one [C, D] tensor gathered on rank 0: at 2M classes x
 while every other rank waits. Per-rank files are written in parallel, each rank 1/W of it, so a save
 stalls the ranks for about the slowest rank's own write (measured in docs/clusters.md). Each file is written
 atomically and the main file, written last by rank 0 after a barrier, commits them: a crash leaves no
-main file naming a missing row file. A replicated head's checkpoint keeps everything in the main file, as
-before; both layouts load into both kinds of head.
+main file naming a missing row file. A run that does not shard its classes (every rank holds every centre)
+keeps them in the main file; either layout loads into a head of any shard.
 """
 from __future__ import annotations
 
@@ -45,13 +45,15 @@ def centres_index(optimizer: torch.optim.Optimizer, head: nn.Module) -> Optional
     return None
 
 
-def save_parts(output, step: int, head: nn.Module, optimizer: torch.optim.Optimizer,
-               ctx: distributed.DistContext) -> tuple[dict, dict, Optional[dict]]:
-    """(head state, optimizer state, head_rows entry) for the main checkpoint file. Collective for a sharded
-    head: every rank writes its rows first, then all wait until every rank's are on disk."""
+def save_parts(output, step: int, head: nn.Module, optimizer: torch.optim.Optimizer, ctx: distributed.DistContext,
+               *, row_files: Optional[bool] = None) -> tuple[dict, dict, Optional[dict]]:
+    """(head state, optimizer state, head_rows entry) for the main checkpoint file. row_files: the rows go to
+    per-rank files (a run whose classes are sharded, distill.shard_classes; None: when the head has several
+    shards), else they stay in the head's and the optimizer's state. Collective with row files: every rank
+    writes its rows first, then all wait until every rank's are on disk."""
     head_state, optimizer_state = head.state_dict(), optimizer.state_dict()
-    shard = getattr(head, "shard", None)
-    if shard is None:
+    shard = head.shard
+    if not (shard.world_size > 1 if row_files is None else row_files):
         return head_state, optimizer_state, None
     index = centres_index(optimizer, head)
     rows = {"start": shard.start, "stop": shard.stop, "num_classes": shard.num_classes,
@@ -74,26 +76,17 @@ def save_parts(output, step: int, head: nn.Module, optimizer: torch.optim.Optimi
 
 
 def restore(path: Path, state: dict, head: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load the checkpoint's head and optimizer state into `head` (sharded or not) and `optimizer`, taking
-    the rows this head holds from whichever layout the checkpoint has."""
-    shard = getattr(head, "shard", None)
-    saved_rows = state.get("head_rows")
-    if shard is None and saved_rows is None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        return
-    start, stop = (shard.start, shard.stop) if shard is not None else (0, head.num_classes)
+    """Load the checkpoint's head and optimizer state into `head` and `optimizer`, taking the rows of the
+    head's shard from whichever layout the checkpoint has."""
+    start, stop, c = head.shard.start, head.shard.stop, head.num_classes
     index = centres_index(optimizer, head)
-    c = head.num_classes
     head_state = {**state["head"], "centres": read_rows(path, state, "centres", start, stop, index, c)}
     momentum = read_rows(path, state, "momentum", start, stop, index, c) if index is not None else None
     opt_state = {**state["optimizer"], "state": {k: v for k, v in state["optimizer"]["state"].items() if k != index}}
     head.load_state_dict(head_state)
-    if shard is None and momentum is not None:  # a replicated head: the full momentum in its usual place
+    if momentum is not None:  # the rows' SGD buffer in its place in the optimizer's state
         opt_state["state"][index] = {"momentum_buffer": momentum}
     optimizer.load_state_dict(opt_state)
-    if shard is not None and momentum is not None:
-        optimizer.state[head.centres]["momentum_buffer"] = momentum.to(head.centres.device, head.centres.dtype)
 
 
 def read_rows(path: Path, state: dict, key: str, start: int, stop: int, index: Optional[int],

@@ -1,21 +1,25 @@
-"""The margin head: class centres, AdaFace norm statistics and the AdaDistill update, behind one
-constructor (`build_head`) and one call (`head(student_emb, labels, teacher_emb, epoch_progress)`)."""
+"""The margin head: class centres (all of them, or this rank's shard), AdaFace norm statistics, the
+AdaDistill update and the cross-entropy, behind one constructor (`build_head`) and one call
+(`loss, stats = head(student_emb, labels, teacher_emb, epoch_progress, global_labels=...)`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from configs import GeomConfig
 
-from .centres import coefficients, rounds_from_host, update_centres
+from .centres import Coefficients, coefficients, rounds_from_host, update_centres
 from .class_shard import ClassShard
 from .distributed import gather_rows, rank, world_size
-from .margins import MARGINS, clip_norms, norm_scaler
+from .margins import MARGINS, clip_norms, margin_logits, norm_scaler
+from .sharded_softmax import ShardedLogits, gather_with_grad
 
 KD_MODES = ("none", "adadistill")
 CENTRE_UPDATES = ("global", "per_rank")
@@ -28,7 +32,7 @@ def init_centres(start: int, stop: int, embedding_size: int, seed: int) -> torch
 
     Drawn in blocks of INIT_BLOCK classes, block b from its own generator (seed, b): a rank that holds
     only some classes (distill.shard_classes) draws its rows without the other ranks' (2M x 512 floats
-    would be 4 GB), and they equal the replicated head's rows, so both start alike."""
+    would be 4 GB), and they equal the rows of a head of one shard, so both start alike."""
     out = torch.empty(stop - start, embedding_size)
     for block in range(start // INIT_BLOCK, (stop + INIT_BLOCK - 1) // INIT_BLOCK if stop > start else 0):
         lo, hi = block * INIT_BLOCK, (block + 1) * INIT_BLOCK
@@ -60,36 +64,64 @@ def _geometry(value: GeomConfig | Mapping[str, Any]) -> GeomConfig:
     return GeomConfig(**value)
 
 
-class Head(nn.Module):
-    """Normalised-softmax head with a margin, class centres [C, D] and optional AdaDistill centres.
+@dataclass(frozen=True)
+class _Rows:
+    """The batch rows a rank's logits cover, with their classes. With several shards they are the global
+    batch (each rank scores every sample against its own classes); with one, this rank's own samples."""
 
-    kd="none": `centres` is an nn.Parameter, trained by the optimizer.
+    gathered: bool                # the global batch (several shards), else this rank's own rows
+    host: np.ndarray              # int64 [N], their labels on the host
+    labels: torch.Tensor          # int64 [N], their labels on the device
+    owned: torch.Tensor           # bool [N], the row's class is one of this rank's
+    local: torch.Tensor           # int64 [N], the row of the class among this rank's where owned, else 0
+    mine: np.ndarray              # the positions of the owned rows, on the host
+    own: slice                    # this rank's own samples among the N rows
+    batch_host: np.ndarray        # int64 [W*B], the global batch's labels on the host (every rank's)
+
+
+class Head(nn.Module):
+    """Normalised-softmax head with a margin: the class centres of `shard` and optional AdaDistill centres;
+    forward returns the loss (as insightface arcface_torch's PartialFC does) and the step's statistics.
+
+    shard: the classes [shard.start, shard.stop) whose centres this rank holds, of shard.world_size ranks.
+    One shard (ClassShard(0, 1, C), the default) is the replicated head: every rank holds every centre and
+    takes the logits of its own samples; the loss is torch's cross-entropy. Several shards
+    (distill.shard_classes): the global batch is gathered (the student's embeddings with their gradient,
+    the teacher's without), every rank takes its logits against its own classes, and the loss is the
+    cross-entropy across ranks (distill.sharded_softmax); each rank's value the mean over its own samples,
+    as with one shard (tests/distill/test_sharded.py compares the two on two gloo ranks).
+
+    kd="none": `centres` is an nn.Parameter, trained by the optimizer. With one shard DDP all-reduces its
+    gradient; with several each rank's rows get their whole gradient from the cross-entropy across ranks,
+    so they stay out of DDP, and so does the optimizer's state of them (distill.head_rows saves it).
     kd="adadistill": `centres` is a buffer (no gradient, not in `parameters()`) that every training
     call first moves towards this step's teacher embeddings (distill.centres); the logits then use the
-    updated centres, as in both original codes (AdaDistill and AdaFace KD).
+    updated centres, as in both original codes (AdaDistill and AdaFace KD). AdaDistill's lambda =
+    cos(W_y, f_t) reads the centre of each sample's own class: with several shards its owner computes it,
+    the others add 0, and one [N] all-reduce gives every rank every row's lambda.
 
     State changes (centres, AdaFace EMA) happen only in training mode; in eval mode the head computes
     logits from its current state. When torch.distributed runs with several ranks, the state updates
     use the global batch (all ranks' samples, gathered in rank order), so every rank holds the same
-    state and the result equals one process seeing the concatenated batch. Every rank must therefore
-    call the head in every training step.
+    state and the result equals one process seeing the concatenated batch; each rank moves only the
+    centres it holds. Every rank must therefore call the head in every training step (and, with several
+    shards, in eval mode too: the forward is collective).
 
     The head always computes in float32 with autocast off: in bf16 a cosine carries ~4e-3 of error,
     which s=64 turns into a quarter of a logit.
     """
 
-    def __init__(self, loss: str, num_classes: int, embedding_size: int, kd: str, margin,
-                 alpha: str, geom: GeomConfig | None, rows: tuple[int, int] | None = None) -> None:
-        """`rows`: the classes [start, stop) whose centres this head holds (a sharded head); None: all."""
+    def __init__(self, loss: str, num_classes: int, embedding_size: int, kd: str, margin, alpha: str,
+                 geom: GeomConfig | None, *, shard: ClassShard, sample_rate: float = 1.0,
+                 centre_update: str = "global") -> None:
         super().__init__()
         self.loss, self.kd, self.margin, self.alpha_mode, self.geom = loss, kd, margin, alpha, geom
         self.num_classes, self.embedding_size = num_classes, embedding_size
-        self.centre_update = "global"  # AdaDistill centres from the global batch; build_head sets it
-        start, stop = rows or (0, num_classes)
+        self.shard, self.sample_rate, self.centre_update = shard, sample_rate, centre_update
         if torch.empty(0).device.type == "meta":  # shapes only (`python -m distill plan`): draw nothing
-            init = torch.empty(stop - start, embedding_size)
+            init = torch.empty(shard.rows, embedding_size)
         else:  # one draw from torch's generator: every rank seeded alike draws the same centres
-            init = init_centres(start, stop, embedding_size, int(torch.randint(0, 2 ** 62, ())))
+            init = init_centres(shard.start, shard.stop, embedding_size, int(torch.randint(0, 2 ** 62, ())))
         if kd == "none":
             self.centres = nn.Parameter(init)
         else:
@@ -100,15 +132,23 @@ class Head(nn.Module):
             self.register_buffer("batch_std", torch.tensor(100.0))
 
     def extra_repr(self) -> str:
+        sh = self.shard
         return (f"loss={self.loss}, num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
-                f"kd={self.kd}, margin={self.margin}, alpha={self.alpha_mode}, geom={self.geom}")
+                f"kd={self.kd}, margin={self.margin}, alpha={self.alpha_mode}, geom={self.geom}, classes=[{sh.start}, "
+                f"{sh.stop}) of shard {sh.rank}/{sh.world_size}, sample_rate={self.sample_rate}")
 
-    def _check_inputs(self, student_emb, labels, teacher_emb) -> None:
+    def _check_inputs(self, student_emb, labels, teacher_emb, global_labels) -> None:
         if student_emb.dim() != 2 or student_emb.shape[1] != self.embedding_size:
             raise ValueError(f"head: student_emb must be [B, {self.embedding_size}], found {tuple(student_emb.shape)}")
-        if labels.shape != (student_emb.shape[0],) or labels.dtype != torch.int64:
-            raise ValueError(f"head: labels must be int64 [{student_emb.shape[0]}], found {labels.dtype} "
-                             f"{tuple(labels.shape)}")
+        b = student_emb.shape[0]
+        if labels.shape != (b,) or labels.dtype != torch.int64:
+            raise ValueError(f"head: labels must be int64 [{b}], found {labels.dtype} {tuple(labels.shape)}")
+        n = world_size() * b
+        if not isinstance(global_labels, np.ndarray) or global_labels.shape != (n,):
+            found = f"{global_labels.dtype} {global_labels.shape}" if isinstance(global_labels, np.ndarray) else \
+                type(global_labels).__name__
+            raise ValueError(f"head: global_labels must be the global batch's labels on the host, a numpy array "
+                             f"[{n}] (every rank's, in rank order: pipeline.Batch.global_labels); found {found}")
         if self.kd == "adadistill":
             if teacher_emb is None:
                 raise ValueError("head: kd='adadistill' needs teacher_emb (the frozen teacher's embeddings of "
@@ -116,33 +156,75 @@ class Head(nn.Module):
             if teacher_emb.shape != student_emb.shape:
                 raise ValueError(f"head: teacher_emb must have the student's shape {tuple(student_emb.shape)}, "
                                  f"found {tuple(teacher_emb.shape)}")
+        if self.shard.world_size > 1 and world_size() != self.shard.world_size:
+            raise RuntimeError(f"sharded head: built for {self.shard.world_size} ranks, running on {world_size()}")
 
     def forward(self, student_emb: torch.Tensor, labels: torch.Tensor, teacher_emb: torch.Tensor | None = None,
-                epoch_progress: float = 0.0, global_labels: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        """`global_labels`: the host's copy of the global batch's labels (all ranks, in rank order), when
-        the caller has one (pipeline.Batch.global_labels): the centre update then needs no host sync."""
-        self._check_inputs(student_emb, labels, teacher_emb)
+                epoch_progress: float = 0.0, *, global_labels: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The mean cross-entropy of this rank's samples (collective with several shards), and the statistics
+        cos_st, alpha, lambda and margin_scaler (means over this rank's samples). `global_labels`: the host's
+        copy of the global batch's labels (all ranks, in rank order: pipeline.Batch.global_labels), which
+        spares the centre update and the sharded logits every host sync."""
         with torch.autocast(device_type=student_emb.device.type, enabled=False):
-            return self._forward(student_emb.float(), labels, teacher_emb, float(epoch_progress), global_labels)
+            out, stats = self.logits(student_emb, labels, teacher_emb, epoch_progress, global_labels=global_labels)
+            return out.cross_entropy(), stats
 
-    def _forward(self, z_s, labels, teacher_emb, epoch_progress, global_labels=None):
-        f_s = F.normalize(z_s, dim=1)
+    def logits(self, student_emb: torch.Tensor, labels: torch.Tensor, teacher_emb: torch.Tensor | None = None,
+               epoch_progress: float = 0.0, *, global_labels: np.ndarray) -> tuple[ShardedLogits, dict[str, Any]]:
+        """What forward takes the loss of: the margin logits of the rows against this rank's classes (in
+        training: after the state update), and the statistics."""
+        self._check_inputs(student_emb, labels, teacher_emb, global_labels)
+        with torch.autocast(device_type=student_emb.device.type, enabled=False):
+            return self._logits(student_emb.float(), labels, teacher_emb, float(epoch_progress), global_labels)
+
+    def _logits(self, z_s, labels, teacher_emb, epoch_progress, global_labels):
+        rows = self._rows(labels, global_labels)
+        z = gather_with_grad(z_s) if rows.gathered else z_s  # [N, D]
+        f_s = F.normalize(z, dim=1)
         stats: dict[str, Any] = {"cos_st": None, "alpha": None, "margin_scaler": self.margin.m}
         coef = f_t = None
         if self.kd == "adadistill":
             f_t = F.normalize(teacher_emb.detach().float(), dim=1)
-            coef = coefficients(self.centres, labels, f_s.detach(), f_t, self.alpha_mode == "weighted")
-            stats.update(cos_st=coef.cos_st.mean(), alpha=coef.alpha.mean(), **{"lambda": coef.lam.mean()})
-        norms = clip_norms(z_s.norm(dim=1)) if self.margin.uses_norms else None
+            if rows.gathered:
+                (f_t,) = gather_rows(f_t)
+            coef = self._coefficients(rows, f_s.detach(), f_t)
+            stats.update(cos_st=coef.cos_st[rows.own].mean(), alpha=coef.alpha[rows.own].mean(),
+                         **{"lambda": coef.lam[rows.own].mean()})
+        norms = clip_norms(z.norm(dim=1)) if self.margin.uses_norms else None
 
         if self.training:
-            self._update_state(labels, f_t, coef, norms, global_labels)
+            self._update_state(rows, f_t, coef, norms)
 
-        z_hat = self._z_hat(norms, coef, epoch_progress)
+        z_hat = self._z_hat(norms, coef, epoch_progress)  # the pre-update lambda (the one that weighted alpha)
         if z_hat is not None:
-            stats["margin_scaler"] = z_hat.mean()
-        cos = f_s @ F.normalize(self.centres, dim=1).t()  # [B, C]
-        return self.margin.logits(cos, labels, z_hat), stats
+            stats["margin_scaler"] = z_hat[rows.own].mean()
+        weights, target = self._columns(rows)
+        cos = f_s @ F.normalize(weights, dim=1).t()  # [N, K]
+        logits = margin_logits(self.margin, cos, target, z_hat, rows.owned)
+        return ShardedLogits(logits, target, rows.owned, (rows.own.start, rows.own.stop), self.shard.world_size), stats
+
+    def _rows(self, labels: torch.Tensor, global_labels: np.ndarray) -> _Rows:
+        """The rows of the logits and their classes; the host's copy of the labels gives every index
+        computed from them (which rows are this rank's, Partial FC's positives) without a device sync."""
+        sh, b = self.shard, labels.shape[0]
+        batch_host = np.asarray(global_labels, dtype=np.int64)
+        own = slice(rank() * b, (rank() + 1) * b)
+        if sh.world_size > 1:  # every rank's samples against this rank's classes
+            gathered, host, row_labels = True, batch_host, _to_device(batch_host, labels.device)
+        else:  # every class on this rank: its own samples
+            gathered, host, row_labels, own = False, batch_host[own], labels, slice(0, b)
+        owned = (row_labels >= sh.start) & (row_labels < sh.stop)
+        local = torch.where(owned, row_labels - sh.start, 0)
+        mine = np.flatnonzero((host >= sh.start) & (host < sh.stop))
+        return _Rows(gathered, host, row_labels, owned, local, mine, own, batch_host)
+
+    @torch.no_grad()
+    def _coefficients(self, rows: _Rows, f_s, f_t) -> Coefficients:
+        """distill.centres.coefficients for every row; lambda from the rank that holds the row's class."""
+        lam = torch.where(rows.owned, (F.normalize(self.centres[rows.local], dim=1) * f_t).sum(dim=1), 0.0)
+        if self.shard.world_size > 1:
+            dist.all_reduce(lam)  # each row's lambda comes from exactly one rank, the others add 0
+        return coefficients(None, None, f_s, f_t, self.alpha_mode == "weighted", lam=lam)
 
     def _z_hat(self, norms, coef, epoch_progress):
         """AdaFace's normalised feature norms (None for a margin without them), shifted by the geometry term
@@ -154,19 +236,6 @@ class Head(nn.Module):
             geom = self.geom.k * torch.relu(coef.lam - coef.cos_st) * coef.lam
             shift = geometry_weight(self.geom, epoch_progress) * geom
         return norm_scaler(norms, self.batch_mean, self.batch_std, self.margin.h, shift)
-
-    def _global_labels(self, labels, global_labels, n) -> torch.Tensor:
-        """The global batch's labels on the device: from the host's copy (no collective), else gathered."""
-        if global_labels is None:
-            return gather_rows(labels)[0]
-        if len(global_labels) != n:
-            raise ValueError(f"head: global_labels holds {len(global_labels)} labels, the gathered batch {n}")
-        if world_size() == 1:
-            return labels  # the same labels, already on the device
-        host = torch.from_numpy(np.asarray(global_labels, dtype=np.int64))
-        if labels.device.type == "cuda":
-            host = host.pin_memory()
-        return host.to(labels.device, non_blocking=True)
 
     @torch.no_grad()
     def _update_norm_stats(self, all_norms: torch.Tensor) -> None:
@@ -180,31 +249,67 @@ class Head(nn.Module):
         self.batch_std.copy_(all_norms.std() * t + (1 - t) * self.batch_std)
 
     @torch.no_grad()
-    def _update_state(self, labels, f_t, coef, norms, global_labels=None) -> None:
-        """AdaFace EMA and AdaDistill centres from the global batch (one gather for both); with
-        centre_update "per_rank" the centres from this rank's own samples (the original code's DDP
-        behaviour: each rank's copy of the centres drifts from the others')."""
-        own = coef is not None and self.centre_update == "per_rank"
-        columns = []
+    def _update_state(self, rows: _Rows, f_t, coef, norms) -> None:
+        """AdaFace EMA and AdaDistill centres from the global batch; each rank moves the centres it holds,
+        from the samples of their classes, in the global batch's order. With centre_update "per_rank" the
+        centres move with this rank's own samples (the original code's DDP behaviour: each rank's copy of
+        the centres drifts from the others')."""
+        per_rank = coef is not None and self.centre_update == "per_rank"
+        labels, host = rows.labels, rows.host
+        alpha = coef.alpha if coef is not None else None
+        if not rows.gathered:  # this rank's rows only: gather the global batch's (one collective for all)
+            columns = [] if norms is None else [norms[:, None]]
+            if coef is not None and not per_rank:
+                columns += [alpha[:, None], f_t]
+            if columns:
+                (packed,) = gather_rows(torch.cat(columns, dim=1))
+            if norms is not None:
+                norms, packed = packed[:, 0], packed[:, 1:]
+            if coef is not None and not per_rank:
+                alpha, f_t, host = packed[:, 0], packed[:, 1:], rows.batch_host
+                # the global batch's labels on the device: from the host's copy (no collective)
+                labels = labels if world_size() == 1 else _to_device(host, labels.device)
         if norms is not None:
-            columns.append(norms[:, None])
-        if coef is not None and not own:
-            columns += [coef.alpha[:, None], f_t]
-        if columns:
-            (packed,) = gather_rows(torch.cat(columns, dim=1))
-        if norms is not None:
-            all_norms, packed = packed[:, 0], packed[:, 1:]
-            self._update_norm_stats(all_norms)
-        if own:
-            n = labels.shape[0]
-            host = None if global_labels is None else np.asarray(global_labels)[rank() * n:(rank() + 1) * n]
-            rounds = rounds_from_host(host, self.centres.device) if host is not None else None
-            update_centres(self.centres, labels, f_t, coef.alpha, rounds)
-        elif coef is not None:
-            # the labels of the global batch: the host's copy where the loader handed one (no gather)
-            all_labels = self._global_labels(labels, global_labels, packed.shape[0])
-            rounds = rounds_from_host(global_labels, self.centres.device) if global_labels is not None else None
-            update_centres(self.centres, all_labels, packed[:, 1:], packed[:, 0], rounds)
+            self._update_norm_stats(norms)
+        if coef is None:
+            return
+        sh = self.shard
+        mine = np.flatnonzero((host >= sh.start) & (host < sh.stop))
+        if mine.size < host.size:  # only the samples of this rank's classes
+            sel = _to_device(mine, labels.device)
+            labels, f_t, alpha = labels[sel], f_t[sel], alpha[sel]
+        update_centres(self.centres, labels - sh.start, f_t, alpha, rounds_from_host(host[mine] - sh.start,
+                                                                                      labels.device))
+
+    def _columns(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centres the logits use, and each row's target column among them.
+
+        Partial FC (arcface_torch partial_fc_v2.py `sample`), in training with sample_rate < 1: this
+        rank's classes present in the global batch are always kept, and random others fill up to
+        int(sample_rate * rows) columns (all positives when they are more). The softmax then runs over the
+        sampled classes only: an approximation of the full softmax, whose gradient reaches only the
+        sampled rows (weight decay and momentum still move the others, as in arcface_torch)."""
+        if not (self.training and self.sample_rate < 1):
+            return self.centres, rows.local
+        sh, device = self.shard, rows.local.device
+        positive = _to_device(np.unique(rows.host[rows.mine] - sh.start), device)
+        wanted = max(1, int(self.sample_rate * sh.rows))
+        if wanted >= positive.numel():
+            score = torch.rand(sh.rows, device=device)
+            score[positive] = 2.0  # above any draw: the positives are always among the top `wanted`
+            index = torch.topk(score, k=wanted).indices.sort().values
+        else:
+            index = positive
+        target = torch.where(rows.owned, torch.searchsorted(index, rows.local), 0)
+        return self.centres[index], target
+
+
+def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 host array on the device: one copy from pinned memory, which does not wait for the device."""
+    tensor = torch.from_numpy(np.ascontiguousarray(host, dtype=np.int64))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", *,
@@ -214,8 +319,8 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
 
     centre_update: "global" (every rank moves the AdaDistill centres with the whole global batch: the copies
     stay equal) or "per_rank" (each rank with its own samples, as the original code; not with a shard).
-    shard: this rank's classes (distill.class_shard) for a sharded head (distill.sharded_head), whose
-    centres are only those rows; sample_rate < 1: Partial FC sampling (a sharded head with kd="none").
+    shard: this rank's classes (distill.class_shard), whose centres are the only rows this head holds; None:
+    every class (one shard); sample_rate < 1: Partial FC sampling (with kd="none" and a given shard).
 
     loss: a registered margin ("arcface", "cosface", "adaface"); kd: "none" or "adadistill".
     options: s, m (every loss; defaults 64 and 0.5 / 0.35 / 0.4), h, t_alpha (adaface only; defaults
@@ -260,18 +365,15 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
                          f"kd={kd!r}, shard={shard}")
     if centre_update not in CENTRE_UPDATES:
         raise ValueError(f"build_head: centre_update must be one of {list(CENTRE_UPDATES)}, found {centre_update!r}")
-    if shard is None:
-        head = Head(loss, num_classes, embedding_size, kd, margin, alpha, geom)
-        head.centre_update = centre_update
-        return head
-    if centre_update != "global":
+    if shard is None:  # one shard: every class on this rank (the replicated head)
+        shard = ClassShard(0, 1, num_classes)
+    if centre_update != "global" and shard.world_size > 1:
         raise ValueError(f"build_head: centre_update {centre_update!r} needs every centre on every rank; the centres "
                          f"are sharded (distill.shard_classes): set distill.shard_classes=false")
     if shard.num_classes != num_classes:
         raise ValueError(f"build_head: the shard splits {shard.num_classes} classes, the head has {num_classes}")
-    from .sharded_head import ShardedHead  # it subclasses Head: imported here, not at the top (a cycle)
-    return ShardedHead(loss, num_classes, embedding_size, kd, margin, alpha, geom, shard=shard,
-                       sample_rate=float(sample_rate))
+    return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom, shard=shard, sample_rate=float(sample_rate),
+                centre_update=centre_update)
 
 
 def head_from_config(cfg, num_classes: int, shard: ClassShard | None = None) -> Head:

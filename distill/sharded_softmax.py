@@ -1,6 +1,7 @@
 """The softmax cross-entropy over class centres split across ranks (Partial FC's model parallelism,
 insightface arcface_torch partial_fc_v2.py): the all-gather of the embeddings with its backward, and the
-cross-entropy whose classes live on several ranks.
+cross-entropy whose classes live on several ranks. With one shard (every class on every rank: the
+replicated head) it is torch's own cross-entropy of this rank's rows, with no collective.
 
 Every rank computes the logits of the global batch (N = W*B rows, rank order) against its own classes,
 [N, C_r]. The loss of row i is log(sum_j exp(l_ij)) - l_iy over all classes of all ranks: one all-reduce of
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from .distributed import world_size
 
@@ -55,19 +57,26 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ShardedLogits:
-    """A sharded head's output: the global batch's logits against this rank's classes.
+    """The head's logits (distill.heads.Head.logits): rows of the batch against this rank's classes.
 
-    logits: [N, K] (K: this rank's classes, or the sampled ones); target: int64 [N], the column of each
+    logits: [N, K] (K: this rank's classes, or the sampled ones); N: the global batch (W*B rows, rank
+    order) with several shards, this rank's own B rows with one; target: int64 [N], the column of each
     row's class where `owned`, else 0; owned: bool [N], the row's class is among the K columns;
-    own_rows: (start, stop) of this rank's own samples in the global batch."""
+    own_rows: (start, stop) of this rank's own samples among the N rows; shards: how many ranks the
+    classes are split over (1: every class on this rank)."""
 
     logits: torch.Tensor
     target: torch.Tensor
     owned: torch.Tensor
     own_rows: tuple[int, int]
+    shards: int
 
     def cross_entropy(self) -> torch.Tensor:
-        """The mean cross-entropy of this rank's own rows, over every rank's classes (collective)."""
+        """The mean cross-entropy of this rank's own rows, over every rank's classes (collective with
+        several shards). One shard: every row is this rank's and every class is here, so the loss is
+        torch's cross-entropy, which is the replicated head's arithmetic to the bit."""
+        if self.shards == 1:
+            return F.cross_entropy(self.logits, self.target)
         return _ShardedCrossEntropy.apply(self.logits, self.target, self.owned, self.own_rows)
 
 

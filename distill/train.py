@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -32,10 +31,9 @@ import models
 import pipeline
 from configs import RunConfig
 from distill import checkpoint, distributed, head_rows, preemption, student_init, teacher as teachers, teacher_cache, verify
-from distill.class_shard import shard_for_run
+from distill.class_shard import shard_for_run, shards_classes
 from distill.heads import head_from_config
 from distill.metrics import Meter, RunLog
-from distill.sharded_softmax import ShardedLogits
 from distill.optim import Plan, build_optimizer, plan as make_plan, rank_batch, set_lr
 
 # Bits of the per-step health flag, OR-ed over ranks in one all-reduce; _STOP carries a rank's stop request
@@ -68,7 +66,7 @@ class Run:
     cfg: RunConfig
     ctx: distributed.DistContext
     student: nn.Module                    # DDP-wrapped when distributed
-    head: nn.Module                       # DDP-wrapped when it has trained parameters (distill.mode: none), unless sharded
+    head: nn.Module                       # distill.heads.Head; in DDP with trained centres (mode none) of one shard
     teacher: Optional[Callable]           # batch -> [B, D] teacher embeddings (online or cached); None: no KD
     optimizer: torch.optim.Optimizer
     plan: Plan
@@ -236,36 +234,34 @@ def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int,
     init_source = student_init.init_student(student, cfg) if not resuming else None
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    # distill.shard_classes: this rank's classes, or None (every rank holds every centre)
-    shard = shard_for_run(cfg.distill, num_classes, ctx.rank, ctx.world_size)
-    head = head_from_config(cfg, num_classes, shard)
-    if cfg.distill.centres_from_cache and (ctx.is_main or shard is not None):  # the teacher's class means
+    # distill.shard_classes: this rank's classes, or None (one shard: every rank holds every centre)
+    head = head_from_config(cfg, num_classes, shard_for_run(cfg.distill, num_classes, ctx.rank, ctx.world_size))
+    shard, sharded = head.shard, head.shard.world_size > 1
+    if cfg.distill.centres_from_cache and (ctx.is_main or sharded):  # the teacher's class means, of its own rows
         manifest = teacher_cache.CacheManifest.load(cfg.distill.teacher_cache)
-        rows = (shard.start, shard.stop) if shard is not None else None  # a sharded head: its own rows only
         with torch.no_grad():
             head.centres.copy_(teacher_cache.plain_class_means(cfg.distill.teacher_cache, manifest, num_classes,
-                                                               rows=rows))
+                                                               rows=(shard.start, shard.stop)))
     head = head.to(ctx.device)
-    if shard is None:  # rank 0's centres everywhere; a sharded head's rows are each rank's own (drawn alike)
+    if not sharded:  # rank 0's centres everywhere; a sharded head's rows are each rank's own (drawn alike)
         distributed.broadcast_state(ctx, head)
     optimizer = build_optimizer([student, head], cfg.train, lr=plan.lr_at(0))
 
     # Trained centres are DDP's (their [C, D] gradient all-reduced each step) unless sharded: each rank's
     # rows then get their whole gradient from the cross-entropy across ranks (distill.sharded_softmax).
     trained = any(p.requires_grad for p in head.parameters())
-    wrapped_head = _wrap(head, ctx, sync_buffers=False) if trained and shard is None else head
+    wrapped_head = _wrap(head, ctx, sync_buffers=False) if trained and not sharded else head
     # fp16 only: bf16 has fp32's exponent range, so its gradients do not underflow
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=autocast_dtype == torch.float16)
     return Run(cfg, ctx, _wrap(student, ctx, sync_buffers=True), wrapped_head, teacher, optimizer, plan, autocast_dtype,
                scaler, init_source)
 
 
-def compute_loss(logits, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the head's margin logits (a module-level function: tests inject NaNs here); a
-    sharded head's ShardedLogits take the cross-entropy across ranks (collective), labels included."""
-    if isinstance(logits, ShardedLogits):
-        return logits.cross_entropy()
-    return F.cross_entropy(logits, labels)
+def compute_loss(run: Run, batch: pipeline.Batch, student_emb: torch.Tensor, teacher_emb: Optional[torch.Tensor],
+                 progress: float) -> tuple[torch.Tensor, dict]:
+    """The head's loss and statistics of this step (a module-level function: tests inject NaNs here). The host's
+    copy of the global batch's labels spares the head every host sync."""
+    return run.head(student_emb, batch.labels, teacher_emb, progress, global_labels=batch.global_labels)
 
 
 def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
@@ -284,9 +280,7 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
         rng = _rng_state(run.ctx.device)
         teacher_emb, student_emb = _embed_micro_batches(run, micro)
     progress = pos.epoch + pos.epoch_step / run.plan.steps_per_epoch
-    # the host's copy of the global batch's labels spares the centre update a host sync
-    logits, stats = run.head(student_emb, batch.labels, teacher_emb, progress, global_labels=batch.global_labels)
-    loss = compute_loss(logits, batch.labels)
+    loss, stats = compute_loss(run, batch, student_emb, teacher_emb, progress)
 
     # Backward always runs, so that DDP's all-reduce sees every rank; a non-finite loss or gradient on
     # any rank then skips the update on all of them (one small all-reduce and host sync per step, as
@@ -455,7 +449,9 @@ def _save(out: Path, run: Run, pos: Position) -> int:
     """Collective (every rank hands in its RNG state; a sharded head's ranks each write their rows); rank 0
     writes the main file."""
     rng_states = distributed.gather_objects(run.ctx, checkpoint.capture_rng())
-    head_state, optimizer_state, rows = head_rows.save_parts(out, pos.step, run.head_module, run.optimizer, run.ctx)
+    row_files = shards_classes(run.cfg.distill, run.head_module.num_classes, run.ctx.world_size)
+    head_state, optimizer_state, rows = head_rows.save_parts(out, pos.step, run.head_module, run.optimizer, run.ctx,
+                                                             row_files=row_files)
     if run.ctx.is_main:
         checkpoint.save(out, {
             "student": run.student_module.state_dict(), "head": head_state,
@@ -491,8 +487,8 @@ def _restore(path: Path, state: dict, run: Run) -> Position:
 def _elastic_note(saved: dict, saved_ranks: int, run: Run) -> str:
     """What a resume on another world size changes (recipe_changes has already refused another global batch)."""
     rows = saved.get("head_rows")
-    shard = getattr(run.head_module, "shard", None)
-    layout = f"sharded over {run.ctx.world_size} rank(s)" if shard is not None else "replicated on every rank"
+    sharded = shards_classes(run.cfg.distill, run.head_module.num_classes, run.ctx.world_size)
+    layout = f"sharded over {run.ctx.world_size} rank(s)" if sharded else "replicated on every rank"
     was = f"{rows['world_size']} row files" if rows is not None else "one replicated tensor"
     return (f"resumed on {run.ctx.world_size} rank(s) a run saved on {saved_ranks}: the same global batch of "
             f"{run.plan.global_batch} ({rank_batch(run.cfg.train)} per rank), the same samples and flips at every "

@@ -82,8 +82,9 @@ def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = Fal
 
     def batches():
         for images, labels, keys in loaders():  # as the original training loop: .to(device) of each batch
+            # one process: its batch is the global batch, whose host labels the head takes (no host sync)
             yield pipeline.Batch(images=images.to(device, non_blocking=True), labels=labels.to(device),
-                                 index=keys.to(device), keys=keys.numpy())
+                                 index=keys.to(device), keys=keys.numpy(), global_labels=labels.numpy())
 
     return batches
 

@@ -53,7 +53,7 @@ def _alone(part: slice) -> torch.Tensor:
     head = distill.build_head("arcface", C, D, kd="adadistill", s=16.0)
     for step in range(STEPS):
         x, t, labels = _batch(step)
-        head(x[part], labels[part], t[part])
+        head(x[part], labels[part], t[part], global_labels=labels[part].numpy())  # its own batch is its global one
     return head.centres
 
 

@@ -137,8 +137,9 @@ def _rank_main(rank, init_file, out_dir):
         logits = []
         for step in range(2):
             z_s, z_t, labels = global_batch(step)
-            out, _ = head(z_s[part], labels[part], z_t[part], epoch_progress=0.5 * step)
-            logits.append(out)
+            out, _ = head.logits(z_s[part], labels[part], z_t[part], epoch_progress=0.5 * step,
+                                 global_labels=labels.numpy())
+            logits.append(out.logits)
         torch.save({"state": head.state_dict(), "logits": logits}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -153,7 +154,8 @@ def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
     head = make_head()
     for step in range(2):
         z_s, z_t, labels = global_batch(step)
-        single, _ = head(z_s, labels, z_t, epoch_progress=0.5 * step)
+        single, _ = head.logits(z_s, labels, z_t, epoch_progress=0.5 * step, global_labels=labels.numpy())
+        single = single.logits
         torch.testing.assert_close(torch.cat([r0["logits"][step], r1["logits"][step]]), single)
     for key, value in head.state_dict().items():
         torch.testing.assert_close(r0["state"][key], value, msg=key)

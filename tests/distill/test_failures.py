@@ -16,6 +16,8 @@ from common.files import LOCK_NAME, output_lock
 import configs
 from distill import checkpoint, cli, train
 
+from .test_train import times
+
 STUDENT, DIM = "mobilefacenet_s", 32
 
 
@@ -92,7 +94,7 @@ def test_settings_that_are_not_finite_are_refused_at_load(tmp_path, shards, caps
 
 def test_a_run_whose_every_step_is_non_finite_fails_even_when_short(tmp_path, shards, capsys, monkeypatch):
     real = train.compute_loss
-    monkeypatch.setattr(train, "compute_loss", lambda logits, labels: real(logits, labels) * float("nan"))
+    monkeypatch.setattr(train, "compute_loss", lambda *args: times(real(*args), float("nan")))
     assert cli.run(_argv(tmp_path, shards, "allnan", "train.max_steps=3", "train.max_nonfinite=10")) == 2
     assert "every one of the 3 steps of this run was non-finite" in _error(capsys)
 

@@ -75,6 +75,12 @@ def reference(loss, kd, centres, z_s, z_t, labels, *, s=64.0, m=None, h=0.333, t
     return torch.tensor(logits, dtype=torch.float64), torch.tensor(W, dtype=torch.float64), (mean, std), z_hat
 
 
+def logits_of(head, z_s, labels, *args, **kwargs):
+    """The head's margin logits and statistics (Head.logits) of one process's batch, its own global batch."""
+    out, stats = head.logits(z_s, labels, *args, global_labels=labels.numpy(), **kwargs)
+    return out.logits, stats
+
+
 def fresh(loss, kd, seed=1, **options):
     torch.manual_seed(seed)
     return distill.build_head(loss, C, D, kd=kd, **options)
@@ -97,7 +103,7 @@ def test_logits_state_and_stats_match_the_formulas(loss, kd):
     z_s, z_t, labels = batch()
     head = near_teacher(fresh(loss, kd, m=0.45 if loss == "arcface" else None), z_t, labels)
     centres0 = head.centres.detach().clone()
-    logits, stats = head(z_s, labels, z_t if kd == "adadistill" else None)
+    logits, stats = logits_of(head, z_s, labels, z_t if kd == "adadistill" else None)
     want, centres, (mean, std), z_hat = reference(loss, kd, centres0, z_s, z_t, labels,
                                                   m=0.45 if loss == "arcface" else None)
     torch.testing.assert_close(logits.double(), want, atol=2e-4, rtol=1e-5)
@@ -125,12 +131,13 @@ def test_adaface_kd_geometry_margin_with_warmup(alpha, progress):
     geom = {"w": 1.0, "k": 3.0, "warmup_epochs": 0.5}
     head = near_teacher(fresh("adaface", "adadistill", alpha=alpha, geom=geom), z_t, labels)
     centres0 = head.centres.detach().clone()
-    logits, stats = head(z_s, labels, z_t, epoch_progress=progress)
+    logits, stats = logits_of(head, z_s, labels, z_t, epoch_progress=progress)
     want, centres, _, z_hat = reference("adaface", "adadistill", centres0, z_s, z_t, labels, alpha=alpha, geom=geom,
                                         progress=progress)
     torch.testing.assert_close(logits.double(), want, atol=2e-4, rtol=1e-5)
     torch.testing.assert_close(head.centres.double(), centres, atol=1e-6, rtol=1e-5)
-    plain_logits, _ = near_teacher(fresh("adaface", "adadistill", alpha=alpha), z_t, labels)(z_s, labels, z_t)
+    plain = near_teacher(fresh("adaface", "adadistill", alpha=alpha), z_t, labels)
+    plain_logits, _ = logits_of(plain, z_s, labels, z_t)
     if progress == 0.0:  # w_eff = 0: exactly plain AdaFace KD
         torch.testing.assert_close(logits, plain_logits)
     else:  # the geometry term is non-negative, so it only raises z_hat where it acts
@@ -145,7 +152,7 @@ def test_adaface_statistics_ema_over_steps():
         z_s, _, labels = batch(seed)
         z_s[0] = 0.0  # clipped to 0.001
         z_s[1] *= 1000  # clipped to 100
-        head(z_s, labels)
+        logits_of(head, z_s, labels)
         n = z_s.norm(dim=1).clamp(0.001, 100).double()
         mean = 0.3 * float(n.mean()) + 0.7 * mean
         std = 0.3 * float(n.std(unbiased=True)) + 0.7 * std
@@ -160,7 +167,7 @@ def test_gradients_reach_the_student_only(loss, kd):
     z_s.requires_grad_(True)
     z_t.requires_grad_(True)
     head = fresh(loss, kd, geom={"w": 1, "k": 3, "warmup_epochs": 1} if loss == "adaface" else None)
-    logits, _ = head(z_s, labels, z_t if kd == "adadistill" else None, epoch_progress=0.5)
+    logits, _ = logits_of(head, z_s, labels, z_t if kd == "adadistill" else None, epoch_progress=0.5)
     F.cross_entropy(logits, labels).backward()
     assert z_s.grad is not None and torch.isfinite(z_s.grad).all() and z_s.grad.abs().sum() > 0
     assert z_t.grad is None
@@ -180,7 +187,7 @@ def test_no_nan_when_student_equals_centre_or_its_opposite(loss):
     z = torch.tensor([[5.0, 0, 0, 0, 0], [-5.0, 0, 0, 0, 0]], requires_grad=True)
     labels = torch.tensor([0, 0])
     head.eval()  # keep the centre exactly on the student
-    logits, _ = head(z, labels, z.detach())
+    logits, _ = logits_of(head, z, labels, z.detach())
     F.cross_entropy(logits, labels).backward()
     assert torch.isfinite(logits).all() and torch.isfinite(z.grad).all()
 
@@ -188,13 +195,13 @@ def test_no_nan_when_student_equals_centre_or_its_opposite(loss):
 def test_state_dict_resumes_exactly():
     geom = {"w": 1.0, "k": 3.0, "warmup_epochs": 1.0}
     a = fresh("adaface", "adadistill", geom=geom)
-    a(*batch(0)[::2], batch(0)[1])  # one step changes centres and statistics
+    logits_of(a, *batch(0)[::2], batch(0)[1])  # one step changes centres and statistics
     assert set(a.state_dict()) == {"centres", "batch_mean", "batch_std"}
     b = fresh("adaface", "adadistill", seed=7, geom=geom)
     b.load_state_dict(a.state_dict())
     z_s, z_t, labels = batch(1)
-    la, _ = a(z_s, labels, z_t, 0.3)
-    lb, _ = b(z_s, labels, z_t, 0.3)
+    la, _ = logits_of(a, z_s, labels, z_t, 0.3)
+    lb, _ = logits_of(b, z_s, labels, z_t, 0.3)
     assert torch.equal(la, lb) and torch.equal(a.centres, b.centres) and torch.equal(a.batch_std, b.batch_std)
 
 
@@ -202,7 +209,7 @@ def test_eval_mode_changes_no_state():
     head = fresh("adaface", "adadistill").eval()
     before = {k: v.clone() for k, v in head.state_dict().items()}
     z_s, z_t, labels = batch()
-    head(z_s, labels, z_t)
+    logits_of(head, z_s, labels, z_t)
     assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
 
 
@@ -210,16 +217,16 @@ def test_head_runs_in_float32_under_autocast():
     z_s, z_t, labels = batch()
     head = fresh("arcface", "adadistill")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, _ = head(z_s.bfloat16(), labels, z_t.bfloat16())
+        logits, _ = logits_of(head, z_s.bfloat16(), labels, z_t.bfloat16())
     assert logits.dtype == torch.float32 and head.centres.dtype == torch.float32
 
 
 def test_adadistill_needs_the_teacher():
     z_s, _, labels = batch()
     with pytest.raises(ValueError, match="teacher_emb"):
-        fresh("cosface", "adadistill")(z_s, labels)
+        logits_of(fresh("cosface", "adadistill"), z_s, labels)
     with pytest.raises(ValueError, match="teacher_emb must have"):
-        fresh("cosface", "adadistill")(z_s, labels, z_s[:, :3])
+        logits_of(fresh("cosface", "adadistill"), z_s, labels, z_s[:, :3])
 
 
 @pytest.mark.parametrize("args,options,match", [
@@ -243,3 +250,24 @@ def test_kd_none_ignores_distillation_options():
                               h=None, t_alpha=None)
     assert head.geom is None and head.margin.h == 0.333 and head.margin.t_alpha == 0.01
     assert isinstance(head.centres, torch.nn.Parameter)
+
+
+@pytest.mark.parametrize("loss,kd", [("arcface", "adadistill"), ("adaface", "none")])
+def test_forward_returns_the_cross_entropy_of_its_logits(loss, kd):
+    """One head, one call: forward is the mean cross-entropy of Head.logits (state moved once, alike)."""
+    z_s, z_t, labels = batch()
+    teacher = z_t if kd == "adadistill" else None
+    a, b = fresh(loss, kd), fresh(loss, kd)
+    value, stats = a(z_s, labels, teacher, 0.5, global_labels=labels.numpy())
+    logits, logit_stats = logits_of(b, z_s, labels, teacher, 0.5)
+    assert torch.equal(value, F.cross_entropy(logits, labels))
+    assert all(torch.equal(v, logit_stats[k]) if torch.is_tensor(v) else v == logit_stats[k] for k, v in stats.items())
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_global_batch_labels_are_required():
+    z_s, z_t, labels = batch()
+    head = fresh("arcface", "adadistill")
+    for wrong in (None, labels, labels.numpy()[:3]):
+        with pytest.raises(ValueError, match="global_labels must be the global batch's labels on the host"):
+            head(z_s, labels, z_t, global_labels=wrong)

@@ -17,7 +17,6 @@ import configs
 import distill
 from distill.class_shard import ClassShard, bounds, shard_for_run
 from distill.heads import init_centres
-from distill.sharded_softmax import ShardedLogits
 
 C, D, B, STEPS = 11, 8, 6, 4  # 11 classes over 2 ranks: 5 and 6 rows (an uneven split)
 CASES = {
@@ -67,14 +66,12 @@ def _case_steps(name: str, case: dict, rank: int) -> dict:
     out = {"loss": [], "student_grad": [], "student_grad_avg": [], "centres_grad": [], "centres": [], "stats": []}
     for step in range(STEPS):
         x, teacher, labels, host = _batch(step, rank)
-        host_labels = host if step % 2 == 0 else None  # both paths: host labels, and gathered on the device
         losses, grads, stats_pair = [], [], []
         for net, head in ((s_rep, replicated), (s_sh, sharded)):
             net.zero_grad(set_to_none=True)
             head.zero_grad(set_to_none=True)
             emb = net(x)
-            logits, stats = head(emb, labels, teacher, epoch_progress=0.3 * step, global_labels=host_labels)
-            loss = logits.cross_entropy() if isinstance(logits, ShardedLogits) else F.cross_entropy(logits, labels)
+            loss, stats = head(emb, labels, teacher, epoch_progress=0.3 * step, global_labels=host)
             loss.backward()
             losses.append(loss.detach())
             grads.append([p.grad for p in net.parameters()])
@@ -199,7 +196,7 @@ def test_partial_fc_keeps_the_batch_classes_and_samples_the_rest(one_process):
                               s=16.0)
     labels = torch.tensor([3, 3, 17, 39, 0])
     emb = torch.randn(5, D, requires_grad=True)
-    out, _ = head(emb, labels, global_labels=labels.numpy())
+    out, _ = head.logits(emb, labels, global_labels=labels.numpy())
     assert out.logits.shape == (5, int(rate * classes))
     # the sampled columns hold every positive class; the loss is the softmax over the sampled columns
     loss = out.cross_entropy()
@@ -212,7 +209,7 @@ def test_partial_fc_keeps_the_batch_classes_and_samples_the_rest(one_process):
     expected = F.cross_entropy(head.margin.logits(cos, target), target)
     torch.testing.assert_close(loss.detach(), expected)
     head.eval()  # evaluation: every class, no sampling
-    full, _ = head(emb.detach(), labels)
+    full, _ = head.logits(emb.detach(), labels, global_labels=labels.numpy())
     assert full.logits.shape == (5, classes)
 
 
@@ -226,7 +223,7 @@ def test_one_rank_shard_equals_the_replicated_head(one_process):
         sh = distill.build_head(case["loss"], C, D, kd=case["kd"], shard=ClassShard(0, 1, C), **options)
         x, teacher, labels, host = _batch(0, 0)
         labels = torch.from_numpy(host[:B]).clone()
-        a, _ = rep(x, labels, teacher, global_labels=np.asarray(labels))
-        b, _ = sh(x, labels, teacher, global_labels=np.asarray(labels))
-        torch.testing.assert_close(b.cross_entropy(), F.cross_entropy(a, labels), rtol=0, atol=1e-5)
+        a, _ = rep.logits(x, labels, teacher, global_labels=np.asarray(labels))
+        b, _ = sh.logits(x, labels, teacher, global_labels=np.asarray(labels))
+        torch.testing.assert_close(b.cross_entropy(), F.cross_entropy(a.logits, labels), rtol=0, atol=1e-5)
         torch.testing.assert_close(sh.centres, rep.centres, rtol=0, atol=1e-6)

@@ -138,6 +138,12 @@ def test_two_ranks_learn_stay_identical_and_resume_exactly(tmp_path, shards, tea
             assert torch.equal(value, after[part][key]), f"resumed run differs in {part}.{key}"
 
 
+def times(loss_and_stats, factor):
+    """train.compute_loss's (loss, stats) with the loss times `factor` (a non-finite step, injected)."""
+    loss, stats = loss_and_stats
+    return loss * factor, stats
+
+
 @pytest.fixture
 def one_thread():
     """Two cores shared with other work: OpenMP's spinning threads slow an oversubscribed run tenfold."""
@@ -171,10 +177,10 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run_when_in_a_row(tm
     calls = []
     real_loss = train.compute_loss
 
-    def loss_with_nan(logits, labels):
+    def loss_with_nan(*args):
         calls.append(1)
-        loss = real_loss(logits, labels)
-        return loss * float("nan") if len(calls) == 3 else loss
+        loss, stats = real_loss(*args)
+        return (loss * float("nan") if len(calls) == 3 else loss), stats
 
     monkeypatch.setattr(train, "compute_loss", loss_with_nan)
     cfg = _config(tmp_path, shards, None, "nan", max_steps=5, batch_size=16)
@@ -187,7 +193,7 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run_when_in_a_row(tm
     assert state["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
 
-    monkeypatch.setattr(train, "compute_loss", lambda logits, labels: real_loss(logits, labels) * float("nan"))
+    monkeypatch.setattr(train, "compute_loss", lambda *args: times(real_loss(*args), float("nan")))
     cfg = _config(tmp_path, shards, None, "diverged", max_steps=8, batch_size=16, max_nonfinite=3)
     with pytest.raises(train.TrainingDiverged) as info:
         train.main(["--config", str(cfg)])
@@ -221,10 +227,10 @@ def test_fp16_an_overflow_skips_the_step_halves_the_loss_scale_and_leaves_no_nan
         run.scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
         return run
 
-    def huge_at_3(logits, labels):
+    def huge_at_3(*args):
         calls.append(1)
-        loss = real_loss(logits, labels)
-        return loss * 1e35 if len(calls) == 3 else loss
+        loss, stats = real_loss(*args)
+        return (loss * 1e35 if len(calls) == 3 else loss), stats
 
     def watched(run, batch, pos):
         assert run.scaler.is_enabled() and run.autocast_dtype == torch.float16
