@@ -282,3 +282,10 @@ class RunConfig:
             # Also with a teacher cache: the cache is checked against this teacher's weights.
             _check(self.teacher.spec is not None, "teacher.spec",
                    "a teacher (hf:<repo>, a path or a run directory) with distill.mode: adadistill", None)
+        if self.distill.teacher_cache is not None:
+            # A cache holds two views a sample, the plain and the mirrored one (distill/teacher_cache.py).
+            extra = {k: getattr(self.data.augment, k) for k in ("crop", "low_res", "photometric")
+                     if getattr(self.data.augment, k)}
+            _check(not extra, "distill.teacher_cache", "no augmentation besides the flip, as the cache holds the "
+                   "plain and mirrored view of each sample only: data.augment's crop, low_res and photometric at 0, "
+                   "or the teacher run online (distill.teacher_cache=null)", extra)
