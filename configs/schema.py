@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+from configs import rules
+
 
 class ConfigError(ValueError):
     """A config file or override is malformed: names the file or override, the key and the value."""
@@ -21,6 +23,12 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, expected: str, found: object) -> None:
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, found {found!r}")
+
+
+def _follow(key: str, problem: Optional[str]) -> None:
+    """A rule of configs/rules.py (shared with the part that takes the value): its problem, under the key."""
+    if problem is not None:
+        raise ConfigError(f"{key}: expected {problem}")
 
 
 def _number(value: object) -> bool:
@@ -71,17 +79,13 @@ class DataConfig:
         dirs = (self.shards,) if isinstance(self.shards, str) else tuple(self.shards)
         _check(bool(dirs) and all(isinstance(d, str) and d for d in dirs), "data.shards",
                "a directory or a non-empty list of directories", self.shards)
-        twice = sorted({d for d in dirs if dirs.count(d) > 1})
-        _check(not twice, "data.shards", "each directory once (data.weights repeats a dataset)", self.shards)
+        _follow("data.shards", rules.shards_problem(dirs))
         object.__setattr__(self, "shards", dirs[0] if len(dirs) == 1 else dirs)
+        _follow("data.weights", rules.weights_problem(self.weights, len(dirs)))
         if self.weights is not None:
             w = tuple(self.weights)
-            _check(len(w) == len(dirs) and all(_number(x) and x >= 0 for x in w) and any(x > 0 for x in w),
-                   "data.weights", f"null or one finite number >= 0 per data.shards directory ({len(dirs)}), "
-                   "not all 0", self.weights)
             object.__setattr__(self, "weights", None if all(x == 1 for x in w) else tuple(float(x) for x in w))
-        _check(self.hw_decoder_load is None or (_number(self.hw_decoder_load) and 0 <= self.hw_decoder_load <= 1),
-               "data.hw_decoder_load", "null or a number in [0, 1]", self.hw_decoder_load)
+        _follow("data.hw_decoder_load", rules.hw_decoder_load_problem(self.hw_decoder_load))
 
     @property
     def shard_dirs(self) -> tuple[str, ...]:
@@ -278,3 +282,10 @@ class RunConfig:
             # Also with a teacher cache: the cache is checked against this teacher's weights.
             _check(self.teacher.spec is not None, "teacher.spec",
                    "a teacher (hf:<repo>, a path or a run directory) with distill.mode: adadistill", None)
+        if self.distill.teacher_cache is not None:
+            # A cache holds two views a sample, the plain and the mirrored one (distill/teacher_cache.py).
+            extra = {k: getattr(self.data.augment, k) for k in ("crop", "low_res", "photometric")
+                     if getattr(self.data.augment, k)}
+            _check(not extra, "distill.teacher_cache", "no augmentation besides the flip, as the cache holds the "
+                   "plain and mirrored view of each sample only: data.augment's crop, low_res and photometric at 0, "
+                   "or the teacher run online (distill.teacher_cache=null)", extra)

@@ -7,11 +7,13 @@ and the teacher network is loaded only to check the cache's weight hash, then dr
 """
 from __future__ import annotations
 
+import typing
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
+import configs
 import models
 from configs import RunConfig
 from distill import teacher_cache
@@ -20,8 +22,6 @@ from distill import teacher_cache
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """`train.precision` on `device`: bf16 or fp16 autocast, None for fp32. "auto": fp32 on the CPU; on CUDA
     bf16 where the GPU supports it (Ampere and later), else fp16 (V100, T4), trained with loss scaling."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     if precision == "auto":
         if device.type != "cuda":
             return None
@@ -29,7 +29,7 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = typing.get_args(configs.field_type("train.precision"))  # the config's: auto, fp32, bf16, fp16
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
@@ -75,17 +75,11 @@ def build_source(cfg: RunConfig, device: torch.device, *, autocast_dtype: Option
 
 
 def open_cache(cfg: RunConfig, network: nn.Module, device: torch.device) -> teacher_cache.CachedTeacher:
-    """The cached teacher for `distill.teacher_cache`, after checking that it fits this run: flip is the
-    only augmentation (a cache holds two views a sample), and the cache was built from these shards and
-    from this teacher's weights (`network`, loaded once for the hash and then dropped). Raises
-    teacher_cache.TeacherCacheError naming both hashes otherwise."""
+    """The cached teacher for `distill.teacher_cache`, after checking that the cache was built from these
+    shards and from this teacher's weights (`network`, loaded once for the hash and then dropped). Raises
+    teacher_cache.TeacherCacheError naming both hashes otherwise. That flip is the only augmentation (a
+    cache holds two views a sample) is a rule of the config (configs.RunConfig)."""
     path = cfg.distill.teacher_cache
-    augment = cfg.data.augment
-    extra = {k: getattr(augment, k) for k in ("crop", "low_res", "photometric") if getattr(augment, k)}
-    if extra:
-        raise teacher_cache.TeacherCacheError(
-            f"distill.teacher_cache={path!r}: the cache holds the plain and mirrored view of each sample only, "
-            f"but data.augment turns on {extra}; set those to 0 or run the teacher online (distill.teacher_cache=null)")
     manifest = teacher_cache.CacheManifest.load(path)
     teacher_cache.check_matches(path, manifest, teacher_sha256=teacher_cache.weights_sha256(network),
                                 teacher_spec=str(cfg.teacher.spec), shards=cfg.data.shards)

@@ -9,15 +9,17 @@ shown as `loader.decoder`) for the training log.
 """
 from __future__ import annotations
 
+import typing
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+import configs
 from pipeline.device import PipelineDeviceError
 
-BACKENDS = ("auto", "dali", "torch")
+BACKENDS = typing.get_args(configs.field_type("data.backend"))  # the config's choices: ("auto", "dali", "torch")
 TORCH_DECODER = "libjpeg-turbo (torch backend)"
 DALI_CPU_DECODER = "libjpeg-turbo (DALI CPU)"
 FALLBACK_DECODER = "libjpeg-turbo (torch backend, DALI fallback)"

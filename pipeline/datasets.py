@@ -14,6 +14,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from configs import rules
 from pipeline.order import check_weights, epoch_counts
 from pipeline.shard_index import DatasetSpan, ShardError, ShardIndex, image_side, load_manifest
 
@@ -26,15 +27,9 @@ def shard_dirs(shards: Shards) -> tuple[str, ...]:
     if isinstance(shards, (str, os.PathLike)):
         return (os.fspath(shards),)
     dirs = tuple(os.fspath(d) for d in shards)
-    if not dirs:
-        raise ShardError("shards (data.shards): expected a directory or a list of directories, found an empty list")
-    seen: dict[str, str] = {}
-    for d in dirs:
-        real = os.path.realpath(d)
-        if real in seen:
-            raise ShardError(f"shards (data.shards): {d!r} is listed twice (also as {seen[real]!r}); to show a "
-                             f"dataset more often, give it a weight (data.weights) instead")
-        seen[real] = d
+    problem = rules.shards_problem(dirs)  # the config's rule (data.shards), for callers without one
+    if problem is not None:
+        raise ShardError(f"shards (data.shards): expected {problem}")
     return dirs
 
 

@@ -3,8 +3,6 @@
 such as the teacher cache)."""
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from common.errors import InputError
+from configs import rules
 from pipeline.augment import Augment, parse_augment
 from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
@@ -52,13 +51,10 @@ def open_index(shards: Shards) -> ShardIndex:
 
 
 def _check_hw_decoder_load(value) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise LoaderOptionError(f"data.hw_decoder_load: expected a number in [0, 1] (the share of JPEGs for the "
-                                f"hardware decoder) or null for DALI's default, found {value!r}")
-    return float(value)
+    problem = rules.hw_decoder_load_problem(value)  # the config's rule, for callers without a config
+    if problem is not None:
+        raise LoaderOptionError(f"data.hw_decoder_load: expected {problem}")
+    return None if value is None else float(value)
 
 
 def build_loader(shards: Shards, batch_size: int, *, rank: int = 0, world_size: int = 1,

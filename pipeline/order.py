@@ -11,7 +11,6 @@ the fraction, drawn anew from (seed, epoch, d); the epoch's order permutes that 
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence, Union
@@ -19,6 +18,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from common.errors import InputError
+from configs import rules
 from pipeline.augment import Augment, AugmentParams, draw_params
 
 # Domain tags keep the streams for the order and for per-step randomness (flips, augmentation) apart.
@@ -93,16 +93,12 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
 def check_weights(weights: Optional[Sequence[float]], datasets: int) -> Optional[tuple[float, ...]]:
     """`weights` as a tuple of floats (None: 1 each, and so is every weight 1); raises WeightsError unless
     there is one finite weight >= 0 per dataset and not all are 0."""
+    problem = rules.weights_problem(weights, datasets)  # the config's rule (data.weights), for callers without one
+    if problem is not None:
+        raise WeightsError(f"weights (data.weights): expected {problem}")
     if weights is None:
         return None
-    found = tuple(weights)
-    if len(found) != datasets:
-        raise WeightsError(f"weights (data.weights): expected one weight per dataset of data.shards ({datasets}), "
-                           f"found {len(found)}: {list(found)}")
-    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-               for w in found) or not any(w > 0 for w in found):
-        raise WeightsError(f"weights (data.weights): expected finite numbers >= 0, not all 0, found {list(found)}")
-    found = tuple(float(w) for w in found)
+    found = tuple(float(w) for w in weights)
     return None if all(w == 1.0 for w in found) else found
 
 

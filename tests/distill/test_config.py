@@ -165,3 +165,41 @@ def test_bad_data_shards_or_weights_name_the_key(tmp_path, overrides, words):
         configs.load(_write(tmp_path, MINIMAL), overrides)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    # rules shared with the pipeline's own arguments (configs/rules.py)
+    (["data.shards=[a, ./a]"], ["data.shards", "'./a' listed twice (also as 'a')", "data.weights"]),
+    (["data.hw_decoder_load=1.5"], ["data.hw_decoder_load", "[0, 1]", "1.5"]),
+    (["data.hw_decoder_load=.nan"], ["data.hw_decoder_load", "[0, 1]", "nan"]),
+    # across sections: a teacher cache holds the plain and mirrored views only (was distill.teacher.open_cache's)
+    (["distill.teacher_cache=cache", "data.augment.low_res=0.2"],
+     ["distill.teacher_cache", "flip", "'low_res': 0.2"]),
+])
+def test_rules_of_the_parts_are_checked_when_the_config_is_loaded(tmp_path, overrides, words):
+    with pytest.raises(ConfigError) as info:
+        configs.load(_write(tmp_path, MINIMAL), overrides)
+    for word in words:
+        assert word in str(info.value)
+    assert configs.load(_write(tmp_path, MINIMAL), ["distill.teacher_cache=cache", "data.augment.low_res=0",
+                                                    "data.hw_decoder_load=1"]).data.hw_decoder_load == 1.0
+
+
+def test_the_parts_take_their_choices_from_the_config():
+    import typing
+
+    from distill import teacher
+    from pipeline import backend_choice
+
+    assert teacher.PRECISIONS == typing.get_args(configs.field_type("train.precision")) == ("auto", "fp32", "bf16",
+                                                                                              "fp16")
+    assert backend_choice.BACKENDS == typing.get_args(configs.field_type("data.backend"))
+
+
+def test_configs_imports_no_other_package_of_the_project_and_not_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, configs; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', "
+            "'common', 'convert', 'pipeline', 'models', 'distill', 'evaluate', 'bench')); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(configs.__file__).parents[1])

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import configs
 import convert
 import models
 import pipeline
@@ -163,7 +164,7 @@ def test_other_teacher_or_shards_refused_naming_both_hashes(data, tmp_path, caps
 
 def test_augmentation_besides_the_flip_refused(data, tmp_path):
     argv = _config(tmp_path, data, "augmented", cache=True) + ["data.augment.low_res=0.2"]
-    with pytest.raises(teacher_cache.TeacherCacheError, match="low_res"):
+    with pytest.raises(configs.ConfigError, match="low_res"):  # a rule of the config, refused when it is loaded
         train.main(argv)
 
 
