@@ -178,6 +178,10 @@ class DistillConfig:
             _check(self.shard_classes is not False, "distill.sample_rate", "1 with distill.shard_classes: false "
                    "(each rank samples among its own classes: set shard_classes to true or auto)",
                    f"{self.sample_rate} with shard_classes=false")
+            # per_rank keeps every centre on every rank, so the head is not sharded and has nothing to sample
+            _check(self.centre_update == "global", "distill.sample_rate", "1 with distill.centre_update: per_rank "
+                   "(Partial FC samples among a rank's own shard of the classes)",
+                   f"{self.sample_rate} with centre_update=per_rank")
         _check(self.centre_update == "global" or self.shard_classes is not True, "distill.centre_update",
                "global with distill.shard_classes: true (a rank holds only its classes' centres)",
                f"{self.centre_update} with shard_classes=true")

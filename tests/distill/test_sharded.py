@@ -185,6 +185,9 @@ def test_user_errors_name_the_config_key():
                           distill=configs.DistillConfig(mode="adadistill", sample_rate=0.5))
     with pytest.raises(configs.ConfigError, match="distill.sample_rate.*shard_classes"):
         _config(sample_rate=0.5, shard_classes=False)
+    # per_rank holds every centre on every rank (shard_classes auto then shards nothing): nothing to sample among
+    with pytest.raises(configs.ConfigError, match="distill.sample_rate.*per_rank"):
+        _config(sample_rate=0.5, centre_update="per_rank")
     with pytest.raises(configs.ConfigError, match="distill.shard_classes"):
         _config(shard_classes="yes")
 
