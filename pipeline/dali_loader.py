@@ -1,4 +1,4 @@
-"""One epoch of batches through the DALI graph, in the order that pipeline/order.py fixed.
+"""A run's batches through one DALI graph, epoch by epoch, in the order that pipeline/order.py fixed.
 
 Why not `fn.readers.webdataset` with `random_shuffle`: its order is a shuffle buffer (`initial_fill`)
 seeded once, whose state runs on from epoch to epoch, and with `num_shards` each rank reads a fixed
@@ -8,9 +8,10 @@ the order is a seeded permutation per (seed, epoch) over all samples (a global s
 buffer for identity mix), split per rank with the tail dropped; resuming is starting at `step`. The
 images enter DALI through one batched `fn.external_source` as zero-copy views of the memory-mapped tars,
 located with the shards' DALI `.idx` files, so the reader adds only a list of B views per batch; the
-decoding, flips and normalization run in DALI's threads (or on the GPU). The built graph (and the maps of
-the tars) outlive the epoch: the next loader with the same settings feeds its epoch into them, so a run
-pays for building DALI's operators and refilling its queue once, not every epoch.
+decoding, flips and normalization run in DALI's threads (or on the GPU). The loader lives for the run:
+its graph (built by the first epoch, reset at each epoch's end) and its maps of the tars serve every epoch,
+so a run pays for building DALI's operators once. An epoch that ends with batches in flight (left midway,
+or failed) drops the graph, and the next epoch builds another.
 
 A sample that does not decode stops the epoch with a ShardError naming its shard and key: each image's
 header is checked as its batch is fed (pipeline/image_check.py; bytes DALI's parser cannot take could
