@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -114,25 +114,70 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
     verify.check_targets(cfg.eval.targets)
     verify.check_benchmarks(cfg.eval)
 
-    # Data: the loader of epoch 0 tells the steps per epoch and the classes.
-    first = _loader(cfg, ctx, epoch=0, step=0)
-    run = build_run(cfg, ctx, num_classes=first.num_classes, steps_per_epoch=len(first), resuming=saved is not None)
+    # Data: the run's one loader, which tells the steps per epoch and the classes and hands out every epoch.
+    loader = _loader(cfg, ctx)
+    run = build_run(cfg, ctx, num_classes=loader.num_classes, steps_per_epoch=len(loader), resuming=saved is not None)
     plan = run.plan
+    pos = _start(out, run, resume_from, saved)
+    log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps),
+                 tensorboard=cfg.train.tensorboard)
+    _announce(log, run, loader, pos, resume_from, saved, changes)
 
-    pos = Position()
+    meter = Meter(ctx.device)
+    started, skipped_before = pos.step, pos.skipped
+    last_saved = pos.step if resume_from is not None else -1
+    try:
+        while pos.step < plan.stop_step and pos.epoch < plan.epochs and not pos.preempted:
+            for batch in _timed(loader.epoch(pos.epoch, start_step=pos.epoch_step), meter):
+                result = train_step(run, batch, pos)
+                _count_step(run, pos, meter, result)
+                if pos.step % cfg.train.log_every == 0:
+                    _log(log, meter, run, pos)
+                log.tick()
+                if pos.step % cfg.train.checkpoint_every == 0 and pos.epoch_step < plan.steps_per_epoch:
+                    last_saved = _save(out, run, pos)
+                if result.stop and pos.step < plan.stop_step:  # a signal on some rank: all stop after this step
+                    pos.preempted = preemption.signal_name() or "a signal on another rank"
+                    break
+                if cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0:
+                    _verify(log, run, pos)
+                if pos.step >= plan.stop_step:
+                    break
+            if pos.epoch_step == plan.steps_per_epoch:  # the epoch is complete
+                last_saved = _end_epoch(out, log, run, pos)
+        _end(out, run, pos, started, skipped_before, last_saved)
+    finally:
+        log.close()
+    log.message(f"stopped at step {pos.step} (epoch {pos.epoch}); {pos.skipped} non-finite step(s) skipped; "
+                f"checkpoints in {checkpoint.directory(out)}")
+    if pos.preempted:
+        log.message(f"stopped by {pos.preempted} at a checkpoint (exit status {preemption.EXIT_PREEMPTED}); run the "
+                    f"same command again to resume")
+    return pos
+
+
+def _start(out: Path, run: Run, resume_from: Optional[Path], saved: Optional[dict]) -> Position:
+    """Where the run starts: the checkpoint's position and state, or step 0 with per-rank random streams;
+    rank 0 writes the run's config.yaml."""
     if saved is not None:
         pos = _restore(resume_from, saved, run)
     else:
-        checkpoint.seed_all(cfg.seed + ctx.rank)  # per-rank streams (dropout) from here on
-    if ctx.is_main:
-        write_atomic(out / "config.yaml", configs.dump(cfg))
+        pos = Position()
+        checkpoint.seed_all(run.cfg.seed + run.ctx.rank)  # per-rank streams (dropout) from here on
+    if run.ctx.is_main:
+        write_atomic(out / "config.yaml", configs.dump(run.cfg))
+    return pos
 
-    log = RunLog(out, enabled=ctx.is_main, start_step=pos.step, total_steps=min(plan.stop_step, plan.total_steps),
-                 tensorboard=cfg.train.tensorboard)
-    log.message(f"data: {pipeline.layout_text(first.datasets, cfg.data.weights)}, {first.num_samples} samples, "
-                f"{first.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch"
+
+def _announce(log: RunLog, run: Run, loader, pos: Position, resume_from: Optional[Path], saved: Optional[dict],
+              changes: dict) -> None:
+    """The run's opening messages: its data and decoder, where the student came from or where it resumed
+    (and what the resume changes), the cached teacher's precision."""
+    cfg, ctx, plan = run.cfg, run.ctx, run.plan
+    log.message(f"data: {pipeline.layout_text(loader.datasets, cfg.data.weights)}, {loader.num_samples} samples, "
+                f"{loader.num_classes} classes; {plan.steps_per_epoch} steps of {plan.global_batch} an epoch"
                 f"{f' ({plan.accumulate} micro-batches of {cfg.train.batch_size} a rank each)' if plan.accumulate > 1 else ''}; "
-                f"decoder: {first.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
+                f"decoder: {loader.decoder}; device: {ctx.device}, {ctx.world_size} rank(s)")
     if run.init_source is not None and saved is None:
         log.message(student_init.describe(run.init_source))
     if resume_from is not None:
@@ -144,71 +189,59 @@ def _train(cfg: RunConfig, ctx: distributed.DistContext) -> Position:
         log.write({"event": "resume_changes", "step": pos.step,
                    "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}})
         log.message(f"resume_changes=allow: going on with {_describe(changes)} (recorded in metrics.jsonl)")
-    started, skipped_before = pos.step, pos.skipped
     if isinstance(run.teacher, teacher_cache.CachedTeacher):
         log.message(run.teacher.precision_note(teachers.precision_name(run.autocast_dtype)))
-    meter = Meter(ctx.device)
-    last_saved = pos.step if resume_from is not None else -1
-    loader = first if pos.epoch == 0 and pos.epoch_step == 0 else None
-    del first
-    try:
-        while pos.step < plan.stop_step and pos.epoch < plan.epochs:
-            loader = loader or _loader(cfg, ctx, epoch=pos.epoch, step=pos.epoch_step)
-            batches = iter(loader)
-            while pos.step < plan.stop_step:
-                waited = time.perf_counter()
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                meter.wait += time.perf_counter() - waited
 
-                result = train_step(run, batch, pos)
-                if result.bad:
-                    pos.skipped += 1
-                    pos.skipped_in_a_row += 1
-                    if pos.skipped_in_a_row >= cfg.train.max_nonfinite:
-                        raise TrainingDiverged(_diverged_message(cfg, plan, pos, result.bad))
-                else:
-                    pos.skipped_in_a_row = 0
-                    meter.add(result.loss, result.stats)
-                meter.grad_norm = float("nan") if result.bad else result.grad_norm
-                meter.steps += 1
-                pos.step += 1
-                pos.epoch_step += 1
 
-                if pos.step % cfg.train.log_every == 0:
-                    _log(log, meter, run, pos)
-                log.tick()
-                if pos.step % cfg.train.checkpoint_every == 0 and pos.epoch_step < plan.steps_per_epoch:
-                    last_saved = _save(out, run, pos)
-                if result.stop and pos.step < plan.stop_step:  # a signal on some rank: all stop after this step
-                    pos.preempted = preemption.signal_name() or "a signal on another rank"
-                    break
-                if cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0:
-                    _verify(log, run, pos)
-            loader = None
-            if pos.epoch_step == plan.steps_per_epoch:  # the epoch is complete
-                pos.epoch, pos.epoch_step = pos.epoch + 1, 0
-                last_saved = _save(out, run, pos)
-                # once a step: a step both ends an epoch and is a multiple of every_steps was verified above
-                if cfg.eval.every_epochs and pos.epoch % cfg.eval.every_epochs == 0 and not (
-                        cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0) and not pos.preempted:
-                    _verify(log, run, pos)
-            if pos.preempted:
-                break
-        if pos.step > started and pos.skipped - skipped_before == pos.step - started:
-            raise TrainingDiverged(f"every one of the {pos.step - started} steps of this run was non-finite (skipped), "
-                                   f"so nothing was learned; {_likely_causes(cfg, plan)}")
-        if last_saved != pos.step:
-            _save(out, run, pos)
-    finally:
-        log.close()
-    log.message(f"stopped at step {pos.step} (epoch {pos.epoch}); {pos.skipped} non-finite step(s) skipped; "
-                f"checkpoints in {checkpoint.directory(out)}")
-    if pos.preempted:
-        log.message(f"stopped by {pos.preempted} at a checkpoint (exit status {preemption.EXIT_PREEMPTED}); run the "
-                    f"same command again to resume")
-    return pos
+def _timed(batches: Iterator[pipeline.Batch], meter: Meter) -> Iterator[pipeline.Batch]:
+    """`batches`, the time spent waiting for each added to the meter's data wait."""
+    while True:
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        meter.wait += time.perf_counter() - waited
+        yield batch
+
+
+def _count_step(run: Run, pos: Position, meter: Meter, result: StepResult) -> None:
+    """The position and the meter after a step; a non-finite step is skipped, and train.max_nonfinite of
+    them in a row raise TrainingDiverged."""
+    if result.bad:
+        pos.skipped += 1
+        pos.skipped_in_a_row += 1
+        if pos.skipped_in_a_row >= run.cfg.train.max_nonfinite:
+            raise TrainingDiverged(_diverged_message(run.cfg, run.plan, pos, result.bad))
+    else:
+        pos.skipped_in_a_row = 0
+        meter.add(result.loss, result.stats)
+    meter.grad_norm = float("nan") if result.bad else result.grad_norm
+    meter.steps += 1
+    pos.step += 1
+    pos.epoch_step += 1
+
+
+def _end_epoch(out: Path, log: RunLog, run: Run, pos: Position) -> int:
+    """The next epoch's position, saved; the verification sets every eval.every_epochs epochs. Returns the
+    step saved."""
+    cfg = run.cfg
+    pos.epoch, pos.epoch_step = pos.epoch + 1, 0
+    saved = _save(out, run, pos)
+    # once a step: a step both ends an epoch and is a multiple of every_steps was verified in the loop
+    if cfg.eval.every_epochs and pos.epoch % cfg.eval.every_epochs == 0 and not (
+            cfg.eval.every_steps and pos.step % cfg.eval.every_steps == 0) and not pos.preempted:
+        _verify(log, run, pos)
+    return saved
+
+
+def _end(out: Path, run: Run, pos: Position, started: int, skipped_before: int, last_saved: int) -> None:
+    """The run's last checkpoint, unless its last step is saved already; a run of which every step was
+    non-finite raises TrainingDiverged instead."""
+    if pos.step > started and pos.skipped - skipped_before == pos.step - started:
+        raise TrainingDiverged(f"every one of the {pos.step - started} steps of this run was non-finite (skipped), "
+                               f"so nothing was learned; {_likely_causes(run.cfg, run.plan)}")
+    if last_saved != pos.step:
+        _save(out, run, pos)
 
 
 def build_run(cfg: RunConfig, ctx: distributed.DistContext, *, num_classes: int, steps_per_epoch: int,
@@ -496,7 +529,8 @@ def _elastic_note(saved: dict, saved_ranks: int, run: Run) -> str:
             f"rank, so the losses stay close to, not equal to, those the old world size would give.")
 
 
-def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
+def _loader(cfg: RunConfig, ctx):
+    """The run's loader (pipeline.build_loader): every epoch, each from any step."""
     # NHWC from the loader where the nets run channels_last: the layout change is then free (DALI writes
     # HWC), not a copy of every batch.
     # data.shards may list several directories, laid end to end (their classes and keys offset in order),
@@ -504,7 +538,7 @@ def _loader(cfg: RunConfig, ctx, *, epoch: int, step: int):
     # train.accumulate: one batch holds every micro-batch of an optimizer step (train_step splits it), so the
     # order, flips and augmentation are the 1 x accumulate*batch_size run's.
     return pipeline.build_loader(cfg.data.shards, rank_batch(cfg.train), rank=ctx.rank, world_size=ctx.world_size,
-                                 device=ctx.device, seed=cfg.seed, epoch=epoch, step=step, augment=cfg.data.augment,
+                                 device=ctx.device, seed=cfg.seed, augment=cfg.data.augment,
                                  backend=cfg.data.backend, hw_decoder_load=cfg.data.hw_decoder_load,
                                  layout="NHWC" if cfg.train.channels_last else "NCHW", weights=cfg.data.weights,
                                  with_flip=cfg.distill.teacher_cache is not None)  # the cache keys on the flip

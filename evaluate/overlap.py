@@ -31,7 +31,7 @@ each set's statistics in the report, and a warning where the model does not sepa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch

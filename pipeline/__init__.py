@@ -9,22 +9,23 @@ PipelineDeviceError (and its DaliUnavailableError). The only package of the data
 (bench/dali_native.py builds DALI alone, as a baseline).
 
 Modules:
-  loader.py        build_loader (an epoch of Batches from a shards directory) and ShardSamples (any
-                   samples by key, decoded as training sees them)
+  loader.py        build_loader (a run's loader: every epoch's Batches from a shards directory, from any
+                   step) and ShardSamples (any samples by key, decoded as training sees them)
   backend_choice.py which backend and JPEG decoder a loader gets (DALI mixed or CPU, or torch), no silent fallback
   dali_probe.py    what DALI can do on a CUDA device: see it, nvJPEG, the hardware JPEG decoder
   shard_index.py   where every sample's bytes and label live: the manifest, the .idx files, the labels table,
                    mmap'd reads
   datasets.py      several shards directories as one: their key and class offsets, their joined index
   order.py         the order of an epoch: a function of (seed, epoch) (and the datasets' weights), split over
-                   ranks, tail dropped
+                   ranks, tail dropped; EpochOrder, a loader's plan of every epoch
   augment.py       AdaFace's optional augmentations and their per-sample parameters
   dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
-  dali_loader.py   the DALI backend: external source fed in the exact order, zero-copy to torch
-  torch_loader.py  the torch backend (no DALI): DataLoader workers, libjpeg-turbo decode, same order
+  dali_loader.py   the DALI backend: one graph for the loader's life, its external source fed each epoch in
+                   the exact order, zero-copy to torch
+  torch_loader.py  the torch backend (no DALI): DataLoader workers each epoch, libjpeg-turbo decode, same order
   decode.py        decode_images, decode_batches: encoded images to normalised batches (the evaluator's,
                    the cache's), through DALI graphs kept for the process
-  kept_graphs.py   built DALI graphs kept for reuse (the loader's from epoch to epoch, decode's from call to call)
+  kept_graphs.py   built DALI graphs kept for reuse (decode's, from call to call)
   image_check.py   which encoded image does not decode and why, before DALI sees it and after it refused one
   batch.py         the Batch contract
   device.py        the device argument resolved, and the cores a rank may use

@@ -1,4 +1,4 @@
-"""One epoch of batches through the DALI graph, in the order that pipeline/order.py fixed.
+"""A run's batches through one DALI graph, epoch by epoch, in the order that pipeline/order.py fixed.
 
 Why not `fn.readers.webdataset` with `random_shuffle`: its order is a shuffle buffer (`initial_fill`)
 seeded once, whose state runs on from epoch to epoch, and with `num_shards` each rank reads a fixed
@@ -8,9 +8,10 @@ the order is a seeded permutation per (seed, epoch) over all samples (a global s
 buffer for identity mix), split per rank with the tail dropped; resuming is starting at `step`. The
 images enter DALI through one batched `fn.external_source` as zero-copy views of the memory-mapped tars,
 located with the shards' DALI `.idx` files, so the reader adds only a list of B views per batch; the
-decoding, flips and normalization run in DALI's threads (or on the GPU). The built graph (and the maps of
-the tars) outlive the epoch: the next loader with the same settings feeds its epoch into them, so a run
-pays for building DALI's operators and refilling its queue once, not every epoch.
+decoding, flips and normalization run in DALI's threads (or on the GPU). The loader lives for the run:
+its graph (built by the first epoch, reset at each epoch's end) and its maps of the tars serve every epoch,
+so a run pays for building DALI's operators once. An epoch that ends with batches in flight (left midway,
+or failed) drops the graph, and the next epoch builds another.
 
 A sample that does not decode stops the epoch with a ShardError naming its shard and key: each image's
 header is checked as its batch is fed (pipeline/image_check.py; bytes DALI's parser cannot take could
@@ -18,6 +19,8 @@ end the process), and a batch DALI still refuses is searched for the culprit amo
 """
 from __future__ import annotations
 
+import traceback
+import weakref
 from collections import deque
 from typing import Callable, Iterator, Optional
 
@@ -27,95 +30,111 @@ import torch
 from pipeline.augment import Augment
 from pipeline.batch import Batch
 from pipeline.dali_graph import AUGMENT_INPUTS, PREFETCH, build_train_graph, to_torch
-from pipeline.kept_graphs import KeptGraphs
-from pipeline.order import EpochPlan
+from pipeline.order import EpochOrder, EpochPlan
 from pipeline.image_check import dali_reason, first_undecodable
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
 
 class DaliLoader:
-    """Iterable over the batches of one epoch from `start_step` on; `len()` is the epoch's steps."""
+    """A run's loader: `epoch(e, start_step)` yields epoch e's batches from that step on, one epoch at a
+    time; `len()` is an epoch's steps (pipeline.build_loader)."""
 
     backend = "dali"
 
-    def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
-                 dtype: torch.dtype, aug: Augment, with_flip: bool, channels_last: bool = False,
-                 hw_decoder_load: Optional[float] = None, decoder: str = "", num_threads: Optional[int] = None,
-                 prefetch: int = PREFETCH) -> None:
-        self.index, self.plan, self.start_step = index, plan, start_step
+    def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
+                 aug: Augment, with_flip: bool, channels_last: bool = False, hw_decoder_load: Optional[float] = None,
+                 decoder: str = "", num_threads: Optional[int] = None, prefetch: int = PREFETCH) -> None:
+        self.index, self.order = index, order
         self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
         self.channels_last, self.hw_decoder_load, self.decoder = channels_last, hw_decoder_load, decoder
         self.num_threads, self.prefetch = num_threads, prefetch
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
         self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
+        self._reader = ShardReader(index)  # the tars mapped once: no page faults anew each epoch
+        self._pipe = None  # the DALI graph: built by the first epoch, dropped by one that ends with batches in flight
+        self._feed: Optional[Callable[[], tuple]] = None  # the epoch being read: its next input; None between epochs
 
     def __len__(self) -> int:
-        return self.plan.steps
-
-    def _feed(self, reader: ShardReader, pending: deque) -> Callable[[], tuple]:
-        """This epoch's input: one batch a call, in the plan's order; StopIteration at the epoch's end."""
-        plan, aug, size = self.plan, self.aug, self.index.image_size
-        steps = iter(range(self.start_step, plan.steps))
-
-        def feed() -> tuple:
-            step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
-            keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
-            flips, params = plan.draws(step, aug, size)
-            labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
-            out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
-            if params is not None:
-                out += [getattr(params, name) for name in AUGMENT_INPUTS]
-            out = tuple(out)
-            # The graph reads these arrays without copying them: they stay referenced here until the
-            # batch comes out of the pipeline.
-            pending.append((keys, labels, flips, global_labels, out))
-            return out
-
-        return feed
-
-    def _graph_key(self) -> tuple:
-        return (self.index.encoding, self.plan.batch_size, self.index.image_size, self.device, self.aug,
-                self.num_threads, self.prefetch, self.hw_decoder_load, self.channels_last)
+        return self.order.steps
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
+        return self._batches(self.order.plan(epoch, start_step), start_step)
+
+    def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
+        if self._feed is not None:
+            raise RuntimeError("DaliLoader: an epoch is still being read; the loader reads one epoch at a time")
         pending: deque = deque()
-        key = self._graph_key()
-        graph = _KEPT.take(key, self._build)
-        if graph.reader is None or graph.reader.index is not self.index:
-            graph.reader = ShardReader(self.index)  # its maps of the tars, kept with the graph: no page faults anew
-        reader = graph.reader
-        graph.source.feed = self._feed(reader, pending)
+        self._feed = _inputs(plan, start_step, self.aug, self._reader, pending)
         finished = False
         try:
-            for _ in range(self.start_step, self.plan.steps):
+            if self._pipe is None:
+                self._pipe = self._build()
+            for _ in range(start_step, plan.steps):
                 try:
-                    (images,) = graph.pipe.run()
-                except ShardError:  # raised by our source (a header): it names the sample already
-                    raise
-                except RuntimeError as err:
-                    raise _refused(reader, pending, err) from err
+                    (images,) = self._pipe.run()
+                except (ShardError, RuntimeError) as err:
+                    # DALI's frames in the traceback hold the graph: cleared, the graph goes with the epoch
+                    # (below) even while the error lives on, in the reference cycle any caller that stores
+                    # it makes, rather than at a garbage collection a forked DataLoader worker may run.
+                    traceback.clear_frames(err.__traceback__)
+                    if isinstance(err, ShardError):  # raised by our source (a header): it names the sample
+                        raise
+                    raise _refused(self._reader, pending, err) from err
                 keys, labels, flips, global_labels, _ = pending.popleft()  # in the order DALI asked
                 yield Batch(images=to_torch(images, self.device, self.dtype, channels_last=self.channels_last),
                             labels=torch.from_numpy(labels).to(self.device, non_blocking=True),
                             index=torch.from_numpy(keys).to(self.device, non_blocking=True),
                             flipped=torch.from_numpy(flips).to(self.device) if self.with_flip else None,
                             keys=keys, flips=flips if self.with_flip else None, global_labels=global_labels)
-            finished = _ended(graph.pipe)
+            finished = _ended(self._pipe)
         finally:
-            graph.source.feed = None
+            self._feed = None
             if finished:
-                graph.pipe.reset()  # ready for the next epoch's input
-                _KEPT.give_back(key, graph)
-            # else: stopped early, or failed, with batches in flight: the graph is dropped (its threads and
-            # buffers freed now) and the next epoch builds a new one
+                self._pipe.reset()  # ready for the next epoch's input
+            else:  # stopped early, or failed, with batches in flight: the graph goes now (its threads and
+                self._pipe = None  # buffers freed), and the next epoch builds a new one
 
-    def _build(self) -> "_Graph":
-        graph = _Graph()
-        graph.pipe = build_train_graph(graph.source, encoding=self.index.encoding, batch_size=self.plan.batch_size,
-                                       size=self.index.image_size, device=self.device, aug=self.aug,
-                                       num_threads=self.num_threads, prefetch=self.prefetch,
-                                       hw_decoder_load=self.hw_decoder_load, channels_last=self.channels_last)
-        return graph
+    def _next_input(self) -> tuple:
+        if self._feed is None:
+            raise StopIteration
+        return self._feed()
+
+    def _build(self):
+        # The graph holds its source, so the source holds the loader weakly: a reference back would make
+        # loader and graph a cycle, whose pipeline only a later garbage collection would shut down, maybe in
+        # a forked DataLoader worker (the torch backend's, the benchmark's), where DALI's shutdown hangs.
+        loader = weakref.ref(self)
+        return build_train_graph(lambda: loader()._next_input(), encoding=self.index.encoding,
+                                 batch_size=self.order.batch_size, size=self.index.image_size, device=self.device,
+                                 aug=self.aug, num_threads=self.num_threads, prefetch=self.prefetch,
+                                 hw_decoder_load=self.hw_decoder_load, channels_last=self.channels_last)
+
+
+def _inputs(plan: EpochPlan, start_step: int, aug: Augment, reader: ShardReader,
+            pending: deque) -> Callable[[], tuple]:
+    """An epoch's input: one batch a call, in the plan's order; StopIteration at the epoch's end."""
+    steps = iter(range(start_step, plan.steps))
+    size = reader.index.image_size
+
+    def feed() -> tuple:
+        step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
+        keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
+        flips, params = plan.draws(step, aug, size)
+        labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
+        out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
+        if params is not None:
+            out += [getattr(params, name) for name in AUGMENT_INPUTS]
+        out = tuple(out)
+        # The graph reads these arrays without copying them: they stay referenced here until the
+        # batch comes out of the pipeline.
+        pending.append((keys, labels, flips, global_labels, out))
+        return out
+
+    return feed
 
 
 def _ended(pipe) -> bool:
@@ -126,34 +145,6 @@ def _ended(pipe) -> bool:
     except StopIteration:
         return True
     return False
-
-
-class _Source:
-    """A training graph's input: the epoch's `feed`, which each epoch replaces with its own (None between
-    epochs: the input has ended). The graph holds it, and it holds nothing of the graph: a dropped _Graph
-    is no reference cycle, so its pipeline shuts down at once instead of at a later garbage collection
-    (which a forked DataLoader worker may run: DALI's shutdown then hangs the worker)."""
-
-    def __init__(self) -> None:
-        self.feed: Optional[Callable[[], tuple]] = None
-
-    def __call__(self) -> tuple:
-        if self.feed is None:
-            raise StopIteration
-        return self.feed()
-
-
-class _Graph:
-    """A built training graph, its source, and the reader of the shards it last read."""
-
-    def __init__(self) -> None:
-        self.source = _Source()
-        self.pipe = None
-        self.reader: Optional[ShardReader] = None  # the last epoch's, reused when the next reads the same index
-
-
-# A training run builds one loader an epoch: an epoch that ends cleanly leaves its graph for the next.
-_KEPT = KeptGraphs(keep=2)
 
 
 def _refused(reader: ShardReader, pending: deque, err: RuntimeError) -> ShardError:

@@ -114,7 +114,7 @@ def _probe_nvjpeg(index: int) -> tuple[Optional[str], int, int]:
 
 @functools.lru_cache(maxsize=None)
 def probe(index: int) -> DaliCuda:
-    """What DALI can do on CUDA device `index`; asked once per process (a run builds a loader per epoch)."""
+    """What DALI can do on CUDA device `index`; asked once per process (each loader built, and each test, would ask anew)."""
     default = default_hw_decoder_load()
     built = f"DALI {dali.__version__} (built for CUDA {cuda_major()})"
     try:

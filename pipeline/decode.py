@@ -9,6 +9,7 @@ pass over every pixel); a call with any other image uses the graph with the resi
 """
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Iterator, Sequence
 
@@ -94,6 +95,7 @@ def _run(arrays: list, *, size: int, device: torch.device, batch_size: int, resi
             except StopIteration:
                 break
             except RuntimeError as err:
+                traceback.clear_frames(err.__traceback__)  # DALI's frames hold the graph: see the finally below
                 raise _refused(arrays, done, err) from err
             part = to_torch(images, device, torch.float32)
             done += len(part)
@@ -103,8 +105,9 @@ def _run(arrays: list, *, size: int, device: torch.device, batch_size: int, resi
         if finished:
             pipe.reset()  # ready for the next call's images
             _KEPT.give_back(key, graph)
-        else:
-            queue.clear()
+        else:  # dropped now, not kept alive by an error's traceback until a garbage collection, which a
+            queue.clear()  # forked DataLoader worker may run (DALI's shutdown hangs or crashes there)
+            del pipe, graph
     if done != len(arrays):
         raise RuntimeError(f"decode_images: DALI returned {done} images for {len(arrays)} inputs")
 

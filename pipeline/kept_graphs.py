@@ -1,7 +1,7 @@
 """Built DALI graphs kept for reuse within the process, by what they were built for.
 
-Building a graph (its operators, threads and buffers) costs tens of milliseconds; a training run builds one
-loader an epoch and the evaluator decodes many chunks. A user takes a graph out while it runs it and gives
+Building a graph (its operators, threads and buffers) costs tens of milliseconds, and the evaluator decodes
+many chunks (pipeline/decode.py; the training loader keeps its own graph for its life). A user takes a graph out while it runs it and gives
 it back only once it is idle again (its input read to the end and reset), so two users never share one and a
 graph left with work in flight (an error, a reader that stopped early) is simply not given back.
 """

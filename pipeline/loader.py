@@ -1,53 +1,31 @@
 """The entry points from a shards directory, or several laid end to end (pipeline/datasets.py): `build_loader`
-(an epoch of Batches on the device) and `ShardSamples` (any samples by key, for tables kept beside the shards
+(a run's loader: every epoch's Batches on the device) and `ShardSamples` (any samples by key, for tables kept beside the shards
 such as the teacher cache)."""
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from common.errors import InputError
 from configs import rules
 from pipeline.augment import Augment, parse_augment
 from pipeline.backend_choice import BACKENDS, choose
 from pipeline.device import resolve_device
 from pipeline.datasets import Shards, join_indexes, shard_dirs
-from pipeline.order import check_weights, plan_epoch
+from pipeline.order import EpochOrder, LoaderOptionError, check_weights
 from pipeline.decode import decode_batches, joined
 from pipeline.image_check import UndecodableImageError
-from pipeline.shard_index import MANIFEST_NAME, ShardError, ShardIndex, ShardReader
+from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LAYOUTS = ("NCHW", "NHWC")
 
 
-class LoaderOptionError(InputError, ValueError):
-    """A build_loader argument out of its range; the message names the argument (and its config key)."""
-
-
-_index_cache: dict[tuple, ShardIndex] = {}
-_index_lock = threading.Lock()
-
-
 def open_index(shards: Shards) -> ShardIndex:
-    """The parsed shards directory (or the union of several, pipeline/datasets.py), cached per process: a
-    training run builds one loader per epoch, and parsing millions of `.idx` lines each time would cost
-    seconds. A rewritten manifest invalidates."""
-    roots = [Path(d).resolve() for d in shard_dirs(shards)]
-    try:
-        key = tuple((str(root), stat.st_mtime_ns, stat.st_size)
-                    for root in roots for stat in [(root / MANIFEST_NAME).stat()])
-    except OSError:
-        return join_indexes([ShardIndex.open(root) for root in roots])  # raises the error that names what is missing
-    with _index_lock:
-        if key not in _index_cache:
-            _index_cache.clear()  # one dataset (or union) at a time is the common case; do not hold stale tables
-            _index_cache[key] = join_indexes([ShardIndex.open(root) for root in roots])
-        return _index_cache[key]
+    """The parsed shards directory, or the union of several (pipeline/datasets.py)."""
+    return join_indexes([ShardIndex.open(Path(d).resolve()) for d in shard_dirs(shards)])
 
 
 def _check_hw_decoder_load(value) -> Optional[float]:
@@ -58,16 +36,18 @@ def _check_hw_decoder_load(value) -> Optional[float]:
 
 
 def build_loader(shards: Shards, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 device: Union[str, torch.device] = "auto", seed: int = 0, epoch: int = 0, step: int = 0,
+                 device: Union[str, torch.device] = "auto", seed: int = 0,
                  augment: Union[None, Augment, Mapping[str, float]] = None, dtype: torch.dtype = torch.float32,
                  backend: str = "auto", with_flip: bool = False, hw_decoder_load: Optional[float] = None,
                  layout: str = "NCHW", weights: Optional[Sequence[float]] = None):
-    """One epoch of `pipeline.Batch` for rank `rank` of `world_size`, starting at `step`.
+    """The loader of a run for rank `rank` of `world_size`: `loader.epoch(e, start_step=s)` yields epoch e's
+    `pipeline.Batch`es from step s on (`iter(loader)`: epoch 0's, for a reader of one pass), one epoch at a
+    time; the shards' maps and the DALI graph (or the torch backend's reader) live as long as the loader.
 
-    The order is a function of (seed, epoch) alone, every rank runs `len(loader)` steps (the tail that
-    does not fill a global batch is dropped), and `step` > 0 resumes with exactly the batches the
-    uninterrupted epoch would have yielded from there. `len(loader)` is the steps of the whole epoch;
-    iteration yields `len(loader) - step` batches. `loader.num_classes` and `loader.num_samples` come
+    The order is a function of (seed, epoch) alone, every rank runs `len(loader)` steps an epoch (the tail
+    that does not fill a global batch is dropped; every epoch has as many), and start_step s > 0 resumes
+    with exactly the batches the uninterrupted epoch would have yielded from there (len(loader) - s of
+    them; s outside 0..len(loader) raises LoaderOptionError). `loader.num_classes` and `loader.num_samples` come
     from the manifest. Images are flipped with p = 0.5; `augment` adds AdaFace's augmentations
     (pipeline.Augment or a mapping name -> probability). Each Batch also carries its keys, flips, the
     global batch's labels and their largest repeat count on the host (pipeline.Batch).
@@ -102,19 +82,17 @@ def build_loader(shards: Shards, batch_size: int, *, rank: int = 0, world_size: 
     dev = resolve_device(device)
     index = open_index(shards)
     chosen = choose(backend, dev, index.encoding, hw_load)
-    plan = plan_epoch([d.num_samples for d in index.datasets], batch_size, seed=seed, epoch=epoch, rank=rank,
-                      world_size=world_size, weights=weights)
-    if not 0 <= step <= plan.steps:
-        raise LoaderOptionError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), found {step}")
-    common = dict(start_step=step, device=dev, dtype=dtype, aug=aug, with_flip=with_flip,
+    order = EpochOrder(tuple(d.num_samples for d in index.datasets), batch_size, seed=seed, rank=rank,
+                       world_size=world_size, weights=weights)
+    common = dict(device=dev, dtype=dtype, aug=aug, with_flip=with_flip,
                   channels_last=layout == "NHWC", decoder=chosen.decoder)
     if chosen.backend == "dali":
         from pipeline.dali_loader import DaliLoader
 
-        return DaliLoader(index, plan, hw_decoder_load=hw_load, **common)
+        return DaliLoader(index, order, hw_decoder_load=hw_load, **common)
     from pipeline.torch_loader import TorchLoader
 
-    return TorchLoader(index, plan, **common)
+    return TorchLoader(index, order, **common)
 
 
 class ShardSamples:
@@ -123,7 +101,7 @@ class ShardSamples:
     builds a per-sample table beside the shards. Labels are the union's classes."""
 
     def __init__(self, shards: Shards) -> None:
-        self._index = open_index(shards)  # parsed once per process, as the loader does
+        self._index = open_index(shards)
         self._reader = ShardReader(self._index)
         self.num_samples, self.num_classes = self._index.num_samples, self._index.num_classes
         self.image_size, self.encoding = self._index.image_size, self._index.encoding

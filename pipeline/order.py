@@ -35,6 +35,10 @@ class WeightsError(InputError, ValueError):
     """Dataset weights that do not fit the datasets: the message names data.weights and the values."""
 
 
+class LoaderOptionError(InputError, ValueError):
+    """A build_loader argument out of its range; the message names the argument (and its config key)."""
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     """One epoch's order and rank `rank`'s part of it: `global_samples[s]` is step s's global batch (the
@@ -76,6 +80,45 @@ class EpochPlan:
         if params is not None:
             params = AugmentParams(*(getattr(params, f.name)[self.part] for f in fields(AugmentParams)))
         return flips[self.part], params
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """Every epoch's order for one rank, fixed for a loader's life: `plan(epoch)` is that epoch's EpochPlan
+    and `steps` the steps of each epoch (the same in all: a weighted epoch's size does not vary)."""
+
+    sizes: tuple[int, ...]                # each dataset's samples (keys laid end to end)
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    weights: Optional[tuple[float, ...]] = None  # check_weights' result: None for 1 each
+
+    def __post_init__(self) -> None:
+        _check_ranks(self.rank, self.world_size)
+        if self.seed < 0:
+            raise ValueError(f"seed: expected >= 0, found {self.seed}")
+        _ = self.steps  # raises BatchSizeError when not even one global batch fits
+
+    @property
+    def steps(self) -> int:
+        return steps_per_epoch(epoch_size(self.sizes, self.weights), self.batch_size, self.world_size)
+
+    def plan(self, epoch: int, start_step: int = 0) -> EpochPlan:
+        """Epoch `epoch`'s plan, to be read from `start_step` on (0 <= start_step <= steps, else
+        LoaderOptionError)."""
+        plan = plan_epoch(self.sizes, self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                          world_size=self.world_size, weights=self.weights)
+        if not 0 <= start_step <= plan.steps:
+            raise LoaderOptionError(f"step: expected 0 <= step <= {plan.steps} (steps in epoch {epoch}), "
+                                    f"found {start_step}")
+        return plan
+
+
+def _check_ranks(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, found rank={rank}, "
+                         f"world_size={world_size}")
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
@@ -138,9 +181,7 @@ def plan_epoch(sizes: Union[int, Sequence[int]], batch_size: int, *, seed: int, 
 
     sizes: the number of samples, or each dataset's of a union (keys laid end to end); weights: one per
     dataset (see the module's docstring), None for 1 each."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, found rank={rank}, "
-                         f"world_size={world_size}")
+    _check_ranks(rank, world_size)
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch: expected >= 0, found seed={seed}, epoch={epoch}")
     sizes = [sizes] if isinstance(sizes, numbers.Integral) else [int(n) for n in sizes]

@@ -1,4 +1,5 @@
-"""The torch backend: the same epochs as the DALI loader, decoded with libjpeg-turbo in DataLoader workers.
+"""The torch backend: the same epochs as the DALI loader, decoded with libjpeg-turbo in DataLoader workers
+(forked for each epoch, from the shards' maps the loader holds for its life).
 
 Used where DALI cannot be imported, and as a reference. One DataLoader item is one whole step (the
 rank's B samples of pipeline/order.py's plan), so the per-sample cost is a decode and a copy, and the
@@ -14,7 +15,6 @@ DataLoader would re-raise it with the worker's whole traceback folded into the m
 """
 from __future__ import annotations
 
-import gc
 import io
 from typing import Iterator
 
@@ -27,7 +27,7 @@ from PIL import Image
 from pipeline.augment import Augment, AugmentParams
 from pipeline.batch import Batch
 from pipeline.device import threads_per_rank
-from pipeline.order import EpochPlan
+from pipeline.order import EpochOrder, EpochPlan
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
 _JPEG_MAGIC = b"\xff\xd8"
@@ -49,8 +49,8 @@ class _Steps(torch.utils.data.Dataset):
     """Item s = step s of the plan: (uint8 [B,H,W,3] flipped images, labels, keys, flips, global labels,
     aug params)."""
 
-    def __init__(self, index: ShardIndex, plan: EpochPlan, aug: Augment) -> None:
-        self.reader, self.plan, self.aug = ShardReader(index), plan, aug
+    def __init__(self, reader: ShardReader, plan: EpochPlan, aug: Augment) -> None:
+        self.reader, self.plan, self.aug = reader, plan, aug
 
     def __len__(self) -> int:
         return self.plan.steps
@@ -114,33 +114,37 @@ def _as_is(item):
 
 
 class TorchLoader:
-    """Iterable over the batches of one epoch from `start_step` on; `len()` is the epoch's steps."""
+    """A run's loader: `epoch(e, start_step)` yields epoch e's batches from that step on; `len()` is an
+    epoch's steps (pipeline.build_loader)."""
 
     backend = "torch"
 
-    def __init__(self, index: ShardIndex, plan: EpochPlan, *, start_step: int, device: torch.device,
-                 dtype: torch.dtype, aug: Augment, with_flip: bool, channels_last: bool = False, decoder: str = "",
+    def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
+                 aug: Augment, with_flip: bool, channels_last: bool = False, decoder: str = "",
                  num_workers: int | None = None) -> None:
-        self.index, self.plan, self.start_step = index, plan, start_step
+        self.index, self.order = index, order
         self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
         self.channels_last, self.decoder = channels_last, decoder
         self.num_workers = threads_per_rank() if num_workers is None else num_workers
         self.num_classes, self.num_samples = index.num_classes, index.num_samples
         self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
+        self._reader = ShardReader(index)  # the tars mapped once; each epoch's workers inherit the maps
 
     def __len__(self) -> int:
-        return self.plan.steps
+        return self.order.steps
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
+        return self._batches(self.order.plan(epoch, start_step), start_step)
+
+    def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
         workers = self.num_workers
-        if workers:
-            # The workers are forked, and a DALI pipeline that is garbage but not yet collected here (one
-            # kept in a reference cycle, such as the traceback of an error it raised) would otherwise be
-            # collected in a worker, where its shutdown ends the worker with SIGSEGV.
-            gc.collect()
         loader = torch.utils.data.DataLoader(
-            _Steps(self.index, self.plan, self.aug), batch_size=None,
-            sampler=range(self.start_step, self.plan.steps), num_workers=workers,
+            _Steps(self._reader, plan, self.aug), batch_size=None,
+            sampler=range(start_step, plan.steps), num_workers=workers,
             prefetch_factor=4 if workers else None, pin_memory=self.device.type == "cuda",
             collate_fn=_as_is)
         for item in loader:

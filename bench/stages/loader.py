@@ -14,6 +14,7 @@ where it cannot, the report says why it was left out.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Callable
@@ -49,16 +50,17 @@ def _epoch(make_batches: Callable, device: torch.device) -> Sample:
 
 
 def project_epochs(shards, settings: Settings, backend: str) -> Callable[[], Sample]:
-    """Rounds of `pipeline.build_loader(shards, ...)`: epoch 0, 1, 2, ... (a new order each round)."""
+    """Rounds of one `pipeline.build_loader(shards, ...)`, as a run reads it: epoch 0, 1, 2, ... (a new order
+    each round); the loader is built by the first round."""
     import pipeline
 
     device = torch.device(settings.device)
     epochs = itertools.count()
+    loader = functools.cache(lambda: pipeline.build_loader(shards, settings.batch_size, device=settings.device,
+                                                           seed=0, backend=backend))
 
     def batches():
-        loader = pipeline.build_loader(shards, settings.batch_size, device=settings.device, seed=0,
-                                       epoch=next(epochs), backend=backend)
-        return (batch.images for batch in loader)
+        return (batch.images for batch in loader().epoch(next(epochs)))
 
     return lambda: _epoch(batches, device)
 

@@ -12,6 +12,7 @@ insightface-style loader. The data wait is the fraction of a round spent in `nex
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ def _pipeline_batches(data: BenchData, settings: Settings, with_flip: bool = Fal
     import pipeline
 
     epochs = itertools.count()
-    return lambda: pipeline.build_loader(data.jpeg_shards, settings.step_batch_size, device=settings.device,
-                                         seed=0, epoch=next(epochs), backend="dali", with_flip=with_flip)
+    loader = functools.cache(lambda: pipeline.build_loader(data.jpeg_shards, settings.step_batch_size,
+                                                           device=settings.device, seed=0, backend="dali",
+                                                           with_flip=with_flip))  # one for the run, as training's
+    return lambda: loader().epoch(next(epochs))
 
 
 def _baseline_batches(data: BenchData, settings: Settings, with_flip: bool = False) -> Callable:

@@ -212,6 +212,26 @@ def test_grad_clip_zero_turns_clipping_off(tmp_path, shards, monkeypatch, one_th
     assert tight[1] == off[1] and tight[4] != off[4]
 
 
+def test_one_loader_serves_every_epoch_of_a_run_and_its_resume(tmp_path, shards, monkeypatch, one_thread):
+    """The run builds its loader once and reads each epoch from it, the resumed epoch from its step."""
+    _single_process(monkeypatch)
+    built, epochs = [], []
+    real_build = train.pipeline.build_loader
+
+    def build_loader(*args, **kwargs):
+        loader = real_build(*args, **kwargs)
+        real_epoch = loader.epoch
+        loader.epoch = lambda e, start_step=0: epochs.append((e, start_step)) or real_epoch(e, start_step)
+        built.append(loader)
+        return loader
+
+    monkeypatch.setattr(train.pipeline, "build_loader", build_loader)
+    for max_steps in (6, 10):  # 4 steps an epoch: the first run stops in epoch 1, the second resumes there
+        cfg = _config(tmp_path, shards, None, "epochs", max_steps=max_steps, batch_size=32)
+        assert train.main(["--config", str(cfg)]).step == max_steps
+    assert len(built) == 2 and epochs == [(0, 0), (1, 0), (1, 2), (2, 0)]
+
+
 @pytest.mark.slow
 def test_fp16_an_overflow_skips_the_step_halves_the_loss_scale_and_leaves_no_nan(tmp_path, shards, monkeypatch,
                                                                                  one_thread):

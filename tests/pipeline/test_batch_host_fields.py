@@ -23,7 +23,7 @@ def test_label_repeats_counts_all_ranks(jpeg_shards, backend, world_size):
     batch_size = 24 // world_size  # a global batch of 24 out of 24 identities x 6: repeats are common
     tars = read_tars(jpeg_shards)
     ranks = [list(pipeline.build_loader(shards, batch_size, rank=r, world_size=world_size, device="cpu",
-                                        backend=backend, seed=9, epoch=1)) for r in range(world_size)]
+                                        backend=backend, seed=9).epoch(1)) for r in range(world_size)]
     steps = len(ranks[0])
     assert steps == 144 // 24 and all(len(r) == steps for r in ranks)
     seen = []
@@ -45,7 +45,7 @@ def test_label_repeats_counts_all_ranks(jpeg_shards, backend, world_size):
 @pytest.mark.parametrize("with_flip", [True, False])
 def test_keys_and_flips_equal_index_and_flipped(jpeg_shards, backend, with_flip):
     for batch in pipeline.build_loader(jpeg_shards, 16, device="cpu", backend=backend, with_flip=with_flip,
-                                       seed=2, rank=1, world_size=2, step=1):
+                                       seed=2, rank=1, world_size=2).epoch(0, start_step=1):
         assert isinstance(batch.keys, np.ndarray) and batch.keys.dtype == np.int64 and batch.keys.shape == (16,)
         assert np.array_equal(batch.keys, batch.index.numpy())
         if with_flip:
@@ -59,7 +59,7 @@ def test_keys_are_the_batch_own(jpeg_shards):
     first = next(iter(loader))
     first.keys[:] = -1  # a consumer scribbling on its batch does not change the epoch's order
     again = next(iter(pipeline.build_loader(jpeg_shards, 16, device="cpu", backend="dali", seed=2)))
-    assert (again.keys >= 0).all() and np.array_equal(again.keys, loader.plan.samples[0])
+    assert (again.keys >= 0).all() and np.array_equal(again.keys, loader.order.plan(0).samples[0])
 
 
 def test_batch_checks_its_host_fields():

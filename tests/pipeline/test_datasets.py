@@ -32,8 +32,9 @@ def sets(tmp_path_factory) -> dict:
     return {"a": root / "a", "b": root / "b", "a_raw": root / "a_raw", "root": root}
 
 
-def _epoch(shards, batch_size, backend, **kw):
-    return list(pipeline.build_loader(shards, batch_size, device="cpu", backend=backend, with_flip=True, **kw))
+def _epoch(shards, batch_size, backend, epoch=0, step=0, **kw):
+    return list(pipeline.build_loader(shards, batch_size, device="cpu", backend=backend, with_flip=True,
+                                      **kw).epoch(epoch, step))
 
 
 def _keys(batches) -> np.ndarray:

@@ -68,7 +68,7 @@ def test_bad_arguments(jpeg_shards):
     with pytest.raises(ValueError, match="probability"):
         pipeline.build_loader(jpeg_shards, 8, augment={"crop": 1.5}, device="cpu")
     with pytest.raises(ValueError, match=r"step: expected 0 <= step <= 18"):
-        pipeline.build_loader(jpeg_shards, 8, step=19, device="cpu")
+        pipeline.build_loader(jpeg_shards, 8, device="cpu").epoch(0, start_step=19)
     with pytest.raises(ValueError, match="rank"):
         pipeline.build_loader(jpeg_shards, 8, rank=2, world_size=2, device="cpu")
     with pytest.raises(ValueError, match="backend"):
@@ -154,3 +154,45 @@ def test_headers_are_checked_once_per_key_and_a_failure_is_not_remembered(tmp_pa
     for _ in range(2):  # the damaged key fails every time it is fed, and its batch's keys stay unchecked
         with pytest.raises(pipeline.ShardError, match=SAMPLE_6):
             reader.checked_images(np.arange(4, 8))
+
+
+@pytest.mark.parametrize("damage", ["label", "scan"])
+def test_a_failed_dali_graph_goes_while_its_error_lives(tmp_path, members, monkeypatch, damage):
+    """An error from the loader's graph (our source's, or DALI's refusal) or from decode's does not hold the
+    graph: it shuts down at once, though the error sits in a reference cycle (pytest.raises makes one), and
+    no later garbage collection, maybe in a forked DataLoader worker, is left to shut it down."""
+    import gc
+    import weakref
+
+    from pipeline import dali_loader, decode
+
+    built = []
+
+    def spy(build, pipe_of):
+        def spied(*args, **kwargs):
+            graph = build(*args, **kwargs)
+            built.append(pipe_of(graph))
+            return graph
+        return spied
+
+    monkeypatch.setattr(dali_loader, "build_train_graph", spy(dali_loader.build_train_graph, lambda pipe: pipe))
+    monkeypatch.setattr(decode, "_build", spy(decode._build, lambda graph: graph[0]))  # (pipe, its queue)
+    labels, images = [i % 3 for i in range(12)], list(members)
+    if damage == "label":
+        labels[9] = 7
+    else:
+        images[6] = _damaged(images[6], damage)
+    shards = write_shards(tmp_path / "shards", images, labels, num_classes=3)
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(pipeline.ShardError) as info:
+            list(pipeline.build_loader(shards, 4, device="cpu", backend="dali"))
+        graphs = [weakref.ref(built.pop())]
+        if damage == "scan":
+            with pytest.raises(pipeline.ShardError) as info:
+                pipeline.ShardSamples(shards).images(np.arange(12), device="cpu", batch_size=5)  # a size of its own
+            graphs.append(weakref.ref(built.pop()))
+        assert info.value is not None and [g() for g in graphs] == [None] * len(graphs)
+    finally:
+        gc.enable()

@@ -26,15 +26,15 @@ def test_gpu_raw_bf16_and_augment(raw_shards):
 
 
 def test_gpu_resume_and_ranks(jpeg_shards):
-    full = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, epoch=4, rank=1, world_size=2,
-                                      with_flip=True))
-    rest = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, epoch=4, rank=1, world_size=2,
-                                      step=2, with_flip=True))
+    full = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, rank=1, world_size=2,
+                                      with_flip=True).epoch(4))
+    rest = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, rank=1, world_size=2,
+                                      with_flip=True).epoch(4, start_step=2))
     assert len(rest) == len(full) - 2
     for a, b in zip(full[2:], rest):
         assert torch.equal(a.index, b.index) and torch.equal(a.flipped, b.flipped)
         assert torch.equal(a.images, b.images)
-    other = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, epoch=4, rank=0, world_size=2))
+    other = list(pipeline.build_loader(jpeg_shards, 12, device="cuda", seed=7, rank=0, world_size=2).epoch(4))
     assert len(other) == len(full)
     assert not set(torch.cat([b.index for b in full]).tolist()) & set(torch.cat([b.index for b in other]).tolist())
 

@@ -10,9 +10,9 @@ from tests.pipeline.conftest import (IDENTITIES, encode, read_tars, reference_im
 BACKENDS = ["dali", "torch"]
 
 
-def _epoch(shards, batch_size, backend, **kw):
+def _epoch(shards, batch_size, backend, epoch=0, step=0, **kw):
     kw.setdefault("device", "cpu")
-    return list(pipeline.build_loader(shards, batch_size, backend=backend, with_flip=True, **kw))
+    return list(pipeline.build_loader(shards, batch_size, backend=backend, with_flip=True, **kw).epoch(epoch, step))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -68,15 +68,15 @@ def test_order_is_a_function_of_seed_and_epoch(jpeg_shards, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_yields_the_rest_of_the_epoch(jpeg_shards, backend):
     full = _epoch(jpeg_shards, 12, backend, seed=7, epoch=4, rank=1, world_size=2)
-    loader = pipeline.build_loader(jpeg_shards, 12, seed=7, epoch=4, rank=1, world_size=2, step=2, device="cpu",
+    loader = pipeline.build_loader(jpeg_shards, 12, seed=7, rank=1, world_size=2, device="cpu",
                                    backend=backend, with_flip=True)
     assert len(loader) == len(full) == 6
-    rest = list(loader)
+    rest = list(loader.epoch(4, start_step=2))
     assert len(rest) == 4
     for a, b in zip(full[2:], rest):
         for name in ("images", "labels", "index", "flipped"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert list(pipeline.build_loader(jpeg_shards, 12, step=12, world_size=1, device="cpu", backend=backend)) == []
+    assert list(pipeline.build_loader(jpeg_shards, 12, world_size=1, device="cpu", backend=backend).epoch(0, 12)) == []
 
 
 def test_backends_agree(jpeg_shards, raw_shards):
@@ -142,17 +142,20 @@ def test_png_members_decode_in_both_backends(tmp_path, backend):
             torch.testing.assert_close(image, expected, rtol=0, atol=1e-6)  # PNG is lossless
 
 
-def test_kept_graph_serves_the_next_epoch_and_is_not_shared(jpeg_shards):
-    """The DALI graph an epoch ends with serves the next loader (pipeline/dali_loader.py keeps it); an epoch
-    left midway drops its graph, and two loaders iterated side by side never share one."""
+def test_one_graph_serves_every_epoch_and_is_not_shared(jpeg_shards):
+    """The DALI graph an epoch ends with serves the loader's next epoch (pipeline/dali_loader.py keeps it);
+    an epoch left midway drops its graph, and two loaders iterated side by side never share one."""
     reference = [_epoch(jpeg_shards, 16, "dali", seed=2, epoch=e) for e in (0, 1)]
+    loader = pipeline.build_loader(jpeg_shards, 16, seed=2, device="cpu", backend="dali", with_flip=True)
     for e in (0, 1):
-        batches = iter(pipeline.build_loader(jpeg_shards, 16, seed=2, epoch=e, device="cpu", backend="dali",
-                                             with_flip=True))
+        batches = iter(loader.epoch(e))
         next(batches)
         batches.close()  # left after one batch, others in flight
-    side_by_side = zip(*(pipeline.build_loader(jpeg_shards, 16, seed=2, epoch=e, device="cpu", backend="dali",
-                                               with_flip=True) for e in (0, 1)))
+    for e in (0, 1):  # the graph the first whole epoch ends with reads the second
+        assert all(torch.equal(a.images, b.images) and torch.equal(a.index, b.index)
+                   for a, b in zip(loader.epoch(e), reference[e], strict=True))
+    side_by_side = zip(*(pipeline.build_loader(jpeg_shards, 16, seed=2, device="cpu", backend="dali",
+                                               with_flip=True).epoch(e) for e in (0, 1)))
     for step, (a, b) in enumerate(side_by_side):
         for got, want in ((a, reference[0][step]), (b, reference[1][step])):
             assert torch.equal(got.index, want.index) and torch.equal(got.images, want.images)
