@@ -20,6 +20,7 @@ Modules:
                    ranks, tail dropped; EpochOrder, a loader's plan of every epoch
   augment.py       AdaFace's optional augmentations and their per-sample parameters
   dali_graph.py    the DALI graphs: decode, flip, augment, normalise (GPU "mixed" or CPU)
+  epoch_loader.py  EpochLoader, what both backends are: a run's loader, epoch(e, start_step) over one EpochOrder
   dali_loader.py   the DALI backend: one graph for the loader's life, its external source fed each epoch in
                    the exact order, zero-copy to torch
   torch_loader.py  the torch backend (no DALI): DataLoader workers each epoch, libjpeg-turbo decode, same order

@@ -30,39 +30,25 @@ import torch
 from pipeline.augment import Augment
 from pipeline.batch import Batch
 from pipeline.dali_graph import AUGMENT_INPUTS, PREFETCH, build_train_graph, to_torch
+from pipeline.epoch_loader import EpochLoader
 from pipeline.order import EpochOrder, EpochPlan
 from pipeline.image_check import dali_reason, first_undecodable
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
 
-class DaliLoader:
-    """A run's loader: `epoch(e, start_step)` yields epoch e's batches from that step on, one epoch at a
-    time; `len()` is an epoch's steps (pipeline.build_loader)."""
+class DaliLoader(EpochLoader):
+    """The DALI backend of pipeline.epoch_loader.EpochLoader."""
 
     backend = "dali"
 
     def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
                  aug: Augment, with_flip: bool, channels_last: bool = False, hw_decoder_load: Optional[float] = None,
                  decoder: str = "", num_threads: Optional[int] = None, prefetch: int = PREFETCH) -> None:
-        self.index, self.order = index, order
-        self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
-        self.channels_last, self.hw_decoder_load, self.decoder = channels_last, hw_decoder_load, decoder
-        self.num_threads, self.prefetch = num_threads, prefetch
-        self.num_classes, self.num_samples = index.num_classes, index.num_samples
-        self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
-        self._reader = ShardReader(index)  # the tars mapped once: no page faults anew each epoch
+        super().__init__(index, order, device=device, dtype=dtype, aug=aug, with_flip=with_flip,
+                         channels_last=channels_last, decoder=decoder)
+        self.hw_decoder_load, self.num_threads, self.prefetch = hw_decoder_load, num_threads, prefetch
         self._pipe = None  # the DALI graph: built by the first epoch, dropped by one that ends with batches in flight
         self._feed: Optional[Callable[[], tuple]] = None  # the epoch being read: its next input; None between epochs
-
-    def __len__(self) -> int:
-        return self.order.steps
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.epoch(0)
-
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
-        return self._batches(self.order.plan(epoch, start_step), start_step)
 
     def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
         if self._feed is not None:

@@ -27,6 +27,7 @@ from PIL import Image
 from pipeline.augment import Augment, AugmentParams
 from pipeline.batch import Batch
 from pipeline.device import threads_per_rank
+from pipeline.epoch_loader import EpochLoader
 from pipeline.order import EpochOrder, EpochPlan
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
@@ -113,32 +114,17 @@ def _as_is(item):
     return item  # items are whole batches already
 
 
-class TorchLoader:
-    """A run's loader: `epoch(e, start_step)` yields epoch e's batches from that step on; `len()` is an
-    epoch's steps (pipeline.build_loader)."""
+class TorchLoader(EpochLoader):
+    """The torch backend of pipeline.epoch_loader.EpochLoader."""
 
     backend = "torch"
 
     def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
                  aug: Augment, with_flip: bool, channels_last: bool = False, decoder: str = "",
                  num_workers: int | None = None) -> None:
-        self.index, self.order = index, order
-        self.device, self.dtype, self.aug, self.with_flip = device, dtype, aug, with_flip
-        self.channels_last, self.decoder = channels_last, decoder
+        super().__init__(index, order, device=device, dtype=dtype, aug=aug, with_flip=with_flip,
+                         channels_last=channels_last, decoder=decoder)
         self.num_workers = threads_per_rank() if num_workers is None else num_workers
-        self.num_classes, self.num_samples = index.num_classes, index.num_samples
-        self.datasets = index.datasets  # each directory's keys and classes (pipeline.DatasetSpan)
-        self._reader = ShardReader(index)  # the tars mapped once; each epoch's workers inherit the maps
-
-    def __len__(self) -> int:
-        return self.order.steps
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.epoch(0)
-
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
-        return self._batches(self.order.plan(epoch, start_step), start_step)
 
     def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
         workers = self.num_workers
