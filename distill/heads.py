@@ -337,6 +337,15 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
         raise ValueError(f"build_head: num_classes must be a positive int, found {num_classes!r}")
     if not (isinstance(embedding_size, int) and embedding_size > 0):
         raise ValueError(f"build_head: embedding_size must be a positive int, found {embedding_size!r}")
+    margin = _margin(loss, options)
+    alpha, geom = _distillation(loss, kd, options)
+    shard = _rows(num_classes, kd, shard, sample_rate, centre_update)
+    return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom, shard=shard, sample_rate=float(sample_rate),
+                centre_update=centre_update)
+
+
+def _margin(loss: str, options: dict) -> Any:
+    """The margin of `loss` with the options that are its own (build_head's options)."""
     unknown = sorted(set(options) - {"s", "m", "h", "t_alpha", "alpha", "geom"})
     if unknown:
         raise ValueError(f"build_head: unknown options {unknown}; known: s, m, h, t_alpha, alpha, geom")
@@ -346,18 +355,27 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
         if name not in fields and options.get(name) is not None:
             raise ValueError(f"build_head: option {name} applies to adaface only; loss is {loss!r}, found {name}="
                              f"{options[name]!r}")
-    margin = margin_cls(**{k: v for k, v in options.items() if k in fields and v is not None})
+    return margin_cls(**{k: v for k, v in options.items() if k in fields and v is not None})
 
+
+def _distillation(loss: str, kd: str, options: dict) -> tuple:
+    """(alpha, geom) of AdaDistill's options; both None with kd="none" (a distillation config as a baseline)."""
     alpha = options.get("alpha") or "weighted"
     geom = options.get("geom")
     if kd == "none":
-        alpha, geom = None, None
-    elif alpha not in ALPHA_MODES:
+        return None, None
+    if alpha not in ALPHA_MODES:
         raise ValueError(f"build_head: option alpha must be one of {list(ALPHA_MODES)}, found {alpha!r}")
     if geom is not None:
-        if not margin_cls.uses_norms:
+        if not MARGINS[loss].uses_norms:
             raise ValueError(f"build_head: option geom (the geometry-aware margin) needs loss 'adaface', found {loss!r}")
         geom = _geometry(geom)
+    return alpha, geom
+
+
+def _rows(num_classes: int, kd: str, shard: ClassShard | None, sample_rate: float, centre_update: str) -> ClassShard:
+    """The head's class rows: `shard`, or every class as one shard (the replicated head), checked against the
+    Partial FC rate and the centre update."""
     if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
         raise ValueError(f"build_head: sample_rate must be in (0, 1], found {sample_rate!r}")
     if sample_rate < 1 and (kd != "none" or shard is None):
@@ -372,8 +390,7 @@ def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str =
                          f"are sharded (distill.shard_classes): set distill.shard_classes=false")
     if shard.num_classes != num_classes:
         raise ValueError(f"build_head: the shard splits {shard.num_classes} classes, the head has {num_classes}")
-    return Head(loss, num_classes, embedding_size, kd, margin, alpha, geom, shard=shard, sample_rate=float(sample_rate),
-                centre_update=centre_update)
+    return shard
 
 
 def head_from_config(cfg, num_classes: int, shard: ClassShard | None = None) -> Head:
