@@ -51,6 +51,8 @@ def _one(merge: MergeList, number: int, name: str, source, labels) -> int:
 def resolve(merge: MergeList, source, labels: Optional[np.ndarray] = None,
             excluded: Optional[np.ndarray] = None) -> dict:
     """{FROM source label: TO source label} (folder indices for a folder source), checked."""
+    if labels is not None:  # the classes present, once: each side's check would otherwise sort every label again
+        labels = np.unique(labels[labels >= 0])
     mapping, line_of = {}, {}
     for number, a, b in merge.entries:
         frm, to = _one(merge, number, a, source, labels), _one(merge, number, b, source, labels)
