@@ -234,13 +234,12 @@ class _Selection:
 def _select(source, validated: Validated, decisions: _Decisions) -> _Selection:
     """The readable items outside the excluded classes and images, classes merged, labels made contiguous."""
     exclusion, merge, dropped = decisions.exclusion, decisions.merge, decisions.dropped
-    excluded = resolve(exclusion, source, validated.labels[validated.ok]) if exclusion is not None else \
-        np.zeros(0, np.int64)
     present = validated.labels[validated.ok]
+    excluded = resolve(exclusion, source, present) if exclusion is not None else np.zeros(0, np.int64)
     mapping = class_merge.resolve(merge, source, present, excluded) if merge is not None else {}
     labels_merged = class_merge.apply(validated.labels, mapping)
-    classes_before = np.unique(validated.labels[validated.ok & ~np.isin(validated.labels, excluded)])
     keep = validated.ok & ~np.isin(validated.labels, excluded)
+    classes_before = np.unique(validated.labels[keep])
     keep[dropped] = False
     emptied = np.setdiff1d(classes_before, labels_merged[keep])
     contiguous, class_map = _class_labels(source, labels_merged, keep, excluded, emptied)
