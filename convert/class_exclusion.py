@@ -41,26 +41,33 @@ class ExclusionList:
             raise ValueError(f"{self.path}: sha256 must be 64 hex digits, found {self.sha256!r}")
 
 
-def read_exclusion_list(path) -> ExclusionList:
-    """Parse `path` (syntax only; `resolve` checks the classes against a source)."""
+def read_decision_lines(path, what: str) -> tuple:
+    """(absolute path, sha256 of its bytes, [(line number, line stripped)] less blank and '#' lines) of a
+    decision file (exclusion, key and merge lists share this syntax); ExclusionError naming the file when it
+    cannot be read or is not UTF-8 text. what: the file's kind, for the error."""
     path = os.path.abspath(os.fspath(path))
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise ExclusionError(f"{path}: cannot read the exclusion list ({err.strerror or err})") from None
+        raise ExclusionError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ExclusionError(f"{path}: the exclusion list is not UTF-8 text (byte {err.start})") from None
+        raise ExclusionError(f"{path}: the {what} is not UTF-8 text (byte {err.start})") from None
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    return path, hashlib.sha256(data).hexdigest(), [(n, t) for n, t in lines if t and not t.startswith("#")]
+
+
+def read_exclusion_list(path) -> ExclusionList:
+    """Parse `path` (syntax only; `resolve` checks the classes against a source)."""
+    path, sha256, lines = read_decision_lines(path, "exclusion list")
     entries, seen = [], set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#") or name in seen:
-            continue
-        seen.add(name)
-        entries.append((number, name))
-    return ExclusionList(path, hashlib.sha256(data).hexdigest(), tuple(entries))
+    for number, name in lines:
+        if name not in seen:
+            seen.add(name)
+            entries.append((number, name))
+    return ExclusionList(path, sha256, tuple(entries))
 
 
 def _rec_label(excl: ExclusionList, number: int, name: str) -> int:

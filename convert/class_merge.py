@@ -13,14 +13,12 @@ classes, a chain (TO merged in turn into another: write each FROM -> the final c
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from convert.class_exclusion import ExclusionError, ExclusionList, resolve as resolve_classes
+from convert.class_exclusion import ExclusionError, ExclusionList, read_decision_lines, resolve as resolve_classes
 from convert.manifest import MergeRecord
 
 ARROW = "->"
@@ -34,26 +32,15 @@ class MergeList:
 
 
 def read_merge_list(path) -> MergeList:
-    path = os.path.abspath(os.fspath(path))
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        text = data.decode("utf-8")
-    except OSError as err:
-        raise ExclusionError(f"{path}: cannot read the merge list ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise ExclusionError(f"{path}: the merge list is not UTF-8 text (byte {err.start})") from None
+    path, sha256, lines = read_decision_lines(path, "merge list")
     entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in lines:
         parts = line.split(ARROW)
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise ExclusionError(f"{path}: line {number}: expected 'FROM {ARROW} TO' (two source classes), "
                                  f"found {line!r}")
         entries.append((number, parts[0].strip(), parts[1].strip()))
-    return MergeList(path, hashlib.sha256(data).hexdigest(), tuple(entries))
+    return MergeList(path, sha256, tuple(entries))
 
 
 def _one(merge: MergeList, number: int, name: str, source, labels) -> int:
@@ -64,6 +51,8 @@ def _one(merge: MergeList, number: int, name: str, source, labels) -> int:
 def resolve(merge: MergeList, source, labels: Optional[np.ndarray] = None,
             excluded: Optional[np.ndarray] = None) -> dict:
     """{FROM source label: TO source label} (folder indices for a folder source), checked."""
+    if labels is not None:  # the classes present, once: each side's check would otherwise sort every label again
+        labels = np.unique(labels[labels >= 0])
     mapping, line_of = {}, {}
     for number, a, b in merge.entries:
         frm, to = _one(merge, number, a, source, labels), _one(merge, number, b, source, labels)

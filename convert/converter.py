@@ -180,6 +180,7 @@ class _Decisions:
     exclusion: Optional[ExclusionList]  # --exclude-classes: source classes to leave out
     keys: Optional[ExclusionList]  # --exclude-keys: source images to leave out
     merge: Optional[class_merge.MergeList]  # --merge-classes: FROM -> TO source classes
+    dropped: np.ndarray  # int64: the source items `keys` names (checked against the source's keys once, here)
 
 
 def _read_decisions(source, opts: ConvertOptions) -> _Decisions:
@@ -192,9 +193,9 @@ def _read_decisions(source, opts: ConvertOptions) -> _Decisions:
             resolve(exclusion, source)
         if merge is not None:
             class_merge.resolve(merge, source, excluded=resolve(exclusion, source) if exclusion else None)
-    if keys is not None:
-        key_exclusion.resolve(keys, source)  # the source's keys are known without reading an image
-    return _Decisions(exclusion, keys, merge)
+    # the source's keys are known without reading an image
+    dropped = key_exclusion.resolve(keys, source) if keys is not None else np.zeros(0, np.int64)
+    return _Decisions(exclusion, keys, merge, dropped)
 
 
 def _first_pass(source, out: str, opts: ConvertOptions, workers: int, fingerprint: dict, records: dict) -> Validated:
@@ -232,15 +233,13 @@ class _Selection:
 
 def _select(source, validated: Validated, decisions: _Decisions) -> _Selection:
     """The readable items outside the excluded classes and images, classes merged, labels made contiguous."""
-    exclusion, keys, merge = decisions.exclusion, decisions.keys, decisions.merge
-    excluded = resolve(exclusion, source, validated.labels[validated.ok]) if exclusion is not None else \
-        np.zeros(0, np.int64)
-    dropped = key_exclusion.resolve(keys, source) if keys is not None else np.zeros(0, np.int64)
+    exclusion, merge, dropped = decisions.exclusion, decisions.merge, decisions.dropped
     present = validated.labels[validated.ok]
+    excluded = resolve(exclusion, source, present) if exclusion is not None else np.zeros(0, np.int64)
     mapping = class_merge.resolve(merge, source, present, excluded) if merge is not None else {}
     labels_merged = class_merge.apply(validated.labels, mapping)
-    classes_before = np.unique(validated.labels[validated.ok & ~np.isin(validated.labels, excluded)])
     keep = validated.ok & ~np.isin(validated.labels, excluded)
+    classes_before = np.unique(validated.labels[keep])
     keep[dropped] = False
     emptied = np.setdiff1d(classes_before, labels_merged[keep])
     contiguous, class_map = _class_labels(source, labels_merged, keep, excluded, emptied)

@@ -48,6 +48,6 @@ def resolve(keys: ExclusionList, source) -> np.ndarray:
 
 def record(keys: ExclusionList, source, excluded: np.ndarray) -> KeyExclusionRecord:
     """The manifest's account: the file, its sha256 and the source images it left out."""
-    names = item_names(source)
+    names = source.paths if source.kind == "folder" else source.keys  # only the excluded ones made text
     return KeyExclusionRecord(file=keys.path, sha256=keys.sha256, num_samples=int(excluded.size),
-                              keys=tuple(names[int(i)] for i in excluded))
+                              keys=tuple(str(names[int(i)]) for i in excluded))

@@ -25,6 +25,11 @@ class StaleManifestError(ManifestError):
     """A manifest an older converter wrote (no labels table): the shard set must be converted again."""
 
 
+def _check_sha256(what: str, sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ManifestError(f"{what}: sha256 must be 64 lowercase hex digits, found {sha256!r}")
+
+
 @dataclass(frozen=True)
 class ShardRecord:
     """One tar shard: file name (relative to the manifest), sample count, byte size, sha256 hex digest."""
@@ -41,8 +46,7 @@ class ShardRecord:
             raise ManifestError(f"shard {self.name}: samples must be >= 1, found {self.samples}")
         if self.bytes < 1024:
             raise ManifestError(f"shard {self.name}: a tar holds at least 1024 bytes, found {self.bytes}")
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ManifestError(f"shard {self.name}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+        _check_sha256(f"shard {self.name}", self.sha256)
 
     @property
     def index_name(self) -> str:
@@ -63,8 +67,7 @@ class TableRecord:
             raise ManifestError(f"table name must be a plain '<name>.npy', found {self.name!r}")
         if self.bytes < 1:
             raise ManifestError(f"table {self.name}: bytes must be >= 1, found {self.bytes}")
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ManifestError(f"table {self.name}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+        _check_sha256(f"table {self.name}", self.sha256)
 
 
 @dataclass(frozen=True)
@@ -79,16 +82,10 @@ class ExclusionRecord:
     classes: tuple
 
     def __post_init__(self) -> None:
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ManifestError(f"exclusion {self.file}: sha256 must be 64 lowercase hex digits, found {self.sha256!r}")
+        _check_sha256(f"exclusion {self.file}", self.sha256)
         if self.num_classes != len(self.classes) or self.num_samples < 0:
             raise ManifestError(f"exclusion {self.file}: num_classes must count the {len(self.classes)} classes and "
                                 f"num_samples be >= 0, found {self.num_classes} and {self.num_samples}")
-
-
-def _check_sha256(what: str, sha256: str) -> None:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise ManifestError(f"{what}: sha256 must be 64 lowercase hex digits, found {sha256!r}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Mapping
 
 import torch
 
+from common.files import write_atomic
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
 OPSET = 17  # onnxruntime >= 1.12 runs it; every op these backbones use exists there
@@ -64,5 +66,5 @@ def export_onnx(net: torch.nn.Module, path: Path, props: Mapping[str, str]) -> P
         entry.key, entry.value = key, str(value)
     model.producer_name = "adadistill (python -m models export)"
     onnx.checker.check_model(model, full_check=True)
-    path.write_bytes(model.SerializeToString())
+    write_atomic(path, model.SerializeToString())
     return path
