@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -67,10 +66,6 @@ def build(*, checkpoint: dict, sets: Sequence[dict], e: Embedded, f: Findings, b
             "rounds": f.rounds, "conflicts": conflicts, "outliers": outliers, "duplicates": duplicates,
             "conflict_groups": [[cls(c) for c in g] for g in conflict_groups(f.conflicts)],
             "warnings": list(warnings)}
-
-
-def write_json(path: Path, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def _flat(prefix: str, d: dict) -> dict:
