@@ -32,16 +32,6 @@ PAIRS_PROG = "python -m evaluate pairs"
 THRESHOLD_PROG = "python -m evaluate threshold"
 
 
-def _far(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a false-accept rate between 0 and 1 (e.g. 1e-3), found {text!r}")
-    return value
-
-
 def _parser_embed() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=EMBED_PROG, description="Embed every image of a folder, .rec, shards folder or "
                                 ".bin into a Parquet file, as the evaluation embeds them.")
@@ -129,7 +119,7 @@ def _parser_threshold() -> argparse.ArgumentParser:
                    help="one or several models, each anything `python -m evaluate --checkpoint` takes")
     p.add_argument("--names", nargs="+", help="the models' names in the report and the plot (default: file names)")
     p.add_argument("--data", required=True, type=Path, help="a pair set: a .bin or a CVLFace arrow folder")
-    p.add_argument("--far", type=_far, action="append",
+    p.add_argument("--far", type=cli_args.far, action="append",
                    help="a false-accept rate; repeat for several (default: 1e-1, 1e-2, ... down to what the set's "
                         "impostor pairs support)")
     p.add_argument("--roc", type=Path, help="draw the ROC of every model into this PNG")
