@@ -158,13 +158,10 @@ def main_threshold(argv: Sequence[str]) -> int:
         name = args.names[n] if args.names else ckpt.name
         fused, xnorm = verification.normalised_embeddings(loaded.net, vset, device=device, batch_size=args.batch_size,
                                                           progress=not args.quiet)
-        cosines = thresholds.scores(fused)
-        result = verification.evaluate(fused, vset.issame) | {
-            "xnorm": xnorm, "pairs": int(vset.issame.size),
-            "thresholds": thresholds.operating_points(cosines, vset.issame, args.far)}
+        result = verification.metrics(fused, xnorm, vset.issame, fars=args.far)
         models.append({"name": name, **model_input.described(loaded), "results": {vset.name: result}})
         _print_points(name, result)
-        far, tar = thresholds.roc(cosines, vset.issame)
+        far, tar = thresholds.roc(thresholds.scores(fused), vset.issame)
         curves.append(roc_plot.Curve(name, far, tar, {f: p for f, p in result["thresholds"]["far"].items()
                                                       if not isinstance(p, str)}))
     if args.roc is not None:
