@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
+
+import numpy as np
 
 from common.files import WriteError
 import pipeline
@@ -47,12 +49,17 @@ def _parser_embed() -> argparse.ArgumentParser:
     return p
 
 
+def _points(file: Optional[Path], source: image_sources.ImageSource) -> Optional[np.ndarray]:
+    """--landmarks' float32 [N, 5, 2] in the source's order (evaluate.landmarks), or None without it."""
+    if file is None:
+        return None
+    return landmarks.match(landmarks.read_landmarks(file), source.keys, source.path, file)
+
+
 def main_embed(argv: Sequence[str]) -> int:
     args = _parser_embed().parse_args(argv)
     source = image_sources.open_source(args.images)
-    points = None
-    if args.landmarks is not None:
-        points = landmarks.match(landmarks.read_landmarks(args.landmarks), source.keys, source.path, args.landmarks)
+    points = _points(args.landmarks, source)
     check_output(args.output, "the embeddings", "embeddings.parquet")
     device = pipeline.resolve_device(args.device)
     loaded = model_input.load(args.checkpoint, args, device)
@@ -95,9 +102,7 @@ def main_pairs(argv: Sequence[str]) -> int:
     if source.labels is None:
         raise pairs.PairSetError(f"{source.path}: a {source.kind} says nothing of identities; give a folder of "
                                  f"identity folders")
-    points = None
-    if args.landmarks is not None:
-        points = landmarks.match(landmarks.read_landmarks(args.landmarks), source.keys, source.path, args.landmarks)
+    points = _points(args.landmarks, source)
     if points is None:  # stored as they are: every image must be one the evaluation reads, checked before drawing
         for s in range(0, len(source), 1024):
             pairs.check_formats(source, range(s, min(s + 1024, len(source))))
