@@ -104,8 +104,7 @@ def main_pairs(argv: Sequence[str]) -> int:
                                  f"identity folders")
     points = _points(args.landmarks, source)
     if points is None:  # stored as they are: every image must be one the evaluation reads, checked before drawing
-        for s in range(0, len(source), 1024):
-            pairs.check_formats(source, range(s, min(s + 1024, len(source))))
+        pairs.check_formats(source)
     check_output(args.output, "the pair set", "pairs.bin")
     drawn = pairs.draw(source.labels, args.pairs, args.seed, where=source.path)
     stored = pairs.stored_images(source, sorted({i for p in drawn for i in (p.first, p.second)}), points)

@@ -143,34 +143,26 @@ def draw(labels: np.ndarray, pairs: int, seed: int, nfolds: int = NFOLDS, where:
     return out
 
 
-def _format_problem(source: ImageSource, i: int, data) -> Optional[PairSetError]:
-    if bytes(data[:8]).startswith((_JPEG, _PNG)):
-        return None
-    return PairSetError(f"{source.name(i)}: not a JPEG or PNG (starts with {bytes(data[:8])!r}); a .bin stores the "
-                        f"images as they are, and the evaluation reads JPEG and PNG: convert it first")
-
-
-def check_formats(source: ImageSource, positions) -> None:
-    """PairSetError naming the first image of `positions` that is no JPEG or PNG."""
-    positions = list(positions)
-    for i, data in zip(positions, source.read(positions)):
-        problem = _format_problem(source, i, data)
-        if problem is not None:
-            raise problem
+def check_formats(source: ImageSource, chunk: int = 1024) -> None:
+    """PairSetError naming the first image of `source` that is no JPEG or PNG, read `chunk` at a time."""
+    for s in range(0, len(source), chunk):
+        positions = list(range(s, min(s + chunk, len(source))))
+        for i, data in zip(positions, source.read(positions)):
+            if not bytes(data[:8]).startswith((_JPEG, _PNG)):
+                raise PairSetError(f"{source.name(i)}: not a JPEG or PNG (starts with {bytes(data[:8])!r}); a .bin "
+                                   f"stores the images as they are, and the evaluation reads JPEG and PNG: convert "
+                                   f"it first")
 
 
 def stored_images(source: ImageSource, positions: list[int], landmarks: Optional[np.ndarray]) -> dict[int, bytes]:
-    """{position: the bytes the .bin stores}: the file as it is (JPEG or PNG, decoding in full), or the
-    aligned crop as PNG."""
+    """{position: the bytes the .bin stores}: the file as it is (decoding in full; check_formats has found it
+    a JPEG or PNG), or the aligned crop as PNG."""
     out = {}
     for i, data in zip(positions, source.read(positions)):
         data = bytes(data)
         if landmarks is not None:
             out[i] = aligned_png(data, landmarks[i], source.name(i))
             continue
-        problem = _format_problem(source, i, data)
-        if problem is not None:
-            raise problem
         problem = decode_problem(data)
         if problem is not None:
             raise PairSetError(f"{source.name(i)}: does not decode ({problem})")
