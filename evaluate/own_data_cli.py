@@ -22,12 +22,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from common.files import WriteError
 import pipeline
 from evaluate import (cli_args, embed_images, image_sources, landmarks, model_input, pairs, roc_plot, thresholds,
                       verification)
 from evaluate import report as rep
-from evaluate.output_check import check_output
+from evaluate.output_check import check_output, check_report_with_csv
 
 EMBED_PROG = "python -m evaluate embed"
 PAIRS_PROG = "python -m evaluate pairs"
@@ -150,11 +149,10 @@ def main_threshold(argv: Sequence[str]) -> int:
     problem = verification.fold_problem(vset.issame)
     if problem is not None:
         raise verification.DataFileError(f"{args.data}: {problem}")
-    if args.output is not None and args.output.suffix == ".csv":
-        raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
-    for path, what, example in ((args.output, "the report", "thresholds.json"), (args.roc, "the ROC", "roc.png")):
-        if path is not None:
-            check_output(path, what, example)
+    if args.output is not None:
+        check_report_with_csv(args.output, "thresholds.json")
+    if args.roc is not None:
+        check_output(args.roc, "the ROC", "roc.png")
     device = pipeline.resolve_device(args.device)
     models, curves = [], []
     for n, ckpt in enumerate(args.checkpoint):
