@@ -17,7 +17,6 @@ Every file is written atomically (common.files).
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 from common.files import write_atomic
 from evaluate.audit import Embedded, Findings, conflict_groups
 from evaluate.overlap_report import source_class
+from evaluate.report import write_csv
 
 THUMB = 64  # pixels: small enough for pages of thousands of items
 TYPICAL = 4  # images shown per class
@@ -89,11 +89,7 @@ def write_csvs(folder: Path, report: dict) -> None:
                "duplicates.csv": ["kind", "a_set", "a_key", "a_source_key", "b_set", "b_key", "b_source_key",
                                   "similarity"]}
     for name, table in rows.items():
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns[name], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(table)
-        write_atomic(folder / name, buf.getvalue())
+        write_csv(folder / name, table, columns[name])
 
 
 def decision_files(report: dict) -> dict:

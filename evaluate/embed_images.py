@@ -17,8 +17,6 @@ listed (position, key, path, reason) in skipped.csv beside the output.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from common.files import atomic_path, write_atomic
+from common.files import atomic_path
 import pipeline
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, pass_device
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import LandmarksError, aligned_png
+from evaluate.report import write_csv
 from pipeline.image_check import header_problem
 
 SKIPPED_NAME = "skipped.csv"
@@ -158,9 +157,5 @@ def write_parquet(path: str | Path, t: pa.Table) -> None:
 
 def write_skipped(path: str | Path, source: ImageSource, skipped) -> None:
     """position, key, path, reason: one row per image left out."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["position", "key", "path", "reason"])
-    for i, reason in skipped:
-        w.writerow([i, source.keys[i], source.name(i), reason])
-    write_atomic(path, buf.getvalue())
+    write_csv(path, ({"position": i, "key": source.keys[i], "path": source.name(i), "reason": reason}
+                     for i, reason in skipped), ("position", "key", "path", "reason"))

@@ -19,8 +19,6 @@ which the demo's synthetic set goes through too); a CSV beside it names each pai
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,10 +26,10 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from common.errors import InputError
-from common.files import write_atomic
 from convert.synthetic import write_bin
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import aligned_png
+from evaluate.report import write_csv
 from pipeline.image_check import decode_problem
 
 NFOLDS = 10
@@ -172,15 +170,10 @@ def stored_images(source: ImageSource, positions: list[int], landmarks: Optional
 
 def write(path, source: ImageSource, drawn: list[Pair], stored: dict[int, bytes]) -> str:
     """The .bin at `path` and its CSV listing (pair, fold, same, first, second) beside it (.csv)."""
-    bins, issame = [], []
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["pair", "fold", "same", "first", "second"])
-    for n, p in enumerate(drawn):
-        bins += [stored[p.first], stored[p.second]]
-        issame.append(p.same)
-        w.writerow([n, p.fold, int(p.same), source.keys[p.first], source.keys[p.second]])
-    write_bin(path, bins, issame)
+    bins = [stored[i] for p in drawn for i in (p.first, p.second)]
+    write_bin(path, bins, [p.same for p in drawn])
     listing = str(path)[:-len(".bin")] + ".csv" if str(path).endswith(".bin") else f"{path}.csv"
-    write_atomic(listing, buf.getvalue())
+    write_csv(listing, ({"pair": n, "fold": p.fold, "same": int(p.same), "first": source.keys[p.first],
+                         "second": source.keys[p.second]} for n, p in enumerate(drawn)),
+              ("pair", "fold", "same", "first", "second"))
     return listing
