@@ -287,7 +287,7 @@ def main_overlap(argv: Sequence[str]) -> int:
         shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
         chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
         exclusions=args.write_exclusions)
-    overlap_report.write_json(args.output, report)
+    rep.write_json(args.output, report)
     overlap_report.write_csv(csv_path, report)
     if args.write_exclusions is not None:
         overlap_report.write_exclusions(args.write_exclusions, report, manifest)

@@ -1,6 +1,6 @@
 """The overlap audit's outputs: the JSON report, a CSV of its suspected overlaps, and the exclusion list.
 
-Every file is written atomically (common.files.write_atomic). The exclusion list is what `python -m
+Every file is written atomically (common.files.write_atomic; the report by evaluate.report.write_json). The exclusion list is what `python -m
 convert rec|folder --exclude-classes FILE` reads (convert/class_exclusion.py): a '#' header, then one
 source class a line, the source's own name of each flagged class (the manifest's class_map maps our
 contiguous labels back to a .rec's labels or the identity folders' names; without a class_map the label
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -74,10 +73,6 @@ def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path,
         "overlaps": overlaps, "warnings": list(warnings),
         "csv": str(csv_path), "exclusions": str(exclusions) if exclusions is not None else None,
     }
-
-
-def write_json(path: Path, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def write_csv(path: Path, report: dict) -> None:
