@@ -18,11 +18,13 @@ from typing import Sequence
 
 
 from common.errors import InputError
+from common.files import write_atomic
 import pipeline
 from convert.manifest import Manifest
 from convert.source_keys import SourceKeysError, source_keys
 from evaluate import audit, audit_report, impostor_threshold
 from evaluate import cli_args, model_input
+from evaluate import report as rep
 from evaluate.output_check import writable_folder
 
 AUDIT_PROG = "python -m evaluate audit"
@@ -89,10 +91,10 @@ def main_audit(argv: Sequence[str]) -> int:
     report = audit_report.build(checkpoint=model_input.described(loaded), sets=sets, e=e, f=f, byte_groups=groups,
                                 per_class=args.per_class, device=str(device), warnings=warnings)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    audit_report.write_json(args.output / "audit.json", report)
+    rep.write_json(args.output / "audit.json", report)
     audit_report.write_csvs(args.output, report)
     for rel, text in audit_report.decision_files(report).items():
-        audit_report.write_atomic(args.output / rel, text)
+        write_atomic(args.output / rel, text)
     audit_report.write_html(args.output, report, samples, e)
 
     print(f"conflict threshold {f.conflict_threshold['how']}")

@@ -17,10 +17,8 @@ Every file is written atomically (common.files).
 
 from __future__ import annotations
 
-import csv
 import html
 import io
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -30,6 +28,7 @@ from PIL import Image
 from common.files import write_atomic
 from evaluate.audit import Embedded, Findings, conflict_groups
 from evaluate.overlap_report import source_class
+from evaluate.report import write_csv
 
 THUMB = 64  # pixels: small enough for pages of thousands of items
 TYPICAL = 4  # images shown per class
@@ -69,10 +68,6 @@ def build(*, checkpoint: dict, sets: Sequence[dict], e: Embedded, f: Findings, b
             "warnings": list(warnings)}
 
 
-def write_json(path: Path, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2) + "\n")
-
-
 def _flat(prefix: str, d: dict) -> dict:
     return {f"{prefix}{k}": v for k, v in d.items()}
 
@@ -94,11 +89,7 @@ def write_csvs(folder: Path, report: dict) -> None:
                "duplicates.csv": ["kind", "a_set", "a_key", "a_source_key", "b_set", "b_key", "b_source_key",
                                   "similarity"]}
     for name, table in rows.items():
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns[name], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(table)
-        write_atomic(folder / name, buf.getvalue())
+        write_csv(folder / name, table, columns[name])
 
 
 def decision_files(report: dict) -> dict:

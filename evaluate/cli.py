@@ -44,7 +44,7 @@ from typing import Callable, Optional, Sequence
 from tqdm import tqdm
 
 from common.errors import InputError, run_command
-from common.files import WriteError, output_lock
+from common.files import output_lock
 import models
 import pipeline
 from convert.manifest import Manifest
@@ -265,10 +265,8 @@ def main_overlap(argv: Sequence[str]) -> int:
     # Everything that can be wrong with the inputs and outputs fails here, before the image passes.
     roots = DataRoots(val_data=args.val_data)
     paths = _verification_sets(args.targets, roots)
-    if args.output.suffix == ".csv":
-        raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
+    output_check.check_report_with_csv(args.output)
     csv_path = args.output.with_suffix(".csv")
-    output_check.check_output(args.output)
     if args.write_exclusions is not None:
         output_check.check_output(args.write_exclusions, "the exclusion list", "exclusions.txt")
     samples = pipeline.ShardSamples(args.shards)
@@ -289,7 +287,7 @@ def main_overlap(argv: Sequence[str]) -> int:
         shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
         chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
         exclusions=args.write_exclusions)
-    overlap_report.write_json(args.output, report)
+    rep.write_json(args.output, report)
     overlap_report.write_csv(csv_path, report)
     if args.write_exclusions is not None:
         overlap_report.write_exclusions(args.write_exclusions, report, manifest)

@@ -27,7 +27,8 @@ def finite_float(text: str) -> float:
 
 
 def far(text: str) -> float:
-    """A false-accept rate for the impostor rule (evaluate/impostor_threshold.py): in (0, 1)."""
+    """A rate in (0, 1): --far (the impostor rule's, or evaluate threshold's operating points) and
+    --stranger-rate."""
     value = finite_float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), found {text!r}")

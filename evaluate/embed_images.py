@@ -17,8 +17,6 @@ listed (position, key, path, reason) in skipped.csv beside the output.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from common.files import atomic_path, write_atomic
+from common.files import atomic_path
 import pipeline
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, pass_device
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import LandmarksError, aligned_png
+from evaluate.report import write_csv
 from pipeline.image_check import header_problem
 
 SKIPPED_NAME = "skipped.csv"
@@ -85,6 +84,13 @@ def _raw_batches(data: list, size: int, device: torch.device, batch_size: int) -
         yield pixels.to(device).permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
 
 
+def _counted(batches: Iterator[torch.Tensor], bar: tqdm) -> Iterator[torch.Tensor]:
+    """`batches`, moving the run's bar as each is embedded (not a chunk at a time)."""
+    for b in batches:
+        bar.update(b.shape[0])
+        yield b
+
+
 def embed_source(model: torch.nn.Module, source: ImageSource, *, device=None, batch_size: int = 256,
                  flip: bool = True, skip_bad: bool = False, landmarks: Optional[np.ndarray] = None,
                  progress: bool = True) -> Embedded:
@@ -100,16 +106,10 @@ def embed_source(model: torch.nn.Module, source: ImageSource, *, device=None, ba
             idx, data = _chunk_images(source, list(range(s, min(s + step, len(source)))), landmarks, skip_bad, skipped)
             while data:  # again without the culprit, each time DALI refuses an image whose header parsed
                 done = bar.n
-
-                def counted(batches):
-                    for b in batches:
-                        bar.update(b.shape[0])
-                        yield b
-
                 batches = (_raw_batches(data, source.raw_size, dev, batch_size) if raw else
                            pipeline.decode_batches(data, size=112, device=dev, batch_size=batch_size))
                 try:
-                    emb = embed_batches(model, counted(batches), total=len(data), flip=flip)
+                    emb = embed_batches(model, _counted(batches, bar), total=len(data), flip=flip)
                 except pipeline.UndecodableImageError as err:
                     if err.item is None:  # DALI refused a batch and Pillow decodes each image of it
                         raise pipeline.UndecodableImageError(
@@ -157,9 +157,5 @@ def write_parquet(path: str | Path, t: pa.Table) -> None:
 
 def write_skipped(path: str | Path, source: ImageSource, skipped) -> None:
     """position, key, path, reason: one row per image left out."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["position", "key", "path", "reason"])
-    for i, reason in skipped:
-        w.writerow([i, source.keys[i], source.name(i), reason])
-    write_atomic(path, buf.getvalue())
+    write_csv(path, ({"position": i, "key": source.keys[i], "path": source.name(i), "reason": reason}
+                     for i, reason in skipped), ("position", "key", "path", "reason"))

@@ -25,3 +25,11 @@ def check_output(path: Path, what: str = "the report", example: str = "report.js
         raise WriteError(f"{path}: {what} would replace this directory; give a file name such as "
                          f"{path / example}")
     writable_folder(path.parent, what)
+
+
+def check_report_with_csv(path: Path, example: str = "report.json") -> None:
+    """check_output for a JSON report whose CSV goes beside it (path.with_suffix(".csv")): a report named .csv
+    would be replaced by its own CSV."""
+    if path.suffix == ".csv":
+        raise WriteError(f"{path}: the CSV beside the report would replace it; name the report .json")
+    check_output(path, "the report", example)

@@ -1,24 +1,23 @@
 """The overlap audit's outputs: the JSON report, a CSV of its suspected overlaps, and the exclusion list.
 
-Every file is written atomically (common.files.write_atomic). The exclusion list is what `python -m
-convert rec|folder --exclude-classes FILE` reads (convert/class_exclusion.py): a '#' header, then one
-source class a line, the source's own name of each flagged class (the manifest's class_map maps our
-contiguous labels back to a .rec's labels or the identity folders' names; without a class_map the label
-is the source's). Classes the shards were already built without (their manifest's `exclusion`) are listed
-too, so that the list rebuilds the shards from the original source without either.
+Every file is written atomically (common.files.write_atomic; the report and the CSV by evaluate.report).
+The exclusion list is what `python -m convert rec|folder --exclude-classes FILE` reads
+(convert/class_exclusion.py): a '#' header, then one source class a line, the source's own name of each
+flagged class (the manifest's class_map maps our contiguous labels back to a .rec's labels or the identity
+folders' names; without a class_map the label is the source's). Classes the shards were already built
+without (their manifest's `exclusion`) are listed too, so that the list rebuilds the shards from the
+original source without either.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 from common.errors import InputError
 from common.files import write_atomic
 from convert.manifest import Manifest
+from evaluate import report as rep
 from evaluate.overlap import ClassCentres, SetAudit, Threshold, by_chance
 
 CSV_COLUMNS = ("target", "image", "pair", "train_class", "source_class", "similarity")
@@ -76,17 +75,9 @@ def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path,
     }
 
 
-def write_json(path: Path, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2) + "\n")
-
-
 def write_csv(path: Path, report: dict) -> None:
     """One row per suspected overlap; the header alone when there is none."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows({k: row[k] for k in CSV_COLUMNS} for row in report["overlaps"])
-    write_atomic(path, buf.getvalue())
+    rep.write_csv(path, report["overlaps"], CSV_COLUMNS)
 
 
 def _one_line(text: str) -> str:

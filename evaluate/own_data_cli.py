@@ -18,28 +18,19 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
-from common.files import WriteError
+import numpy as np
+
 import pipeline
 from evaluate import (cli_args, embed_images, image_sources, landmarks, model_input, pairs, roc_plot, thresholds,
                       verification)
 from evaluate import report as rep
-from evaluate.output_check import check_output
+from evaluate.output_check import check_output, check_report_with_csv
 
 EMBED_PROG = "python -m evaluate embed"
 PAIRS_PROG = "python -m evaluate pairs"
 THRESHOLD_PROG = "python -m evaluate threshold"
-
-
-def _far(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a false-accept rate between 0 and 1 (e.g. 1e-3), found {text!r}")
-    return value
 
 
 def _parser_embed() -> argparse.ArgumentParser:
@@ -57,12 +48,17 @@ def _parser_embed() -> argparse.ArgumentParser:
     return p
 
 
+def _points(file: Optional[Path], source: image_sources.ImageSource) -> Optional[np.ndarray]:
+    """--landmarks' float32 [N, 5, 2] in the source's order (evaluate.landmarks), or None without it."""
+    if file is None:
+        return None
+    return landmarks.match(landmarks.read_landmarks(file), source.keys, source.path, file)
+
+
 def main_embed(argv: Sequence[str]) -> int:
     args = _parser_embed().parse_args(argv)
     source = image_sources.open_source(args.images)
-    points = None
-    if args.landmarks is not None:
-        points = landmarks.match(landmarks.read_landmarks(args.landmarks), source.keys, source.path, args.landmarks)
+    points = _points(args.landmarks, source)
     check_output(args.output, "the embeddings", "embeddings.parquet")
     device = pipeline.resolve_device(args.device)
     loaded = model_input.load(args.checkpoint, args, device)
@@ -105,12 +101,9 @@ def main_pairs(argv: Sequence[str]) -> int:
     if source.labels is None:
         raise pairs.PairSetError(f"{source.path}: a {source.kind} says nothing of identities; give a folder of "
                                  f"identity folders")
-    points = None
-    if args.landmarks is not None:
-        points = landmarks.match(landmarks.read_landmarks(args.landmarks), source.keys, source.path, args.landmarks)
+    points = _points(args.landmarks, source)
     if points is None:  # stored as they are: every image must be one the evaluation reads, checked before drawing
-        for s in range(0, len(source), 1024):
-            pairs.check_formats(source, range(s, min(s + 1024, len(source))))
+        pairs.check_formats(source)
     check_output(args.output, "the pair set", "pairs.bin")
     drawn = pairs.draw(source.labels, args.pairs, args.seed, where=source.path)
     stored = pairs.stored_images(source, sorted({i for p in drawn for i in (p.first, p.second)}), points)
@@ -129,7 +122,7 @@ def _parser_threshold() -> argparse.ArgumentParser:
                    help="one or several models, each anything `python -m evaluate --checkpoint` takes")
     p.add_argument("--names", nargs="+", help="the models' names in the report and the plot (default: file names)")
     p.add_argument("--data", required=True, type=Path, help="a pair set: a .bin or a CVLFace arrow folder")
-    p.add_argument("--far", type=_far, action="append",
+    p.add_argument("--far", type=cli_args.far, action="append",
                    help="a false-accept rate; repeat for several (default: 1e-1, 1e-2, ... down to what the set's "
                         "impostor pairs support)")
     p.add_argument("--roc", type=Path, help="draw the ROC of every model into this PNG")
@@ -156,11 +149,10 @@ def main_threshold(argv: Sequence[str]) -> int:
     problem = verification.fold_problem(vset.issame)
     if problem is not None:
         raise verification.DataFileError(f"{args.data}: {problem}")
-    if args.output is not None and args.output.suffix == ".csv":
-        raise WriteError(f"{args.output}: the CSV beside the report would replace it; name the report .json")
-    for path, what, example in ((args.output, "the report", "thresholds.json"), (args.roc, "the ROC", "roc.png")):
-        if path is not None:
-            check_output(path, what, example)
+    if args.output is not None:
+        check_report_with_csv(args.output, "thresholds.json")
+    if args.roc is not None:
+        check_output(args.roc, "the ROC", "roc.png")
     device = pipeline.resolve_device(args.device)
     models, curves = [], []
     for n, ckpt in enumerate(args.checkpoint):
@@ -168,13 +160,10 @@ def main_threshold(argv: Sequence[str]) -> int:
         name = args.names[n] if args.names else ckpt.name
         fused, xnorm = verification.normalised_embeddings(loaded.net, vset, device=device, batch_size=args.batch_size,
                                                           progress=not args.quiet)
-        cosines = thresholds.scores(fused)
-        result = verification.evaluate(fused, vset.issame) | {
-            "xnorm": xnorm, "pairs": int(vset.issame.size),
-            "thresholds": thresholds.operating_points(cosines, vset.issame, args.far)}
+        result = verification.metrics(fused, xnorm, vset.issame, fars=args.far)
         models.append({"name": name, **model_input.described(loaded), "results": {vset.name: result}})
         _print_points(name, result)
-        far, tar = thresholds.roc(cosines, vset.issame)
+        far, tar = thresholds.roc(thresholds.scores(fused), vset.issame)
         curves.append(roc_plot.Curve(name, far, tar, {f: p for f, p in result["thresholds"]["far"].items()
                                                       if not isinstance(p, str)}))
     if args.roc is not None:

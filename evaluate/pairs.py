@@ -19,8 +19,6 @@ which the demo's synthetic set goes through too); a CSV beside it names each pai
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,10 +26,10 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from common.errors import InputError
-from common.files import write_atomic
 from convert.synthetic import write_bin
 from evaluate.image_sources import ImageSource
 from evaluate.landmarks import aligned_png
+from evaluate.report import write_csv
 from pipeline.image_check import decode_problem
 
 NFOLDS = 10
@@ -143,34 +141,26 @@ def draw(labels: np.ndarray, pairs: int, seed: int, nfolds: int = NFOLDS, where:
     return out
 
 
-def _format_problem(source: ImageSource, i: int, data) -> Optional[PairSetError]:
-    if bytes(data[:8]).startswith((_JPEG, _PNG)):
-        return None
-    return PairSetError(f"{source.name(i)}: not a JPEG or PNG (starts with {bytes(data[:8])!r}); a .bin stores the "
-                        f"images as they are, and the evaluation reads JPEG and PNG: convert it first")
-
-
-def check_formats(source: ImageSource, positions) -> None:
-    """PairSetError naming the first image of `positions` that is no JPEG or PNG."""
-    positions = list(positions)
-    for i, data in zip(positions, source.read(positions)):
-        problem = _format_problem(source, i, data)
-        if problem is not None:
-            raise problem
+def check_formats(source: ImageSource, chunk: int = 1024) -> None:
+    """PairSetError naming the first image of `source` that is no JPEG or PNG, read `chunk` at a time."""
+    for s in range(0, len(source), chunk):
+        positions = list(range(s, min(s + chunk, len(source))))
+        for i, data in zip(positions, source.read(positions)):
+            if not bytes(data[:8]).startswith((_JPEG, _PNG)):
+                raise PairSetError(f"{source.name(i)}: not a JPEG or PNG (starts with {bytes(data[:8])!r}); a .bin "
+                                   f"stores the images as they are, and the evaluation reads JPEG and PNG: convert "
+                                   f"it first")
 
 
 def stored_images(source: ImageSource, positions: list[int], landmarks: Optional[np.ndarray]) -> dict[int, bytes]:
-    """{position: the bytes the .bin stores}: the file as it is (JPEG or PNG, decoding in full), or the
-    aligned crop as PNG."""
+    """{position: the bytes the .bin stores}: the file as it is (decoding in full; check_formats has found it
+    a JPEG or PNG), or the aligned crop as PNG."""
     out = {}
     for i, data in zip(positions, source.read(positions)):
         data = bytes(data)
         if landmarks is not None:
             out[i] = aligned_png(data, landmarks[i], source.name(i))
             continue
-        problem = _format_problem(source, i, data)
-        if problem is not None:
-            raise problem
         problem = decode_problem(data)
         if problem is not None:
             raise PairSetError(f"{source.name(i)}: does not decode ({problem})")
@@ -180,15 +170,10 @@ def stored_images(source: ImageSource, positions: list[int], landmarks: Optional
 
 def write(path, source: ImageSource, drawn: list[Pair], stored: dict[int, bytes]) -> str:
     """The .bin at `path` and its CSV listing (pair, fold, same, first, second) beside it (.csv)."""
-    bins, issame = [], []
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["pair", "fold", "same", "first", "second"])
-    for n, p in enumerate(drawn):
-        bins += [stored[p.first], stored[p.second]]
-        issame.append(p.same)
-        w.writerow([n, p.fold, int(p.same), source.keys[p.first], source.keys[p.second]])
-    write_bin(path, bins, issame)
+    bins = [stored[i] for p in drawn for i in (p.first, p.second)]
+    write_bin(path, bins, [p.same for p in drawn])
     listing = str(path)[:-len(".bin")] + ".csv" if str(path).endswith(".bin") else f"{path}.csv"
-    write_atomic(listing, buf.getvalue())
+    write_csv(listing, ({"pair": n, "fold": p.fold, "same": int(p.same), "first": source.keys[p.first],
+                         "second": source.keys[p.second]} for n, p in enumerate(drawn)),
+              ("pair", "fold", "same", "first", "second"))
     return listing

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional, Sequence
 
 from common.errors import InputError
 from common.files import write_atomic
@@ -68,13 +68,16 @@ def read_json(path: str | Path) -> dict:
     return report
 
 
-def write_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
+def write_csv(path: str | Path, rows: Iterable[Mapping], columns: Optional[Sequence[str]] = None) -> None:
+    """One line per row under a header: `columns` (written even without rows; other keys left out), or
+    every key of the rows in the order first seen."""
     rows = list(rows)
-    columns = []
-    for r in rows:
-        columns += [c for c in r if c not in columns]
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [c for c in r if c not in columns]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buf.getvalue())

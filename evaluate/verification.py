@@ -179,18 +179,23 @@ def normalised_embeddings(model, vset: VerificationSet, *, device=None, batch_si
 
 
 def test(model, vset: VerificationSet, *, device=None, batch_size: int = 256, nfolds: int = 10,
-         progress: bool = True, fars: Optional[Sequence[float]] = None) -> dict:
-    """The image pass and the metric: what the training loop's callback and the CLI both call.
+         progress: bool = True) -> dict:
+    """The image pass and the metric: what the training loop's callback and the CLI both call."""
+    fused, xnorm = normalised_embeddings(model, vset, device=device, batch_size=batch_size, progress=progress)
+    return metrics(fused, xnorm, vset.issame, nfolds=nfolds)
 
-    Returns `evaluate`'s dict plus xnorm (mean L2 norm of the raw embeddings of both passes), pairs (the
-    number of pairs) and thresholds (evaluate.thresholds.operating_points: the cosine threshold and TAR at
-    FAR 1e-1, 1e-2, ... down to what the set's impostor pairs support, or at `fars`).
-    """
+
+def metrics(fused: np.ndarray, xnorm: float, issame: np.ndarray, *, nfolds: int = 10,
+            fars: Optional[Sequence[float]] = None) -> dict:
+    """`evaluate`'s dict plus xnorm (mean L2 norm of the raw embeddings of both passes), pairs (the number of
+    pairs) and thresholds (evaluate.thresholds.operating_points: the cosine threshold and TAR at FAR 1e-1,
+    1e-2, ... down to what the set's impostor pairs support, or at `fars`), from the image pass's output
+    (normalised_embeddings). `python -m evaluate threshold` keeps the embeddings for its ROC, so it runs
+    the pass and calls this itself."""
     from evaluate.thresholds import operating_points, scores
 
-    fused, xnorm = normalised_embeddings(model, vset, device=device, batch_size=batch_size, progress=progress)
-    result = evaluate(fused, vset.issame, nfolds=nfolds)
+    result = evaluate(fused, issame, nfolds=nfolds)
     result["xnorm"] = xnorm
-    result["pairs"] = int(vset.issame.size)
-    result["thresholds"] = operating_points(scores(fused), vset.issame, fars)
+    result["pairs"] = int(issame.size)
+    result["thresholds"] = operating_points(scores(fused), issame, fars)
     return result
