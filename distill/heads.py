@@ -274,12 +274,11 @@ class Head(nn.Module):
         if coef is None:
             return
         sh = self.shard
-        mine = np.flatnonzero((host >= sh.start) & (host < sh.stop))
-        if mine.size < host.size:  # only the samples of this rank's classes
-            sel = _to_device(mine, labels.device)
-            labels, f_t, alpha = labels[sel], f_t[sel], alpha[sel]
-        update_centres(self.centres, labels - sh.start, f_t, alpha, rounds_from_host(host[mine] - sh.start,
-                                                                                      labels.device))
+        # one shard holds every class; with several, only the samples of this rank's classes (rows.mine)
+        if rows.gathered and rows.mine.size < host.size:
+            sel = _to_device(rows.mine, labels.device)
+            labels, f_t, alpha, host = labels[sel], f_t[sel], alpha[sel], host[rows.mine]
+        update_centres(self.centres, labels - sh.start, f_t, alpha, rounds_from_host(host - sh.start, labels.device))
 
     def _columns(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """The centres the logits use, and each row's target column among them.
