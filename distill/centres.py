@@ -90,10 +90,15 @@ def rounds_from_host(labels: np.ndarray, device: torch.device) -> Rounds:
     order = np.argsort(nth, kind="stable")  # round by round, batch order within a round
     counts = np.bincount(nth, minlength=1) if n else np.zeros(0, np.int64)
     bounds = tuple(int(b) for b in np.r_[0, np.cumsum(counts)])
-    host = torch.from_numpy(order)
+    return Rounds(host_to_device(order, device), bounds)
+
+
+def host_to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 host array on the device: one copy from pinned memory, which does not wait for the device."""
+    tensor = torch.from_numpy(np.ascontiguousarray(host, dtype=np.int64))
     if device.type == "cuda":
-        host = host.pin_memory()
-    return Rounds(host.to(device, non_blocking=True), bounds)
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def rounds_on_device(labels: torch.Tensor) -> Rounds:

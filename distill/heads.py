@@ -15,7 +15,7 @@ from torch import nn
 
 from configs import GeomConfig
 
-from .centres import Coefficients, coefficients, rounds_from_host, update_centres
+from .centres import Coefficients, coefficients, host_to_device, rounds_from_host, update_centres
 from .class_shard import ClassShard
 from .distributed import gather_rows, rank, world_size
 from .margins import MARGINS, clip_norms, margin_logits, norm_scaler
@@ -210,7 +210,7 @@ class Head(nn.Module):
         batch_host = np.asarray(global_labels, dtype=np.int64)
         own = slice(rank() * b, (rank() + 1) * b)
         if sh.world_size > 1:  # every rank's samples against this rank's classes
-            gathered, host, row_labels = True, batch_host, _to_device(batch_host, labels.device)
+            gathered, host, row_labels = True, batch_host, host_to_device(batch_host, labels.device)
         else:  # every class on this rank: its own samples
             gathered, host, row_labels, own = False, batch_host[own], labels, slice(0, b)
         owned = (row_labels >= sh.start) & (row_labels < sh.stop)
@@ -268,18 +268,17 @@ class Head(nn.Module):
             if coef is not None and not per_rank:
                 alpha, f_t, host = packed[:, 0], packed[:, 1:], rows.batch_host
                 # the global batch's labels on the device: from the host's copy (no collective)
-                labels = labels if world_size() == 1 else _to_device(host, labels.device)
+                labels = labels if world_size() == 1 else host_to_device(host, labels.device)
         if norms is not None:
             self._update_norm_stats(norms)
         if coef is None:
             return
         sh = self.shard
-        mine = np.flatnonzero((host >= sh.start) & (host < sh.stop))
-        if mine.size < host.size:  # only the samples of this rank's classes
-            sel = _to_device(mine, labels.device)
-            labels, f_t, alpha = labels[sel], f_t[sel], alpha[sel]
-        update_centres(self.centres, labels - sh.start, f_t, alpha, rounds_from_host(host[mine] - sh.start,
-                                                                                      labels.device))
+        # one shard holds every class; with several, only the samples of this rank's classes (rows.mine)
+        if rows.gathered and rows.mine.size < host.size:
+            sel = host_to_device(rows.mine, labels.device)
+            labels, f_t, alpha, host = labels[sel], f_t[sel], alpha[sel], host[rows.mine]
+        update_centres(self.centres, labels - sh.start, f_t, alpha, rounds_from_host(host - sh.start, labels.device))
 
     def _columns(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """The centres the logits use, and each row's target column among them.
@@ -292,7 +291,7 @@ class Head(nn.Module):
         if not (self.training and self.sample_rate < 1):
             return self.centres, rows.local
         sh, device = self.shard, rows.local.device
-        positive = _to_device(np.unique(rows.host[rows.mine] - sh.start), device)
+        positive = host_to_device(np.unique(rows.host[rows.mine] - sh.start), device)
         wanted = max(1, int(self.sample_rate * sh.rows))
         if wanted >= positive.numel():
             score = torch.rand(sh.rows, device=device)
@@ -302,14 +301,6 @@ class Head(nn.Module):
             index = positive
         target = torch.where(rows.owned, torch.searchsorted(index, rows.local), 0)
         return self.centres[index], target
-
-
-def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
-    """An int64 host array on the device: one copy from pinned memory, which does not wait for the device."""
-    tensor = torch.from_numpy(np.ascontiguousarray(host, dtype=np.int64))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def build_head(loss: str, num_classes: int, embedding_size: int = 512, kd: str = "none", *,

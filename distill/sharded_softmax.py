@@ -81,19 +81,20 @@ class ShardedLogits:
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
+    """Several shards only, so always on several ranks (Head checks that the world is the shard's); one
+    shard takes torch's cross-entropy (ShardedLogits.cross_entropy)."""
+
     @staticmethod
     def forward(ctx, logits, target, owned, own_rows):
         start, stop = own_rows
         ws = world_size()
         with torch.no_grad():
             row_max = logits.max(dim=1).values
-            if ws > 1:
-                dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
             probs = (logits - row_max[:, None]).exp_()  # [N, K]: becomes the softmax below (one buffer)
             target_logit = torch.where(owned, logits.gather(1, target[:, None]).squeeze(1), 0.0)
             sums = torch.stack([probs.sum(dim=1), target_logit])  # one all-reduce for both
-            if ws > 1:
-                dist.all_reduce(sums)
+            dist.all_reduce(sums)
             exp_sum, target_logit = sums[0], sums[1]
             probs /= exp_sum[:, None]
             row_loss = exp_sum.log() + row_max - target_logit
@@ -108,9 +109,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         # This rank's upstream gradient covers its own rows; every rank's logits feed every rank's loss.
         per_row = probs.new_zeros(probs.shape[0])
         per_row[start:stop] = grad / (stop - start)
-        if ctx.ws > 1:
-            dist.all_reduce(per_row)
-            per_row /= ctx.ws  # J is the mean of the ranks' losses (DDP's average)
+        dist.all_reduce(per_row)
+        per_row /= ctx.ws  # J is the mean of the ranks' losses (DDP's average)
         grad_logits = probs * per_row[:, None]
         grad_logits.scatter_add_(1, target[:, None], -(per_row * owned)[:, None])
         return grad_logits, None, None, None

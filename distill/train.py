@@ -330,7 +330,9 @@ def train_step(run: Run, batch: pipeline.Batch, pos: Position) -> StepResult:
              | (~torch.isfinite(grad_norm + head_norm)).int() * _BAD_GRAD)
     if teacher_emb is not None:
         flags = flags | (~torch.isfinite(teacher_emb).all()).int() * _BAD_TEACHER
-    agreed = distributed.any_bits(run.ctx, flags | (_STOP if preemption.requested() else 0), nbits=4)
+    if preemption.requested():  # rare: no device op on the steps without a request
+        flags = flags | _STOP
+    agreed = distributed.any_bits(run.ctx, flags, nbits=4)
     bad = agreed & ~_STOP
     if bad:
         run.optimizer.zero_grad(set_to_none=True)
