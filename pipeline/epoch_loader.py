@@ -6,6 +6,7 @@ epoch's steps, the same for every epoch; `iter()` is epoch 0's, for a reader of 
 """
 from __future__ import annotations
 
+import abc
 from typing import Iterator
 
 import torch
@@ -16,7 +17,7 @@ from pipeline.order import EpochOrder, EpochPlan
 from pipeline.shard_index import ShardIndex, ShardReader
 
 
-class EpochLoader:
+class EpochLoader(abc.ABC):
     backend = ""  # "dali" or "torch": the subclass's
 
     def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
@@ -40,5 +41,6 @@ class EpochLoader:
         """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
         return self._batches(self.order.plan(epoch, start_step), start_step)
 
+    @abc.abstractmethod
     def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The backend's batches of `plan` from step `start_step` on (already checked against the plan)."""
