@@ -2,7 +2,8 @@
 
 `epoch(e, start_step)` yields epoch e's batches from that step on, one epoch at a time; `len()` is an
 epoch's steps, the same for every epoch; `iter()` is epoch 0's, for a reader of one pass. A backend
-(pipeline/dali_loader.py, pipeline/torch_loader.py) writes `_batches`, the rest is here once.
+(pipeline/dali_loader.py, pipeline/torch_loader.py) writes `_batches`, the rest is here once, and so is what
+both read of each step (`step_fields`).
 """
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ class EpochLoader(abc.ABC):
     @abc.abstractmethod
     def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
         """The backend's batches of `plan` from step `start_step` on (already checked against the plan)."""
+
+
+def step_fields(plan: EpochPlan, step: int, aug: Augment, reader: ShardReader) -> tuple:
+    """Step `step` of `plan` on the host, the same in both backends: (keys int64 [B], flips bool [B],
+    augmentation parameters (None when all are off), labels int64 [B], global labels int64 [W*B])."""
+    keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
+    flips, params = plan.draws(step, aug, reader.index.image_size)
+    labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
+    return keys, flips, params, labels, global_labels
