@@ -7,12 +7,12 @@ the extrapolation to 2M classes (the search is O(C^2 D): the tiles of the upper 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 
+from bench import environment
 from evaluate.similarity_search import close_pairs
 
 
@@ -24,8 +24,7 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.3, help="far above random 512-d unit vectors' cosines")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, device {args.device}")
+    print(environment.summary(args.device))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.classes, args.dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

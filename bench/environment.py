@@ -43,6 +43,14 @@ def _nvidia_driver() -> Optional[str]:
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
 
 
+def summary(device: str) -> str:
+    """The one-line header of a stand-alone benchmark script (bench/class_search.py, bench/planted_audit.py):
+    the CPU, torch and its threads, and the device it measures on."""
+    import torch
+
+    return f"{_cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+
+
 def load_average() -> Optional[list]:
     """1, 5 and 15 minute load averages: other processes on the machine slow every figure."""
     try:

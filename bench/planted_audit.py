@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-import torch
 
+from bench import environment
 from convert.recordio import IRHeader, RecordWriter, pack
 from convert.synthetic.faces import render
 from convert.synthetic.writers import JPEG_QUALITY
@@ -81,8 +80,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--outlier-threshold", help="passed to the audit (default: its stranger rule)")
     args = p.parse_args()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, device {args.device}; checkpoint {args.checkpoint}")
+    print(f"{environment.summary(args.device)}; checkpoint {args.checkpoint}")
     work = args.work or Path(tempfile.mkdtemp(prefix="planted_audit-"))
     n, per = args.identities, args.per_identity
     ids_a = list(range(FIRST_IDENTITY, FIRST_IDENTITY + n))

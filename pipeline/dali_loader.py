@@ -30,7 +30,7 @@ import torch
 from pipeline.augment import Augment
 from pipeline.batch import Batch
 from pipeline.dali_graph import AUGMENT_INPUTS, PREFETCH, build_train_graph, to_torch
-from pipeline.epoch_loader import EpochLoader
+from pipeline.epoch_loader import EpochLoader, step_fields
 from pipeline.order import EpochOrder, EpochPlan
 from pipeline.image_check import dali_reason, first_undecodable
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
@@ -104,13 +104,10 @@ def _inputs(plan: EpochPlan, start_step: int, aug: Augment, reader: ShardReader,
             pending: deque) -> Callable[[], tuple]:
     """An epoch's input: one batch a call, in the plan's order; StopIteration at the epoch's end."""
     steps = iter(range(start_step, plan.steps))
-    size = reader.index.image_size
 
     def feed() -> tuple:
         step = next(steps)  # StopIteration at the epoch's end tells DALI the input has ended
-        keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
-        flips, params = plan.draws(step, aug, size)
-        labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
+        keys, flips, params, labels, global_labels = step_fields(plan, step, aug, reader)
         out = [reader.checked_images(keys), flips.astype(np.int32)]  # a dense array is a whole batch
         if params is not None:
             out += [getattr(params, name) for name in AUGMENT_INPUTS]

@@ -2,10 +2,12 @@
 
 `epoch(e, start_step)` yields epoch e's batches from that step on, one epoch at a time; `len()` is an
 epoch's steps, the same for every epoch; `iter()` is epoch 0's, for a reader of one pass. A backend
-(pipeline/dali_loader.py, pipeline/torch_loader.py) writes `_batches`, the rest is here once.
+(pipeline/dali_loader.py, pipeline/torch_loader.py) writes `_batches`, the rest is here once, and so is what
+both read of each step (`step_fields`).
 """
 from __future__ import annotations
 
+import abc
 from typing import Iterator
 
 import torch
@@ -16,7 +18,7 @@ from pipeline.order import EpochOrder, EpochPlan
 from pipeline.shard_index import ShardIndex, ShardReader
 
 
-class EpochLoader:
+class EpochLoader(abc.ABC):
     backend = ""  # "dali" or "torch": the subclass's
 
     def __init__(self, index: ShardIndex, order: EpochOrder, *, device: torch.device, dtype: torch.dtype,
@@ -40,5 +42,15 @@ class EpochLoader:
         """Epoch `epoch`'s batches from step `start_step` on (checked here, before the first batch)."""
         return self._batches(self.order.plan(epoch, start_step), start_step)
 
+    @abc.abstractmethod
     def _batches(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The backend's batches of `plan` from step `start_step` on (already checked against the plan)."""
+
+
+def step_fields(plan: EpochPlan, step: int, aug: Augment, reader: ShardReader) -> tuple:
+    """Step `step` of `plan` on the host, the same in both backends: (keys int64 [B], flips bool [B],
+    augmentation parameters (None when all are off), labels int64 [B], global labels int64 [W*B])."""
+    keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
+    flips, params = plan.draws(step, aug, reader.index.image_size)
+    labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
+    return keys, flips, params, labels, global_labels

@@ -208,8 +208,8 @@ class ShardReader:
 
     def __init__(self, index: ShardIndex) -> None:
         self.index = index
-        self._maps: list[Optional[mmap.mmap]] = [None] * len(index.paths)
-        self._bytes: list[Optional[np.ndarray]] = [None] * len(index.paths)  # uint8 over each map
+        # uint8 over each tar's map, which the array holds (its .base): nothing else reads the maps
+        self._bytes: list[Optional[np.ndarray]] = [None] * len(index.paths)
         self._checked: Optional[np.ndarray] = None  # bool [N]: keys whose header passed (a map never changes)
 
     def __getstate__(self) -> dict:  # maps do not cross process boundaries; workers reopen them
@@ -218,17 +218,11 @@ class ShardReader:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["index"])
 
-    def _map(self, k: int) -> mmap.mmap:
-        m = self._maps[k]
-        if m is None:
-            with open(self.index.paths[k], "rb") as f:
-                m = self._maps[k] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return m
-
     def _array(self, k: int) -> np.ndarray:
         a = self._bytes[k]
         if a is None:
-            a = self._bytes[k] = np.frombuffer(self._map(k), np.uint8)
+            with open(self.index.paths[k], "rb") as f:
+                a = self._bytes[k] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         return a
 
     def images(self, keys: np.ndarray) -> list[np.ndarray]:

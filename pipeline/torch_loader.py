@@ -27,7 +27,7 @@ from PIL import Image
 from pipeline.augment import Augment, AugmentParams
 from pipeline.batch import Batch
 from pipeline.device import threads_per_rank
-from pipeline.epoch_loader import EpochLoader
+from pipeline.epoch_loader import EpochLoader, step_fields
 from pipeline.order import EpochOrder, EpochPlan
 from pipeline.shard_index import ShardError, ShardIndex, ShardReader
 
@@ -63,10 +63,8 @@ class _Steps(torch.utils.data.Dataset):
             return err  # raised by TorchLoader in the main process, as it is
 
     def _step(self, step: int):
-        plan, reader, index = self.plan, self.reader, self.reader.index
-        keys = plan.samples[step].copy()  # the Batch's own, not a view of the epoch's order
-        flips, params = plan.draws(step, self.aug, index.image_size)
-        labels, global_labels = reader.step_labels(plan.global_samples[step], plan.part)
+        reader, index = self.reader, self.reader.index
+        keys, flips, params, labels, global_labels = step_fields(self.plan, step, self.aug, reader)
         side = index.image_size
         out = np.empty((len(keys), side, side, 3), np.uint8)
         for i, (key, view) in enumerate(zip(keys.tolist(), reader.images(keys))):
