@@ -24,6 +24,7 @@ def _synth(args: argparse.Namespace) -> int:
     write_synthetic(
         args.out, args.identities, args.per_identity, seed=args.seed, fmt=args.format,
         first_identity=args.first_identity, workers=args.workers, overwrite=args.overwrite,
+        first_image=args.first_image,
     )
     print(f"wrote {args.identities} identities x {args.per_identity} images ({args.format}) to {args.out}")
     return 0
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("rec", "folder"), default="rec")
     p.add_argument("--first-identity", type=int, default=0)
+    p.add_argument("--first-image", type=int, default=0,
+                   help="each identity's first image number: a training set's --per-identity gives new photos "
+                        "of its people")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the train.rec/train.idx/property (or identity folders) already in OUT")

@@ -79,8 +79,12 @@ def write_synthetic(
     first_identity: int = 0,
     workers: Optional[int] = None,
     overwrite: bool = False,
+    first_image: int = 0,
 ) -> str:
     """Write `identities` x `per_identity` images of identities first_identity.. into `out`; returns `out`.
+
+    Each identity's images are its numbers first_image.. (an image is the same whichever call renders it):
+    first_image = the per_identity of a training set gives new photos of the same people.
 
     fmt "rec": out/train.rec, train.idx, property in insightface's layout: record 0 is the header
     (flag 2, label = [first identity-record key, end]), images at keys 1..K with the identity id
@@ -90,6 +94,8 @@ def write_synthetic(
     removes it first; another job writing `out` is refused (common.files.OutputLockedError).
     """
     _check_counts(identities, per_identity, first_identity)
+    if first_image < 0:
+        raise SynthError(f"first_image must be >= 0, found {first_image}")
     if fmt not in FORMATS:
         raise SynthError(f"fmt must be one of {FORMATS}, found {fmt!r}")
     out = os.fspath(out)
@@ -99,13 +105,13 @@ def write_synthetic(
         _clear_previous(out, fmt, overwrite)
         ids = range(first_identity, first_identity + identities)
         stream = _identity_images(
-            seed, [(i, range(per_identity)) for i in ids], workers, f"synth {fmt}", identities * per_identity
+            seed, [(i, range(first_image, first_image + per_identity)) for i in ids], workers, f"synth {fmt}", identities * per_identity
         )
         if fmt == "folder":
             for identity, jpegs in zip(ids, stream):
                 folder = os.path.join(out, f"{identity:06d}")
                 os.makedirs(folder, exist_ok=True)
-                for n, jpeg in enumerate(jpegs):
+                for n, jpeg in enumerate(jpegs, start=first_image):
                     write_atomic(os.path.join(folder, f"{n:04d}.jpg"), jpeg)
             return out
 

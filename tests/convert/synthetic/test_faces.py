@@ -25,3 +25,12 @@ def test_identities_learnable_but_not_trivial():
     pred = np.argmin(((test[:, None] - means[None]) ** 2).sum(-1), axis=1)
     acc = (pred == np.repeat(np.arange(n), m - m // 2)).mean()
     assert 2.0 / n < acc < 0.7, acc
+
+
+def test_first_image_gives_new_photos_of_the_same_people(tmp_path):
+    """--first-image K: images K.. of each identity, the same bytes as a set of K + n images holds there."""
+    write_synthetic(tmp_path / "all", 2, 4, seed=5, fmt="folder", workers=1)
+    write_synthetic(tmp_path / "new", 2, 2, seed=5, fmt="folder", workers=1, first_image=2)
+    assert sorted(p.name for p in (tmp_path / "new" / "000001").iterdir()) == ["0002.jpg", "0003.jpg"]
+    for name in ("000000/0002.jpg", "000001/0003.jpg"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
