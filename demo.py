@@ -16,9 +16,9 @@ under `demo/` (or DEMO_DIR); `rm -rf demo` starts over.
      user would with a folder of people (docs/evaluation.md, "Your own data"), the held-out identities'
      images as identity folders, a pair set drawn from them whose 10 folds share no identity, and the distilled
      student's cosine threshold at FAR 1e-3 on it;
-  6. the training identities audited against the held-out pairs (`python -m evaluate overlap`), and against
-     a deliberately overlapping .bin of pairs of training identities (written in this step), which it
-     must flag;
+  6. the training identities audited (`python -m evaluate overlap`) against the held-out people (the
+     folders of step 5), which it must not flag, and against new photos of 100 training people (written in
+     this step as identity folders), which it must;
   7. their training curves (loss and lr against step) drawn into one picture (`python -m distill plot`);
   8. the benchmark suite, quick;
   then one summary, linking the curves.
@@ -40,7 +40,7 @@ PY = sys.executable
 TRAIN_IDENTITIES, PER_IDENTITY, HELD_OUT_IDENTITIES, PAIRS = 200, 20, 100, 1000
 # FAR 1e-3 needs 1,000 impostor pairs (PAIRS has 500); the held-out images synth-bin draws from (10 a person)
 OWN_PAIRS, OWN_PER_IDENTITY = 2000, 10
-OVERLAP_IDENTITIES, OVERLAP_PAIRS = 100, 200  # the overlapping .bin: pairs of training identities 0..99
+OVERLAP_IDENTITIES = 100  # the overlapping set: training identities 0..99, photos training never saw
 
 RUNS = {  # name -> (config, extra overrides); the configs' own outputs and shards point under demo/
     "teacher": ("configs/synthetic_teacher.yaml", []),
@@ -77,7 +77,6 @@ def run_overrides(name: str) -> list[str]:
 def main() -> None:
     marks = OUT / ".done"
     synth, val, shards, cache = OUT / "synth", OUT / "val", OUT / "shards", OUT / "teacher_cache"
-    val_overlap = OUT / "val_overlap"  # apart from val/: step 5 evaluates every set there
     seconds = {}
     seconds["data"] = step(
         "1. synthetic identities (.rec) and held-out verification pairs (.bin)", marks / "data",
@@ -122,17 +121,18 @@ def main() -> None:
          "--pairs", str(OWN_PAIRS), "--seed", "0"],
         [PY, "-m", "evaluate", "threshold", "--checkpoint", f"{OUT}/runs/student_adadistill", "--data",
          f"{OUT}/heldout_people.bin", "--far", "1e-3", "--output", f"{OUT}/reports/thresholds.json"])
-    # The marker was `overlap` before this step gained the overlapping set: an older demo dir runs it again.
+    # The marker was `overlap_two_sets` while this step audited .bin pair sets: an older demo dir runs it again.
     seconds["overlap"] = step(
-        "6. audit the training identities against the held-out pairs and an overlapping set (train/test overlap)",
-        marks / "overlap_two_sets",
-        [PY, "-m", "convert", "synth-bin", str(val_overlap / "synthetic_overlap.bin"), "--identities",
-         str(OVERLAP_IDENTITIES), "--pairs", str(OVERLAP_PAIRS), "--first-identity", "0", "--seed", "0"],
+        "6. audit the training identities against the held-out people and new photos of trained people "
+        "(train/test overlap)", marks / "overlap_people",
         [PY, "-m", "evaluate", "overlap", "--checkpoint", f"{OUT}/runs/teacher", "--shards", str(shards),
-         "--val-data", str(val), "--output", f"{OUT}/reports/overlap.json", "--write-exclusions",
+         "--people", f"{OUT}/heldout_people", "--output", f"{OUT}/reports/overlap.json", "--write-exclusions",
          f"{OUT}/reports/overlap_exclusions.txt"],
+        [PY, "-m", "convert", "synth", f"{OUT}/trained_people", "--identities", str(OVERLAP_IDENTITIES),
+         "--per-identity", str(OWN_PER_IDENTITY), "--first-image", str(PER_IDENTITY), "--format", "folder",
+         "--seed", "0", "--overwrite"],
         [PY, "-m", "evaluate", "overlap", "--checkpoint", f"{OUT}/runs/teacher", "--shards", str(shards),
-         "--val-data", str(val_overlap), "--output", f"{OUT}/reports/overlap_trained.json"])
+         "--people", f"{OUT}/trained_people", "--output", f"{OUT}/reports/overlap_trained.json"])
     seconds["curves"] = step(
         "7. draw the three runs' training curves", marks / "curves",
         [PY, "-m", "distill", "plot", *[f"{OUT}/runs/{name}" for name in RUNS], "--output", f"{OUT}/curves.png"])
@@ -178,17 +178,21 @@ def summarise(seconds: dict) -> str:
               f"against the checkpoint on {exported['parity']['images']} held-out faces, worst cosine "
               f"{exported['parity']['worst_cosine']:.7f}, max |diff| {exported['parity']['max_abs_diff']:.3g}; "
               f"evaluated as exported: {100 * onnx_acc['acc']:.2f} +- {100 * onnx_acc['std']:.2f} %."]
-    lines += ["", "Train/test overlap audit (the teacher's embeddings, `python -m evaluate overlap`):", "",
-              "| pair set | images | (class, image) pairs above the threshold | of them expected by chance | "
-              "flagged images | flagged training classes |", "|---|---|---|---|---|---|"]
+    lines += ["", "Train/test overlap audit (the teacher's embeddings, `python -m evaluate overlap`; a person is "
+              "taken for a training class when most of their photos match its centre):", "",
+              "| test set | people (photos) | photos above the threshold with some class | people taken for a "
+              "training class | of them on one photo | expected by chance | flagged training classes |",
+              "|---|---|---|---|---|---|---|"]
     warnings = []
-    for report, what in (("overlap", "held-out identities (none trained on)"),
-                         ("overlap_trained", f"training identities 0..{OVERLAP_IDENTITIES - 1} (deliberate overlap)")):
+    for report, what in (("overlap", "held-out people (none trained on)"),
+                         ("overlap_trained", f"new photos of training people 0..{OVERLAP_IDENTITIES - 1} "
+                                             f"(deliberate overlap)")):
         audit = json.loads((OUT / "reports" / f"{report}.json").read_text())
         for name, s in audit["sets"].items():
             chance = s["expected_by_chance"]
-            lines.append(f"| {name}: {what} | {s['images']} | {s['overlaps']} | "
-                         f"{'-' if chance is None else f'{chance:.1f}'} | {s['images_flagged']} | "
+            lines.append(f"| {name}: {what} | {s['identities']} ({s['images']}) | {s['images_above_threshold']} | "
+                         f"{s['identities_flagged']} | "
+                         f"{s['single_image_identities_flagged']} | {'-' if chance is None else f'{chance:.1f}'} | "
                          f"{s['classes_flagged']} of {audit['num_classes']} |")
         warnings += [f"Warning from the audit ({OUT}/reports/{report}.json): {w}" for w in audit["warnings"]]
     lines += ["", f"Threshold: {audit['how_the_threshold_was_chosen']}; reports {OUT}/reports/overlap.json and "

@@ -1,11 +1,10 @@
 """Evaluation: face verification and identification benchmarks for a backbone; `python -m evaluate`.
 
 Modules, one job each:
-- cli: `python -m evaluate` (one checkpoint), `python -m evaluate batch` (a folder of them) and
-  `python -m evaluate overlap` (the identity-overlap audit); the backbone comes from
-  models.load_backbone (any checkpoint, run directory or bare state dict), or from models.onnx_net for an
-  exported model.onnx (run in onnxruntime); it dispatches `embed | pairs | threshold` to own_data_cli and
-  `audit` to audit_cli; __main__ only calls cli.main.
+- cli: `python -m evaluate` (one checkpoint) and `python -m evaluate batch` (a folder of them); the
+  backbone comes from models.load_backbone (any checkpoint, run directory or bare state dict), or from
+  models.onnx_net for an exported model.onnx (run in onnxruntime); it dispatches `embed | pairs | threshold`
+  to own_data_cli, `audit` to audit_cli and `overlap` to overlap_cli; __main__ only calls cli.main.
 - cli_args: the option value types and the model-and-run options every evaluate command shares.
 - model_input: the backbone a command names (--checkpoint with --network or --config), loaded.
 - output_check: where a command will write, checked before its work.
@@ -17,10 +16,12 @@ Modules, one job each:
 - ranking: rank-k and TPIR at FPIR over probe x gallery scores (IJB 1:N and TinyFace).
 - readers: the sets' files read as data only (arrow folders, metadata.pt; .bin files by common.safe_pickle).
 - report: the report as JSON, CSV rows and a printed table.
-- overlap: the train/test identity-overlap audit, training-class centres against every verification
-  image, and the rule for its default threshold.
-- overlap_report: the audit's JSON report, its CSV of suspected overlaps and the exclusion list for
+- overlap: the train/test identity-overlap audit, training-class centres against every test image,
+  decided per test identity, and the rule for its default threshold.
+- set_identities: who is who in a test set (a pair set's same-identity pairs, a set of people's labels).
+- overlap_report: the audit's JSON report, its CSV of flagged identities and the exclusion list for
   `python -m convert rec|folder --exclude-classes`.
+- overlap_cli: `python -m evaluate overlap --checkpoint M --shards DIR --val-data DIR --people PATH ...`.
 - own_data_cli: `python -m evaluate embed | pairs | threshold`, a user's own images (cli dispatches to it).
 - image_sources: any images a user holds (identity folders, a flat folder, a .rec, shards, a .bin) as one list.
 - embed_images: every image of a source through the image pass into a Parquet file.

@@ -4,16 +4,17 @@
         [--ijb-root DIR] [--tinyface-root DIR] [--targets lfw IJBC ...] [--device auto] [--batch-size N]
         [--output REPORT.json]
     python -m evaluate batch --checkpoint-dir DIR [--checkpoint-suffix .pt] [--force] (same data flags)
-    python -m evaluate overlap --checkpoint MODEL --shards DIR --val-data DIR [--threshold T | --far F]
-        [--per-class K] --output REPORT.json [--write-exclusions FILE] [--targets lfw ...] [--device auto]
-        [--batch-size N]
+    python -m evaluate overlap --checkpoint MODEL --shards DIR [--val-data DIR] [--people DIR ...]
+        [--threshold T | --far F] [--per-class K] --output REPORT.json [--write-exclusions FILE]
+        [--targets lfw ...] [--device auto] [--batch-size N]
 
 --checkpoint may be an exported model.onnx or its folder (`python -m models export`): the same targets
 run through onnxruntime (models.onnx_net), and batch mode picks up `.onnx` files too.
 
-`overlap` audits the training shards against the verification sets for shared identities
-(evaluate/overlap.py): it writes REPORT.json, REPORT.csv beside it (one row per suspected overlap) and,
-with --write-exclusions, the flagged classes as a list for `python -m convert rec|folder --exclude-classes`.
+`overlap` audits the training shards against test sets for shared identities (evaluate/overlap_cli.py,
+evaluate/overlap.py): it writes REPORT.json, REPORT.csv beside it (one row per flagged test identity and
+training class) and, with --write-exclusions, the flagged classes as a list for
+`python -m convert rec|folder --exclude-classes`.
 
 Without --targets every target whose data is present runs and the missing ones are listed as
 skipped; a target named in --targets whose data is missing is an error, and so is a run with no target
@@ -47,15 +48,13 @@ from common.errors import InputError, run_command
 from common.files import output_lock
 import models
 import pipeline
-from convert.manifest import Manifest
-from evaluate import cli_args, impostor_threshold, model_input, output_check, overlap, overlap_report, verification
+from evaluate import cli_args, model_input, output_check
 from evaluate import report as rep
-from evaluate.targets import (ALL_TARGETS, DataRoots, MissingDataError, UnknownTargetError, kind, plan,
+from evaluate.targets import (ALL_TARGETS, DataRoots, plan,
                               require_some, run_target)
 
 PROG = "python -m evaluate"
 BATCH_PROG = "python -m evaluate batch"
-OVERLAP_PROG = "python -m evaluate overlap"
 
 
 class NoCheckpointsError(InputError, FileNotFoundError):
@@ -218,93 +217,6 @@ def _batch(args, checkpoints: list[Path], reports_dir: Path) -> int:
     return 0
 
 
-def _parser_overlap() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=OVERLAP_PROG, description="Flag training classes whose identity is in the "
-                                "verification sets: each class's centre against every set image "
-                                "(evaluate/overlap.py explains the default threshold).")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, run directory, backbone .pth, or "
-                   "an exported model.onnx or its folder (run in onnxruntime)")
-    p.add_argument("--shards", required=True, type=Path, help="the training shards (python -m convert)")
-    p.add_argument("--val-data", required=True, type=Path, help="folder of .bin files or CVLFace arrow folders")
-    p.add_argument("--targets", nargs="+", metavar="SET",
-                   help="verification sets under --val-data to audit (default: every one there)")
-    given = p.add_mutually_exclusive_group()  # a given threshold has no rate to choose
-    given.add_argument("--threshold", type=cli_args.finite_float, default=None,
-                       help="cosine similarity above which a (class, image) is flagged (default: the impostor "
-                            "rule, evaluate/overlap.py, from pairs of training images of different classes)")
-    given.add_argument("--far", type=cli_args.far, default=impostor_threshold.TARGET_FAR,
-                       help=f"the impostor rule's false-accept rate (default {impostor_threshold.TARGET_FAR:g})")
-    p.add_argument("--per-class", type=cli_args.positive_int, default=overlap.DEFAULT_PER_CLASS, metavar="K",
-                   help=f"images averaged into each class centre, its first K by key (default "
-                        f"{overlap.DEFAULT_PER_CLASS})")
-    p.add_argument("--output", required=True, type=Path, help="report JSON; the CSV goes beside it (.csv)")
-    p.add_argument("--write-exclusions", type=Path, metavar="FILE",
-                   help="write the flagged classes for `python -m convert rec|folder --exclude-classes FILE`")
-    cli_args.model_and_run(p)
-    return p
-
-
-def _verification_sets(targets: Optional[Sequence[str]], roots: DataRoots) -> dict:
-    """{name: path} of the pair sets to audit: those named, or every one under --val-data."""
-    if targets:
-        others = [t for t in targets if kind(t) != "verification"]
-        if others:
-            raise UnknownTargetError(f"--targets {' '.join(others)}: the overlap audit reads the verification pair "
-                                     f"sets under --val-data only")
-        run, _ = plan(targets, roots, explicit=True)
-    else:
-        run, _ = plan(verification.STANDARD_SETS, roots, explicit=False)
-    if not run:
-        raise MissingDataError(f"{roots.val_data}: no verification set here (NAME.bin, or a CVLFace arrow folder "
-                               f"NAME/) to audit the training classes against")
-    return run
-
-
-def main_overlap(argv: Sequence[str]) -> int:
-    args = _parser_overlap().parse_args(argv)
-    # Everything that can be wrong with the inputs and outputs fails here, before the image passes.
-    roots = DataRoots(val_data=args.val_data)
-    paths = _verification_sets(args.targets, roots)
-    output_check.check_report_with_csv(args.output)
-    csv_path = args.output.with_suffix(".csv")
-    if args.write_exclusions is not None:
-        output_check.check_output(args.write_exclusions, "the exclusion list", "exclusions.txt")
-    samples = pipeline.ShardSamples(args.shards)
-    manifest = Manifest.load(args.shards)
-    device = pipeline.resolve_device(args.device)
-    loaded = model_input.load(args.checkpoint, args, device)
-    sets = [verification.load_set(p) for p in paths.values()]
-
-    progress = not args.quiet
-    centres = overlap.class_centres(loaded.net, samples, per_class=args.per_class, device=device,
-                                    batch_size=args.batch_size, progress=progress)
-    embedded = [(v, overlap.set_embeddings(loaded.net, v, device=device, batch_size=args.batch_size,
-                                           progress=progress)) for v in sets]
-    chosen, audits = overlap.audit(centres, embedded, args.threshold, device=device, far=args.far)
-    warnings = overlap.warnings_for(chosen, audits)
-    report = overlap_report.build(
-        checkpoint=model_input.described(loaded),
-        shards=args.shards, manifest=manifest, val_data=args.val_data, per_class=args.per_class, centres=centres,
-        chosen=chosen, audits=audits, warnings=warnings, device=str(device), csv_path=csv_path,
-        exclusions=args.write_exclusions)
-    rep.write_json(args.output, report)
-    overlap_report.write_csv(csv_path, report)
-    if args.write_exclusions is not None:
-        overlap_report.write_exclusions(args.write_exclusions, report, manifest)
-
-    print(f"threshold {chosen.value:.4f} ({chosen.how})")
-    for a in audits:
-        chance = report["sets"][a.name]["expected_by_chance"]
-        print(f"{a.name}: {a.images} images, {a.flagged_images} close to a training class, "
-              f"{len(a.flagged_classes)} classes flagged, {len(a.matches)} (class, image) pairs above the threshold"
-              + ("" if chance is None else f" (strangers put about {chance:.2g} there by chance)"))
-    for w in warnings:
-        print(f"warning: {w}")
-    print(f"{report['classes_flagged']} of {manifest.num_classes} training classes flagged; wrote {args.output}, "
-          f"{csv_path}" + (f", {args.write_exclusions}" if args.write_exclusions is not None else ""))
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["embed"], ["pairs"], ["threshold"]):  # a user's own data: evaluate/own_data_cli.py
@@ -314,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["audit"]:  # evaluate/audit_cli.py: the data audit
         from evaluate.audit_cli import AUDIT_PROG, main_audit
         return run_command(AUDIT_PROG, lambda: main_audit(argv[1:]), known=(models.CheckpointError,))
-    if argv[:1] == ["overlap"]:
+    if argv[:1] == ["overlap"]:  # evaluate/overlap_cli.py: the train/test identity overlap audit
+        from evaluate.overlap_cli import OVERLAP_PROG, main_overlap
         return run_command(OVERLAP_PROG, lambda: main_overlap(argv[1:]), known=(models.CheckpointError,))
     if argv[:1] == ["batch"]:
         return run_command(BATCH_PROG, lambda: main_batch(argv[1:]), known=(models.CheckpointError,))

@@ -9,17 +9,24 @@ on is no longer a test on unseen identities. `python -m evaluate overlap` (evalu
   (pipeline.ShardSamples.image_batches).
 - Every image of every verification set, through the same pass (decoded by pipeline.decode_batches at
   112 as `python -m evaluate` does), normalised.
-- A (class, image) whose cosine similarity is above the threshold is a suspected overlap.
+- Every image of the sets given as people (identity folders, a .rec, shards: `--people`), the same way.
+- The decision is per identity of a set (evaluate/set_identities.py: a pair set knows its identities only
+  through its same-identity pairs, a set of people through its labels): an identity is taken for a
+  training class when more than half of its distinct images have cosine similarity above the threshold
+  with the class centre. One image is the whole of a one-image identity's evidence, and there the rule is
+  the per-image one; a person with several photos is not flagged on the one photo that resembles somebody.
+  The demo's figures are in docs/evaluation.md: with its small teacher a few photos of held-out people
+  score above the threshold against some class, never most of one person's.
 
 The default threshold, overridable by --threshold, is the impostor rule that `python -m evaluate audit`
 uses (evaluate/impostor_threshold.py): the cosine similarity that pairs of training images of different
 classes exceed at the false-accept rate --far (default 1e-5, or the smallest rate the pairs support). The
 images are those averaged into the centres (up to RULE_IMAGES of them, drawn with a fixed seed), so the
 threshold is in the model's own units on the data it is asked about: "a stranger scores above this once
-in 1/FAR tries". The audit makes classes x images comparisons (85k MS1M classes x 12k LFW images is
-1e9), so the report states how many strangers that rate lets through on average (FAR x comparisons):
-flags of that order are what chance alone gives, far more are overlaps. The training labels are taken as
-they are here (`evaluate audit` is the tool that doubts them).
+in 1/FAR tries". The audit makes classes x identities decisions (85k MS1M classes x 5.7k LFW identities is
+5e8), so the report states how many strangers that rate would let through if each identity were one image
+(FAR x classes x identities): flags of that order are what chance alone gives, far more are overlaps.
+The training labels are taken as they are here (`evaluate audit` is the tool that doubts them).
 
 Why not the sets' own pairs: a .bin holds a few thousand different-identity pairs (LFW: 3000), which
 measure the impostor tail only down to about 1e-3; the rule this module had before, built on them, put
@@ -30,8 +37,9 @@ each set's statistics in the report, and a warning where the model does not sepa
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,20 +47,25 @@ from tqdm import tqdm
 
 from common.errors import InputError
 import pipeline
-from evaluate import impostor_threshold
+from evaluate import impostor_threshold, set_identities
 from evaluate.embed import DECODE_BATCHES_PER_CALL, embed_batches, embed_encoded, pass_device
+from evaluate.set_identities import SetIdentities
 from evaluate.verification import VerificationSet
+
+if TYPE_CHECKING:
+    from evaluate.image_sources import ImageSource
 
 DEFAULT_PER_CLASS = 8
 IMPOSTOR_QUANTILE = 0.999  # of a set's different-identity pairs: the warning's measure of separation
 RULE_IMAGES = 65_536  # training images kept for the impostor rule: 128 MB at 512 dimensions, 2e9 pairs to draw from
 RULE_SEED = 0
 MATCH_CHUNK_ENTRIES = 2**26  # similarities computed at once: [images, classes] in float32, 256 MB
-MAX_MATCHES = 1_000_000  # per set: more means a threshold inside the impostor distribution, not overlaps
+DIGEST_CHUNK = 4096  # images of a set of people read at once to tell identical ones apart
+MAX_MATCHES = 1_000_000  # (identity, class) pairs per set: more means a threshold inside the impostor distribution
 
 
 class ThresholdError(InputError, ValueError):
-    """A threshold so low that it flags more than MAX_MATCHES (class, image) pairs of a set."""
+    """A threshold so low that it flags more than MAX_MATCHES (identity, class) pairs of a set."""
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -189,78 +202,165 @@ def given_threshold(value: float) -> Threshold:
 
 
 @dataclass(frozen=True)
-class Match:
-    """A suspected overlap: image `image` of set `target` is closer than the threshold to `train_class`."""
+class AuditedSet:
+    """One test set to audit: its images' unit embeddings [N, D] in the set's order, who is who, and how
+    the report names each image (`keys[k]`: a pair set's position, a source's key)."""
+
+    name: str
+    source: str
+    kind: str  # "pair set" or "people"
+    emb: np.ndarray
+    identities: SetIdentities
+    keys: tuple
+    issame: Optional[np.ndarray] = None  # a pair set's pairs, for its PairStats
+
+    def __post_init__(self):
+        if self.kind not in ("pair set", "people"):
+            raise ValueError(f"kind must be 'pair set' or 'people', found {self.kind!r}")
+        if len(self.keys) != self.emb.shape[0] or (self.issame is not None and 2 * self.issame.size != len(self.keys)):
+            raise ValueError(f"{self.name}: {self.emb.shape[0]} embeddings, {len(self.keys)} keys"
+                             + ("" if self.issame is None else f", {self.issame.size} pairs"))
+
+
+def pair_set(vset: VerificationSet, emb: np.ndarray) -> AuditedSet:
+    """A verification pair set with its unit embeddings (set_embeddings): identities from its pairs."""
+    return AuditedSet(vset.name, vset.source or vset.name, "pair set", emb,
+                      set_identities.from_pairs(vset.images, vset.issame), tuple(range(len(vset.images))),
+                      vset.issame)
+
+
+def people_set(name: str, source: "ImageSource", emb: np.ndarray) -> AuditedSet:
+    """A labelled image source (identity folders, a .rec, shards) with its unit embeddings in source order."""
+    if source.labels is None:
+        raise ValueError(f"{source.path}: a {source.kind} has no labels")
+    names = source.identities if source.identities is not None else tuple(str(g) for g in source.labels)
+    digests = [hashlib.sha256(b).digest() for s in range(0, len(source), DIGEST_CHUNK)  # a set of any size
+               for b in source.read(range(s, min(s + DIGEST_CHUNK, len(source))))]
+    return AuditedSet(name, source.path, "people", emb, set_identities.from_labels(digests, source.labels, names),
+                      source.keys)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Identity `identity` of set `target` is taken for training class `train_class`: more than half of its
+    `images` distinct images (`above`: the keys of those) are closer to the class centre than the threshold."""
 
     target: str
-    image: int
+    identity: str
+    images: int
+    above: tuple
     train_class: int
-    similarity: float
+    median_similarity: float
+    max_similarity: float
 
 
-def matches(c: torch.Tensor, emb: np.ndarray, threshold: float, *, target: str) -> list[Match]:
-    """Every (image, class) of one set with cosine similarity > threshold, by image, then similarity down.
-    c: the class centres [C, D] (ClassCentres.centres) on the device that computes the similarities."""
-    dev = c.device
-    rows = max(1, MATCH_CHUNK_ENTRIES // max(1, c.shape[0]))
-    found = []
-    for s in range(0, emb.shape[0], rows):
-        e = torch.from_numpy(np.ascontiguousarray(emb[s:s + rows])).to(dev)
-        sims = e @ c.T  # [n, C]
-        image, cls = torch.nonzero(sims > threshold, as_tuple=True)
-        if len(found) + image.numel() > MAX_MATCHES:
-            raise ThresholdError(f"{target}: more than {MAX_MATCHES} (class, image) pairs above threshold "
-                                 f"{threshold:.4f}: that is the impostor distribution, not overlaps; raise "
-                                 f"--threshold")
-        values = sims[image, cls].double().cpu().numpy()
-        for i, k, v in zip((image + s).cpu().tolist(), cls.cpu().tolist(), values.tolist()):
-            found.append(Match(target, i, k, v))
-    found.sort(key=lambda m: (m.image, -m.similarity, m.train_class))
-    return found
+def _identity_chunks(starts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """(first, end) identity ranges of at most max_rows images each, or one identity where it has more."""
+    chunks, lo = [], 0
+    while lo < starts.size - 1:
+        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + max_rows, side="right")) - 1)
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks
+
+
+def overlaps(c: torch.Tensor, s: AuditedSet, threshold: float) -> tuple[list[Overlap], int]:
+    """Every (identity, class) of one set where more than half the identity's distinct images have cosine
+    similarity > threshold with the class centre, by identity (the set's order), then median similarity
+    down; and how many distinct images are above the threshold with some class (what a per-image rule
+    would flag). c: the class centres [C, D] (ClassCentres.centres) on the device that computes them."""
+    ids, dev, classes = s.identities, c.device, c.shape[0]
+    sizes = ids.sizes
+    found, any_above = [], 0
+    for lo, hi in _identity_chunks(ids.starts, max(1, MATCH_CHUNK_ENTRIES // max(1, classes))):
+        rows = ids.images[ids.starts[lo]:ids.starts[hi]]
+        first = ids.starts[lo:hi + 1] - ids.starts[lo]
+        e = torch.from_numpy(np.ascontiguousarray(s.emb[rows])).to(dev)
+        owner = torch.from_numpy(np.repeat(np.arange(hi - lo), sizes[lo:hi])).to(dev)
+        half = torch.from_numpy(sizes[lo:hi]).to(dev)[:, None]
+        width = max(1, MATCH_CHUNK_ENTRIES // rows.size)
+        image_above = torch.zeros(rows.size, dtype=torch.bool, device=dev)
+        for k0 in range(0, classes, width):  # [rows, width] at a time, for an identity of many images
+            sims = e @ c[k0:k0 + width].T
+            above = sims > threshold
+            image_above |= above.any(dim=1)
+            votes = torch.zeros(hi - lo, sims.shape[1], device=dev).index_add_(0, owner, above.float())
+            ident, cls = torch.nonzero(votes * 2 > half, as_tuple=True)
+            if len(found) + ident.numel() > MAX_MATCHES:
+                raise ThresholdError(f"{s.name}: more than {MAX_MATCHES} (identity, class) pairs above threshold "
+                                     f"{threshold:.4f}: that is the impostor distribution, not overlaps; raise "
+                                     f"--threshold")
+            for i, k in zip(ident.tolist(), cls.tolist()):
+                col = sims[first[i]:first[i + 1], k].double().cpu().numpy()
+                keys = tuple(s.keys[p] for p in rows[first[i]:first[i + 1]][col > threshold])
+                found.append((lo + i, Overlap(s.name, ids.names[lo + i], int(col.size), keys, k0 + k,
+                                              float(np.median(col)), float(col.max()))))
+        any_above += int(image_above.sum())
+    found.sort(key=lambda f: (f[0], -f[1].median_similarity, f[1].train_class))
+    return [o for _, o in found], any_above
 
 
 @dataclass(frozen=True)
 class SetAudit:
-    name: str
-    source: str
-    images: int
-    stats: PairStats
-    matches: tuple  # of Match
+    set: AuditedSet
+    stats: Optional[PairStats]  # None for a set of people (no pairs)
+    overlaps: tuple  # of Overlap
+    images_above: int  # distinct images above the threshold with some class centre
 
     @property
-    def flagged_images(self) -> int:
-        return len({m.image for m in self.matches})
+    def name(self) -> str:
+        return self.set.name
+
+    @property
+    def images(self) -> int:
+        return len(self.set.keys)
+
+    @property
+    def single_image_identities(self) -> int:
+        return int(np.sum(self.set.identities.sizes == 1))
+
+    @property
+    def flagged_identities(self) -> tuple:
+        return tuple(dict.fromkeys(o.identity for o in self.overlaps))
+
+    @property
+    def flagged_single_image(self) -> int:
+        """Flagged identities the set shows in one image only: one photo's word, the weakest evidence."""
+        return len({o.identity for o in self.overlaps if o.images == 1})
 
     @property
     def flagged_classes(self) -> tuple:
-        return tuple(sorted({m.train_class for m in self.matches}))
+        return tuple(sorted({o.train_class for o in self.overlaps}))
 
 
-def audit(centres: ClassCentres, sets: Sequence[tuple], threshold: Optional[float] = None,
+def audit(centres: ClassCentres, sets: Sequence[AuditedSet], threshold: Optional[float] = None,
           device=None, far: float = impostor_threshold.TARGET_FAR) -> tuple[Threshold, list[SetAudit]]:
-    """sets: (VerificationSet, its unit embeddings [N, D]) each. The threshold (given, or the impostor rule's
-    at `far` over the training images) and every set's suspected overlaps."""
-    stats = {vset.name: pair_stats(emb, vset.issame) for vset, emb in sets}
+    """The threshold (given, or the impostor rule's at `far` over the training images) and every set's
+    flagged (identity, class) pairs."""
     chosen = default_threshold(centres, far=far) if threshold is None else given_threshold(threshold)
     dev = pipeline.resolve_device(device if device is not None else "cpu")
     c = torch.from_numpy(np.ascontiguousarray(centres.centres)).to(dev)  # once for every set
-    return chosen, [SetAudit(vset.name, vset.source, emb.shape[0], stats[vset.name],
-                             tuple(matches(c, emb, chosen.value, target=vset.name)))
-                    for vset, emb in sets]
+    audits = []
+    for s in sets:
+        found, images_above = overlaps(c, s, chosen.value)
+        audits.append(SetAudit(s, None if s.issame is None else pair_stats(s.emb, s.issame), tuple(found),
+                               images_above))
+    return chosen, audits
 
 
-def by_chance(chosen: Threshold, classes: int, images: int) -> Optional[float]:
-    """How many (class, image) pairs of `classes` x `images` comparisons strangers put above a threshold
-    chosen by the impostor rule, on average: its FAR x the comparisons (None for a given threshold, whose
-    rate is not measured)."""
-    return None if chosen.rule is None else chosen.rule["far"] * classes * images
+def by_chance(chosen: Threshold, classes: int, identities: int) -> Optional[float]:
+    """How many (identity, class) pairs strangers would put above a threshold chosen by the impostor rule
+    if each identity were one image: its FAR x classes x identities (None for a given threshold, whose rate
+    is not measured). An identity of n images needs more than n/2 of them above: for a stranger that is
+    rarer still (at most 2 FAR, by Markov's inequality; about FAR^(n/2) where its photos vary independently)."""
+    return None if chosen.rule is None else chosen.rule["far"] * classes * identities
 
 
 def warnings_for(chosen: Threshold, audits: Sequence[SetAudit]) -> list[str]:
     """What makes the audit's answer doubtful: a set the model does not separate, an unreachable threshold."""
     out = []
     for a in audits:
-        if a.stats.separates() is False:
+        if a.stats is not None and a.stats.separates() is False:
             out.append(f"{a.name}: the model does not separate identities here (mean same-identity similarity "
                        f"{a.stats.mean_same:.4f} <= 99.9th percentile of different-identity similarity "
                        f"{a.stats.impostor_quantile:.4f}): the audit can miss overlaps and flag strangers")

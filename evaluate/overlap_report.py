@@ -20,7 +20,8 @@ from convert.manifest import Manifest
 from evaluate import report as rep
 from evaluate.overlap import ClassCentres, SetAudit, Threshold, by_chance
 
-CSV_COLUMNS = ("target", "image", "pair", "train_class", "source_class", "similarity")
+CSV_COLUMNS = ("target", "identity", "images", "images_above", "train_class", "source_class", "median_similarity",
+               "max_similarity", "keys")
 
 
 class ExclusionNameError(InputError, ValueError):
@@ -32,43 +33,60 @@ def source_class(manifest: Manifest, train_class: int):
     return manifest.class_map[train_class] if manifest.class_map is not None else int(train_class)
 
 
-def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path, per_class: int,
-          centres: ClassCentres, chosen: Threshold, audits: Sequence[SetAudit], warnings: Sequence[str],
-          device: str, csv_path: Path, exclusions: Optional[Path]) -> dict:
+def _overlap_row(o, manifest: Manifest) -> dict:
+    return {"target": o.target, "identity": o.identity, "images": o.images, "images_above": len(o.above),
+            "train_class": o.train_class, "source_class": source_class(manifest, o.train_class),
+            "median_similarity": round(o.median_similarity, 6), "max_similarity": round(o.max_similarity, 6),
+            "keys": list(o.above)}
+
+
+def _set_row(a: SetAudit, centres: ClassCentres, chosen: Threshold) -> dict:
+    stats = a.stats
+    return {"path": a.set.source, "kind": a.set.kind, "images": a.images,
+            "distinct_images": int(a.set.identities.images.size), "identities": len(a.set.identities),
+            "single_image_identities": a.single_image_identities,
+            "pairs": None if stats is None else stats.same + stats.different,
+            "same_pairs": None if stats is None else stats.same,
+            "different_pairs": None if stats is None else stats.different,
+            "mean_same_similarity": None if stats is None else stats.mean_same,
+            "different_similarity_p99_9": None if stats is None else stats.impostor_quantile,
+            "different_similarity_sd": None if stats is None else stats.impostor_sd,
+            "images_above_threshold": a.images_above, "comparisons": len(a.set.identities) * len(centres.images),
+            "expected_by_chance": by_chance(chosen, len(centres.images), len(a.set.identities)),
+            "overlaps": len(a.overlaps), "identities_flagged": len(a.flagged_identities),
+            "single_image_identities_flagged": a.flagged_single_image,
+            "classes_flagged": len(a.flagged_classes)}
+
+
+def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Optional[Path], people: Sequence[Path],
+          per_class: int, centres: ClassCentres, chosen: Threshold, audits: Sequence[SetAudit],
+          warnings: Sequence[str], device: str, csv_path: Path, exclusions: Optional[Path]) -> dict:
     """The report: what was compared, the threshold and how it was chosen, counts per set, the flagged
-    classes and every suspected overlap (target, image, pair, train_class, source_class, similarity)."""
+    classes and every flagged (identity, class) of every set (overlap rows, CSV_COLUMNS)."""
     overlaps, flagged = [], {}
     for a in audits:
-        for m in a.matches:
-            overlaps.append({"target": m.target, "image": m.image, "pair": m.image // 2, "train_class": m.train_class,
-                             "source_class": source_class(manifest, m.train_class),
-                             "similarity": round(m.similarity, 6)})
-            f = flagged.setdefault(m.train_class, {"train_class": m.train_class,
-                                                   "source_class": source_class(manifest, m.train_class),
-                                                   "targets": [], "images": 0, "max_similarity": -1.0})
-            if m.target not in f["targets"]:
-                f["targets"].append(m.target)
-            f["images"] += 1
-            f["max_similarity"] = max(f["max_similarity"], round(m.similarity, 6))
-    sets = {a.name: {"path": a.source, "images": a.images, "pairs": a.stats.same + a.stats.different,
-                     "same_pairs": a.stats.same, "different_pairs": a.stats.different,
-                     "mean_same_similarity": a.stats.mean_same,
-                     "different_similarity_p99_9": a.stats.impostor_quantile,
-                     "different_similarity_sd": a.stats.impostor_sd,
-                     "comparisons": a.images * len(centres.images),
-                     "expected_by_chance": by_chance(chosen, len(centres.images), a.images),
-                     "overlaps": len(a.matches), "images_flagged": a.flagged_images,
-                     "classes_flagged": len(a.flagged_classes)} for a in audits}
+        for o in a.overlaps:
+            overlaps.append(_overlap_row(o, manifest))
+            f = flagged.setdefault(o.train_class, {"train_class": o.train_class,
+                                                   "source_class": source_class(manifest, o.train_class),
+                                                   "targets": [], "identities": 0, "max_similarity": -1.0})
+            if o.target not in f["targets"]:
+                f["targets"].append(o.target)
+            f["identities"] += 1
+            f["max_similarity"] = max(f["max_similarity"], round(o.max_similarity, 6))
     return {
         **checkpoint, "device": device,
         "shards": str(shards), "num_classes": manifest.num_classes, "num_samples": manifest.num_samples,
         "shards_exclusion": (None if manifest.exclusion is None else
                              {"file": manifest.exclusion.file, "num_classes": manifest.exclusion.num_classes,
                               "num_samples": manifest.exclusion.num_samples}),
-        "val_data": str(val_data), "per_class": per_class, "class_images": int(centres.images.sum()),
+        "val_data": None if val_data is None else str(val_data), "people": [str(p) for p in people],
+        "per_class": per_class, "class_images": int(centres.images.sum()),
         "threshold": round(chosen.value, 6), "threshold_chosen_by": chosen.chosen_by,
         "how_the_threshold_was_chosen": chosen.how, "impostor_rule": chosen.rule,
-        "sets": sets, "classes_flagged": len(flagged),
+        "decision": "an identity of a set is taken for a training class when more than half of its distinct "
+                    "images have cosine similarity above the threshold with the class centre",
+        "sets": {a.name: _set_row(a, centres, chosen) for a in audits}, "classes_flagged": len(flagged),
         "flagged_classes": [flagged[k] for k in sorted(flagged)],
         "overlaps": overlaps, "warnings": list(warnings),
         "csv": str(csv_path), "exclusions": str(exclusions) if exclusions is not None else None,
@@ -76,8 +94,10 @@ def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Path,
 
 
 def write_csv(path: Path, report: dict) -> None:
-    """One row per suspected overlap; the header alone when there is none."""
-    rep.write_csv(path, report["overlaps"], CSV_COLUMNS)
+    """One row per flagged (identity, class), its keys above the threshold joined by ';'; the header alone
+    when there is none."""
+    rows = [{**o, "keys": ";".join(str(k) for k in o["keys"])} for o in report["overlaps"]]
+    rep.write_csv(path, rows, CSV_COLUMNS)
 
 
 def _one_line(text: str) -> str:
@@ -96,9 +116,10 @@ def exclusion_lines(report: dict, manifest: Manifest) -> list[str]:
                                      f"list (one class a line, spaces around it and a leading '#' are not kept)")
     header = [
         f"# python -m evaluate overlap: {len(flagged)} training classes whose centre has cosine similarity "
-        f"> {report['threshold']:.4f} with a verification image",
+        f"> {report['threshold']:.4f} with most images of a test identity",
         f"# checkpoint {_one_line(report['checkpoint'])}; shards {_one_line(report['shards'])}; "
-        f"val-data {_one_line(report['val_data'])}",
+        f"val-data {_one_line(str(report['val_data']))}"
+        + "".join(f"; people {_one_line(p)}" for p in report.get("people", [])),
     ]
     if before:
         header.append(f"# also the {len(before)} classes the shards were built without "

@@ -24,7 +24,7 @@ import pipeline
 from PIL import Image
 
 from convert.recordio import IRHeader, RecordWriter, pack
-from evaluate import cli, impostor_threshold, overlap, verification
+from evaluate import cli, impostor_threshold, overlap, set_identities, verification
 from tests.evaluate.conftest import TINY_EMB, TINY_NET, PoolNet, write_bin
 
 TRAIN_IDS = tuple(range(10))  # the training classes: .rec labels 0..9, 4 images each
@@ -89,7 +89,7 @@ def net():
 
 def _embedded(net, path):
     vset = verification.load_set(path)
-    return vset, overlap.set_embeddings(net, vset, device="cpu", progress=False)
+    return overlap.pair_set(vset, overlap.set_embeddings(net, vset, device="cpu", progress=False))
 
 
 def test_class_keys_are_the_first_k_of_each_class_in_key_order():
@@ -125,7 +125,7 @@ def test_a_set_of_training_identities_is_flagged_and_one_of_unseen_identities_is
     sets = [_embedded(net, data / "val" / "shared.bin"), _embedded(net, data / "val" / "unseen.bin")]
     chosen, (shared, unseen) = overlap.audit(centres, sets)
 
-    stats = [overlap.pair_stats(e, v.issame) for v, e in sets]
+    stats = [overlap.pair_stats(s.emb, s.issame) for s in sets]
     # The impostor rule over the 40 training images: 720 pairs of different classes support no FAR below
     # 1/720, so the threshold is the most similar such pair.
     emb, labels = _all_fused(net, samples)
@@ -136,8 +136,9 @@ def test_a_set_of_training_identities_is_flagged_and_one_of_unseen_identities_is
     assert "FAR" in chosen.how and f"{chosen.value:.4f}" in chosen.how
     assert all(s.separates() for s in stats) and overlap.warnings_for(chosen, [shared, unseen]) == []
     assert shared.flagged_classes == SHARED  # contiguous labels are the .rec's here (no class_map)
-    assert all(m.similarity > chosen.value for m in shared.matches)
-    assert unseen.matches == ()
+    assert all(o.images == 1 or 2 * len(o.above) > o.images for o in shared.overlaps)
+    assert all(o.max_similarity > chosen.value for o in shared.overlaps)
+    assert unseen.overlaps == ()
 
 
 def test_a_given_threshold_overrides_the_rule(data, net):
@@ -145,11 +146,56 @@ def test_a_given_threshold_overrides_the_rule(data, net):
     centres = overlap.class_centres(net, samples, per_class=2, device="cpu", progress=False)
     sets = [_embedded(net, data / "val" / "unseen.bin")]
     chosen, (unseen,) = overlap.audit(centres, sets, threshold=-1.0)
-    assert chosen.chosen_by == "--threshold" and len(unseen.matches) == unseen.images * len(TRAIN_IDS)
+    # every identity (8 same pairs, 16 images in no same pair: 24) taken for every class
+    assert chosen.chosen_by == "--threshold" and len(unseen.overlaps) == 24 * len(TRAIN_IDS)
     one_class = overlap.ClassCentres(centres.centres[:1], centres.images[:1], centres.rule_emb[:2],
                                      np.zeros(2, np.int64))
     with pytest.raises(impostor_threshold.ImpostorError):  # no pair of different classes to measure
         overlap.default_threshold(one_class)
+
+
+def _toy_set():
+    """A set of three identities against two class centres (the axes e0, e1): `one_look_alike` has one
+    photo near e0 and two far from both, `most_near` has two of three photos near e1, `alone` is a single
+    photo near e0; each identity's photos in that order, positions 0..6."""
+    far = [0.0, 0.0, 1.0]
+    emb = overlap.unit(np.array([[0.9, 0.1, 0.2], far, far, [0.1, 0.9, 0.1], far, [0.2, 0.8, 0.1], [0.95, 0, 0.1]]))
+    ids = set_identities.from_labels([bytes([k]) for k in range(7)], np.array([0, 0, 0, 1, 1, 1, 2]),
+                                     ("one_look_alike",) * 3 + ("most_near",) * 3 + ("alone",))
+    return overlap.AuditedSet("toy", "toy", "people", emb, ids, tuple(f"k{k}" for k in range(7)))
+
+
+def _decided(threshold=0.5):
+    return overlap.overlaps(torch.eye(2, 3), _toy_set(), threshold)[0]
+
+
+def test_an_identity_is_taken_for_a_class_by_most_of_its_photos_not_one():
+    found = _decided()
+    assert [(o.identity, o.train_class, o.images, o.above) for o in found] == [
+        ("most_near", 1, 3, ("k3", "k5")), ("alone", 0, 1, ("k6",))]
+    assert overlap.overlaps(torch.eye(2, 3), _toy_set(), 0.5)[1] == 4  # photos 0, 3, 5, 6 match some class
+    sims = overlap.unit(np.array([[0.1, 0.9, 0.1], [0.2, 0.8, 0.1]]))[:, 1]
+    assert found[0].max_similarity == pytest.approx(sims.max(), abs=1e-6)
+    assert found[0].median_similarity < found[0].max_similarity  # the median of its three photos, one far
+
+
+def test_the_decision_does_not_depend_on_how_the_similarities_are_blocked(monkeypatch):
+    whole = _decided()
+    monkeypatch.setattr(overlap, "MATCH_CHUNK_ENTRIES", 2)  # one identity, one class column at a time
+    assert _decided() == whole
+    monkeypatch.setattr(overlap, "MAX_MATCHES", 1)
+    with pytest.raises(overlap.ThresholdError, match="toy: more than 1 .identity, class. pairs"):
+        _decided()
+
+
+def _people(folder: Path, identities, photos: int, seed: int) -> Path:
+    """A folder of identity folders (named by the identity's number) of new photos."""
+    rng = np.random.default_rng(seed)
+    for identity in identities:
+        (folder / f"{identity:03d}").mkdir(parents=True)
+        for n in range(photos):
+            (folder / f"{identity:03d}" / f"{n}.jpg").write_bytes(photo(rng, identity))
+    return folder
 
 
 def _overlap(*argv):
@@ -179,13 +225,14 @@ def test_cli_flags_writes_exclusions_and_the_rebuilt_shards_pass(data, tmp_path,
     report = json.loads(out.read_text())
     assert report["threshold_chosen_by"] == "rule" and f"{report['threshold']:.4f}" in \
         report["how_the_threshold_was_chosen"] and report["impostor_rule"]["value"] == report["threshold"]
-    assert report["sets"]["unseen"]["comparisons"] == 32 * 10  # 8 identities x 4 images, 10 classes
-    assert report["sets"]["unseen"]["expected_by_chance"] == pytest.approx(report["impostor_rule"]["far"] * 320)
+    # 8 people x 4 images: a same pair of each joins 2 of them, the other 2 stand alone: 24 identities x 10 classes
+    assert report["sets"]["unseen"]["identities"] == 24 and report["sets"]["unseen"]["comparisons"] == 24 * 10
+    assert report["sets"]["unseen"]["expected_by_chance"] == pytest.approx(report["impostor_rule"]["far"] * 240)
     assert (report["shards"], report["checkpoint"], report["per_class"]) == (str(data / "shards"), str(tmp_path), 8)
     assert report["sets"]["shared"]["classes_flagged"] == 3 and report["sets"]["unseen"]["overlaps"] == 0
     assert {o["train_class"] for o in report["overlaps"]} == set(SHARED)
-    assert all(o["target"] == "shared" and o["similarity"] > report["threshold"] and 0 <= o["image"] < 12
-               for o in report["overlaps"])
+    assert all(o["target"] == "shared" and o["max_similarity"] > report["threshold"] and
+               all(0 <= k < 12 for k in o["keys"]) and 2 * o["images_above"] > o["images"] for o in report["overlaps"])
     with open(out.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(report["overlaps"]) and rows[0]["target"] == "shared"
@@ -232,7 +279,7 @@ def test_cli_with_a_registered_backbone(data, tmp_path, capsys):
     assert (report["impostor_rule"]["target_far"], report["impostor_rule"]["far"]) == (0.01, pytest.approx(1 / 45))
     assert (report["network"], report["embedding_size"], report["class_images"]) == (TINY_NET, TINY_EMB, 10)
     assert report["sets"]["shared"]["images"] == 12 and -1.0 <= report["threshold"]
-    assert out.with_suffix(".csv").read_text().startswith("target,image,pair,train_class,source_class,similarity")
+    assert out.with_suffix(".csv").read_text().startswith("target,identity,images,images_above,train_class,")
 
 
 def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsys):
@@ -259,6 +306,46 @@ def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsy
     with pytest.raises(SystemExit):  # argparse: a given threshold has no rate
         _overlap(*base, "--val-data", str(data / "val"), "--threshold", "0.5", "--far", "0.01",
                  "--output", str(tmp_path / "r.json"))
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_people_sets_flag_new_photos_of_trained_people_and_no_unseen_person(data, tmp_path, stand_in, capsys):
+    shared = _people(tmp_path / "shared_people", SHARED, photos=3, seed=21)
+    unseen = _people(tmp_path / "unseen_people", UNSEEN, photos=3, seed=22)
+    out = tmp_path / "people.json"
+    assert _overlap("--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--people", str(shared),
+                    str(unseen), "--output", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["val_data"] is None and report["people"] == [str(shared), str(unseen)]
+    rows = report["sets"]
+    assert (rows["shared_people"]["kind"], rows["shared_people"]["identities"], rows["shared_people"]["images"]) == \
+        ("people", 3, 9)
+    assert rows["shared_people"]["identities_flagged"] == 3 and rows["unseen_people"]["identities_flagged"] == 0
+    assert rows["shared_people"]["images_above_threshold"] >= 6  # most of each person's 3 photos
+    assert rows["unseen_people"]["pairs"] is None and report["warnings"] == []
+    # each person taken for its own class (the identity folder's number is the .rec's label here)
+    assert sorted((int(o["identity"]), o["source_class"]) for o in report["overlaps"]) == [(k, k) for k in SHARED]
+    assert all(k.startswith(o["identity"] + "/") for o in report["overlaps"] for k in o["keys"])
+    out_text = capsys.readouterr().out
+    assert "shared_people: 3 identities in 9 images, 3 taken for a training class (0 on a single image)" in out_text
+
+
+def test_cli_people_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsys):
+    base = ["--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--output", str(tmp_path / "r.json")]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(photo(np.random.default_rng(0), 1))
+    people = _people(tmp_path / "a" / "val", UNSEEN[:2], photos=1, seed=0)
+    for argv, fragments in [
+        ([], ["no test set", "--people"]),
+        (["--targets", "lfw"], ["--targets lfw", "--val-data"]),
+        (["--people", str(flat)], [str(flat), "flat folder", "identity folders"]),
+        (["--val-data", str(data / "val"), "--people", str(people), str(people)], [str(people), "'val'"]),
+    ]:
+        assert _overlap(*base, *argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("python -m evaluate overlap: error: "), err
+        assert all(f in err for f in fragments), (fragments, err)
     assert not (tmp_path / "r.json").exists()
 
 
