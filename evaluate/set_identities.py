@@ -87,8 +87,8 @@ def from_pairs(images: Sequence[bytes], issame: Sequence[bool]) -> SetIdentities
 
 
 def from_labels(images: Sequence[bytes], labels: np.ndarray, names: Sequence[str]) -> SetIdentities:
-    """A set of people's identities: image k is `names[k]`'s (labels[k] its number); identical bytes within
-    one identity one image."""
+    """A set of people's identities: image k is `names[k]`'s (labels[k] its number); identical images within
+    one identity one image (`images`: each image's bytes, or a digest of them)."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size != len(images) or len(names) != len(images):
         raise ValueError(f"{len(images)} images with {labels.size} labels and {len(names)} names")
