@@ -117,8 +117,8 @@ def exclusion_lines(report: dict, manifest: Manifest) -> list[str]:
     header = [
         f"# python -m evaluate overlap: {len(flagged)} training classes whose centre has cosine similarity "
         f"> {report['threshold']:.4f} with most images of a test identity",
-        f"# checkpoint {_one_line(report['checkpoint'])}; shards {_one_line(report['shards'])}; "
-        f"val-data {_one_line(str(report['val_data']))}"
+        f"# checkpoint {_one_line(report['checkpoint'])}; shards {_one_line(report['shards'])}"
+        + ("" if report["val_data"] is None else f"; val-data {_one_line(report['val_data'])}")
         + "".join(f"; people {_one_line(p)}" for p in report.get("people", [])),
     ]
     if before:

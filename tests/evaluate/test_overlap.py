@@ -312,9 +312,12 @@ def test_cli_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsy
 def test_cli_people_sets_flag_new_photos_of_trained_people_and_no_unseen_person(data, tmp_path, stand_in, capsys):
     shared = _people(tmp_path / "shared_people", SHARED, photos=3, seed=21)
     unseen = _people(tmp_path / "unseen_people", UNSEEN, photos=3, seed=22)
-    out = tmp_path / "people.json"
+    out, excl = tmp_path / "people.json", tmp_path / "people_exclusions.txt"
     assert _overlap("--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--people", str(shared),
-                    str(unseen), "--output", str(out)) == 0
+                    str(unseen), "--output", str(out), "--write-exclusions", str(excl)) == 0
+    header = [line for line in excl.read_text().splitlines() if line.startswith("# checkpoint")]
+    assert header == [f"# checkpoint {tmp_path}; shards {data / 'shards'}; people {shared}; people {unseen}"]
+    assert _entries(excl) == [str(k) for k in SHARED]
     report = json.loads(out.read_text())
     assert report["val_data"] is None and report["people"] == [str(shared), str(unseen)]
     rows = report["sets"]
