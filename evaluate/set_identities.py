@@ -7,7 +7,8 @@ one of two ways:
   that same-identity pairs join (transitively); an image in no such pair is an identity of its own;
 - a set of people (identity folders, a .rec, shards): through its labels.
 The same bytes at two positions (a .bin repeats an image in several pairs) are one image: it is one piece
-of evidence, however often the set shows it.
+of evidence, however often the set shows it (in a set of people, within one identity: its labels say
+who).
 """
 
 from __future__ import annotations
