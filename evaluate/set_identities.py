@@ -56,12 +56,12 @@ def _grouped(identity: np.ndarray, distinct: np.ndarray, names_of) -> SetIdentit
     first_pos = {}
     for g, p in zip(identity.tolist(), distinct.tolist()):
         first_pos.setdefault(g, p)
-    order_of = {g: k for k, g in enumerate(sorted(first_pos, key=first_pos.get))}
+    groups = sorted(first_pos, key=first_pos.get)
+    order_of = {g: k for k, g in enumerate(groups)}
     rank = np.array([order_of[g] for g in identity.tolist()], dtype=np.int64)
     order = np.lexsort((distinct, rank))
-    counts = np.bincount(rank, minlength=len(order_of))
+    counts = np.bincount(rank, minlength=len(groups))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    groups = sorted(first_pos, key=first_pos.get)
     return SetIdentities(distinct[order], starts, tuple(names_of(g, first_pos[g]) for g in groups))
 
 
