@@ -1,7 +1,7 @@
-"""Train/test identity overlap: each training class's centre against every image of the verification sets.
+"""Train/test identity overlap: each training class's centre against every image of the test sets.
 
 MS1M shares identities with LFW, CFP and AgeDB; a verification score over people the backbone was trained
-on is no longer a test on unseen identities. `python -m evaluate overlap` (evaluate/cli.py) flags them:
+on is no longer a test on unseen identities. `python -m evaluate overlap` (evaluate/overlap_cli.py) flags them:
 
 - A training class's centre: its first K keys (key order, so the same images every run) through the
   evaluator's image pass (evaluate.embed: the backbone with its flip, fused = e(x) + e(flip(x))), each

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", type=Path, help="folder of .bin files or CVLFace arrow folders: pair sets")
     p.add_argument("--people", type=Path, nargs="+", default=[], metavar="PATH",
                    help="test sets whose identities are known: a folder of identity folders (one per person, "
-                        "aligned 112x112 faces), an MXNet .rec or shards; each named by its folder")
+                        "aligned 112x112 faces), an MXNet .rec or shards; each named by its folder (a .rec file "
+                        "by its stem)")
     p.add_argument("--targets", nargs="+", metavar="SET",
                    help="pair sets under --val-data to audit (default: every one there)")
     given = p.add_mutually_exclusive_group()  # a given threshold has no rate to choose

@@ -1,4 +1,4 @@
-"""The overlap audit's outputs: the JSON report, a CSV of its suspected overlaps, and the exclusion list.
+"""The overlap audit's outputs: the JSON report, a CSV of its flagged (identity, class) pairs, and the exclusion list.
 
 Every file is written atomically (common.files.write_atomic; the report and the CSV by evaluate.report).
 The exclusion list is what `python -m convert rec|folder --exclude-classes FILE` reads

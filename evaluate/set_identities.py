@@ -7,7 +7,8 @@ one of two ways:
   that same-identity pairs join (transitively); an image in no such pair is an identity of its own;
 - a set of people (identity folders, a .rec, shards): through its labels.
 The same bytes at two positions (a .bin repeats an image in several pairs) are one image: it is one piece
-of evidence, however often the set shows it.
+of evidence, however often the set shows it (in a set of people, within one identity: its labels say
+who).
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ def _grouped(identity: np.ndarray, distinct: np.ndarray, names_of) -> SetIdentit
     first_pos = {}
     for g, p in zip(identity.tolist(), distinct.tolist()):
         first_pos.setdefault(g, p)
-    order_of = {g: k for k, g in enumerate(sorted(first_pos, key=first_pos.get))}
+    groups = sorted(first_pos, key=first_pos.get)
+    order_of = {g: k for k, g in enumerate(groups)}
     rank = np.array([order_of[g] for g in identity.tolist()], dtype=np.int64)
     order = np.lexsort((distinct, rank))
-    counts = np.bincount(rank, minlength=len(order_of))
+    counts = np.bincount(rank, minlength=len(groups))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    groups = sorted(first_pos, key=first_pos.get)
     return SetIdentities(distinct[order], starts, tuple(names_of(g, first_pos[g]) for g in groups))
 
 

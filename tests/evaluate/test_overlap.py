@@ -188,6 +188,23 @@ def test_the_decision_does_not_depend_on_how_the_similarities_are_blocked(monkey
         _decided()
 
 
+
+def test_identity_chunks_hold_whole_identities_up_to_max_rows():
+    starts = np.array([0, 3, 6, 7])  # the toy set's identities: 3, 3 and 1 images
+    assert overlap._identity_chunks(starts, 7) == [(0, 3)]
+    assert overlap._identity_chunks(starts, 6) == [(0, 2), (2, 3)]
+    assert overlap._identity_chunks(starts, 4) == [(0, 1), (1, 3)]
+    assert overlap._identity_chunks(starts, 2) == [(0, 1), (1, 2), (2, 3)]  # an identity larger than the chunk
+    assert overlap._identity_chunks(np.array([0]), 4) == []
+
+
+def test_the_decision_is_the_same_for_chunks_of_several_identities(monkeypatch):
+    whole = _decided()
+    for entries in (8, 12):  # 2 classes: chunks of 4 and 6 rows, [(0, 1), (1, 3)] and [(0, 2), (2, 3)]
+        monkeypatch.setattr(overlap, "MATCH_CHUNK_ENTRIES", entries)
+        assert [(o.identity, o.train_class, o.above) for o in _decided()] == \
+            [(o.identity, o.train_class, o.above) for o in whole]
+
 def _people(folder: Path, identities, photos: int, seed: int) -> Path:
     """A folder of identity folders (named by the identity's number) of new photos."""
     rng = np.random.default_rng(seed)
