@@ -213,6 +213,7 @@ class AuditedSet:
     identities: SetIdentities
     keys: tuple
     issame: Optional[np.ndarray] = None  # a pair set's pairs, for its PairStats
+    skipped: tuple = ()  # (key, reason) of images left out because they do not decode (--skip-bad)
 
     def __post_init__(self):
         if self.kind not in ("pair set", "people"):
@@ -229,15 +230,20 @@ def pair_set(vset: VerificationSet, emb: np.ndarray) -> AuditedSet:
                       vset.issame)
 
 
-def people_set(name: str, source: "ImageSource", emb: np.ndarray) -> AuditedSet:
-    """A labelled image source (identity folders, a .rec, shards) with its unit embeddings in source order."""
+def people_set(name: str, source: "ImageSource", emb: np.ndarray, positions: Optional[np.ndarray] = None,
+               skipped: tuple = ()) -> AuditedSet:
+    """A labelled image source (identity folders, a .rec, shards) with the unit embeddings of its images at
+    `positions` (default: all, in source order); `skipped`: (key, reason) of the images left out."""
     if source.labels is None:
         raise ValueError(f"{source.path}: a {source.kind} has no labels")
-    names = source.identities if source.identities is not None else tuple(str(g) for g in source.labels)
-    digests = [hashlib.sha256(b).digest() for s in range(0, len(source), DIGEST_CHUNK)  # a set of any size
-               for b in source.read(range(s, min(s + DIGEST_CHUNK, len(source))))]
-    return AuditedSet(name, source.path, "people", emb, set_identities.from_labels(digests, source.labels, names),
-                      source.keys)
+    positions = np.arange(len(source)) if positions is None else np.asarray(positions, dtype=np.int64)
+    labels = source.labels[positions]
+    names = tuple(source.identities[p] for p in positions) if source.identities is not None else \
+        tuple(str(g) for g in labels)
+    digests = [hashlib.sha256(b).digest() for s in range(0, positions.size, DIGEST_CHUNK)  # a set of any size
+               for b in source.read(positions[s:s + DIGEST_CHUNK].tolist())]
+    return AuditedSet(name, source.path, "people", emb, set_identities.from_labels(digests, labels, names),
+                      tuple(source.keys[p] for p in positions), skipped=skipped)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`python -m evaluate overlap`: the train/test identity overlap audit's command.
 
     python -m evaluate overlap --checkpoint MODEL --shards DIR [--val-data DIR] [--people PATH ...]
-        [--threshold T | --far F] [--per-class K] --output REPORT.json [--write-exclusions FILE]
+        [--skip-bad] [--threshold T | --far F] [--per-class K] --output REPORT.json [--write-exclusions FILE]
         [--targets lfw ...] (+ the model and run options of every evaluate command)
 
 The test sets are the verification pair sets under --val-data (identities known only through their
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="test sets whose identities are known: a folder of identity folders (one per person, "
                         "aligned 112x112 faces), an MXNet .rec or shards; each named by its folder (a .rec file "
                         "by its stem)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out the --people images that do not decode, each named in the report (default: "
+                        "such an image stops the audit, named)")
     p.add_argument("--targets", nargs="+", metavar="SET",
                    help="pair sets under --val-data to audit (default: every one there)")
     given = p.add_mutually_exclusive_group()  # a given threshold has no rate to choose
@@ -122,8 +125,10 @@ def _embedded_sets(net, paths: dict, people: dict, args: argparse.Namespace, dev
         sets.append(overlap.pair_set(vset, overlap.set_embeddings(net, vset, device=device,
                                                                   batch_size=args.batch_size, progress=progress)))
     for name, source in people.items():
-        embedded = embed_source(net, source, device=device, batch_size=args.batch_size, progress=progress)
-        sets.append(overlap.people_set(name, source, overlap.unit(embedded.fused)))
+        embedded = embed_source(net, source, device=device, batch_size=args.batch_size, progress=progress,
+                                skip_bad=args.skip_bad)
+        skipped = tuple((source.keys[i], reason) for i, reason in embedded.skipped)
+        sets.append(overlap.people_set(name, source, overlap.unit(embedded.fused), embedded.kept, skipped))
     return sets
 
 
@@ -135,7 +140,9 @@ def _print_summary(report: dict, audits: Sequence, warnings: Sequence[str], writ
         print(f"{a.name}: {row['identities']} identities in {a.images} images, {row['identities_flagged']} taken for "
               f"a training class ({row['single_image_identities_flagged']} on a single image), "
               f"{row['classes_flagged']} classes flagged"
-              + ("" if chance is None else f" (strangers would give about {chance:.2g} by chance)"))
+              + ("" if chance is None else f" (strangers would give about {chance:.2g} by chance)")
+              + (f"; {len(row['skipped'])} image(s) left out, they do not decode (the report's skipped)"
+                 if row["skipped"] else ""))
     for w in warnings:
         print(f"warning: {w}")
     print(f"{report['classes_flagged']} of {report['num_classes']} training classes flagged; wrote "

@@ -55,7 +55,8 @@ def _set_row(a: SetAudit, centres: ClassCentres, chosen: Threshold) -> dict:
             "expected_by_chance": by_chance(chosen, len(centres.images), len(a.set.identities)),
             "overlaps": len(a.overlaps), "identities_flagged": len(a.flagged_identities),
             "single_image_identities_flagged": a.flagged_single_image,
-            "classes_flagged": len(a.flagged_classes)}
+            "classes_flagged": len(a.flagged_classes),
+            "skipped": [{"key": k, "reason": r} for k, r in a.set.skipped]}
 
 
 def build(*, checkpoint: dict, shards: Path, manifest: Manifest, val_data: Optional[Path], people: Sequence[Path],

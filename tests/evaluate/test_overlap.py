@@ -350,6 +350,24 @@ def test_cli_people_sets_flag_new_photos_of_trained_people_and_no_unseen_person(
     assert "shared_people: 3 identities in 9 images, 3 taken for a training class (0 on a single image)" in out_text
 
 
+def test_cli_people_photo_that_does_not_decode_stops_the_audit_or_is_left_out(data, tmp_path, stand_in, capsys):
+    people = _people(tmp_path / "people", SHARED, photos=3, seed=23)
+    bad = people / f"{SHARED[0]:03d}" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a JPEG cut short: its header parses, its pixels do not
+    out = tmp_path / "r.json"
+    argv = ["--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--people", str(people),
+            "--output", str(out)]
+    assert _overlap(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "--skip-bad" in err, err
+    assert not out.exists()
+    assert _overlap(*argv, "--skip-bad") == 0
+    row = json.loads(out.read_text())["sets"]["people"]
+    assert [s["key"] for s in row["skipped"]] == [f"{SHARED[0]:03d}/1.jpg"] and row["images"] == 8
+    assert row["identities"] == 3 and row["identities_flagged"] == 3
+    assert "1 image(s) left out" in capsys.readouterr().out
+
+
 def test_cli_people_errors_are_one_line_before_the_work(data, tmp_path, stand_in, capsys):
     base = ["--checkpoint", str(tmp_path), "--shards", str(data / "shards"), "--output", str(tmp_path / "r.json")]
     flat = tmp_path / "flat"
