@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from evaluate import impostor_threshold
 from evaluate.overlap import class_keys, key_embeddings, unit
@@ -194,19 +196,14 @@ def identical_bytes(samples, *, chunk: int = 65536) -> list:
 
 def conflict_groups(conflicts: Sequence[tuple]) -> list:
     """Connected classes (lists, ascending) of the conflict pairs: one person under each group's labels."""
-    parent: dict = {}
-
-    def root(c):
-        while parent.setdefault(c, c) != c:
-            parent[c] = parent[parent[c]]
-            c = parent[c]
-        return c
-
-    for a, b, _ in conflicts:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    if not conflicts:
+        return []
+    ends = np.array([(a, b) for a, b, _ in conflicts], dtype=np.int64)
+    classes, node = np.unique(ends, return_inverse=True)
+    node = node.reshape(ends.shape)
+    links = coo_matrix((np.ones(len(ends)), (node[:, 0], node[:, 1])), shape=(classes.size, classes.size))
+    _, group = connected_components(links, directed=False)
     groups: dict = {}
-    for c in list(parent):
-        groups.setdefault(root(c), []).append(c)
-    return sorted(sorted(g) for g in groups.values())
+    for c, g in zip(classes.tolist(), group.tolist()):
+        groups.setdefault(g, []).append(c)
+    return sorted(groups.values())

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 
 @dataclass(frozen=True)
@@ -71,20 +73,12 @@ def from_pairs(images: Sequence[bytes], issame: Sequence[bool]) -> SetIdentities
     if len(images) != 2 * len(issame):
         raise ValueError(f"expected {2 * len(issame)} images for {len(issame)} pairs, found {len(images)}")
     same_as = _first_of_each_bytes(images)
-    parent = np.arange(len(images))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, same in enumerate(issame):
-        if same:
-            a, b = root(same_as[2 * i]), root(same_as[2 * i + 1])
-            parent[max(a, b)] = min(a, b)
-    distinct = np.flatnonzero(same_as == np.arange(len(images)))
-    return _grouped(np.array([root(p) for p in distinct], dtype=np.int64), distinct, lambda g, first: str(first))
+    same = np.flatnonzero(np.asarray(issame, dtype=bool))
+    n = len(images)
+    links = coo_matrix((np.ones(same.size), (same_as[2 * same], same_as[2 * same + 1])), shape=(n, n))
+    _, identity = connected_components(links, directed=False)
+    distinct = np.flatnonzero(same_as == np.arange(n))
+    return _grouped(identity[distinct].astype(np.int64), distinct, lambda g, first: str(first))
 
 
 def from_labels(images: Sequence[bytes], labels: np.ndarray, names: Sequence[str]) -> SetIdentities:
