@@ -283,7 +283,7 @@ def overlaps(c: torch.Tensor, s: AuditedSet, threshold: float) -> tuple[list[Ove
         first = ids.starts[lo:hi + 1] - ids.starts[lo]
         e = torch.from_numpy(np.ascontiguousarray(s.emb[rows])).to(dev)
         owner = torch.from_numpy(np.repeat(np.arange(hi - lo), sizes[lo:hi])).to(dev)
-        half = torch.from_numpy(sizes[lo:hi]).to(dev)[:, None]
+        n_images = torch.from_numpy(sizes[lo:hi]).to(dev)[:, None]  # each identity's distinct images
         width = max(1, MATCH_CHUNK_ENTRIES // rows.size)
         image_above = torch.zeros(rows.size, dtype=torch.bool, device=dev)
         for k0 in range(0, classes, width):  # [rows, width] at a time, for an identity of many images
@@ -291,7 +291,7 @@ def overlaps(c: torch.Tensor, s: AuditedSet, threshold: float) -> tuple[list[Ove
             above = sims > threshold
             image_above |= above.any(dim=1)
             votes = torch.zeros(hi - lo, sims.shape[1], device=dev).index_add_(0, owner, above.float())
-            ident, cls = torch.nonzero(votes * 2 > half, as_tuple=True)
+            ident, cls = torch.nonzero(votes * 2 > n_images, as_tuple=True)
             if len(found) + ident.numel() > MAX_MATCHES:
                 raise ThresholdError(f"{s.name}: more than {MAX_MATCHES} (identity, class) pairs above threshold "
                                      f"{threshold:.4f}: that is the impostor distribution, not overlaps; raise "

@@ -40,17 +40,17 @@ def _overlap_row(o, manifest: Manifest) -> dict:
             "keys": list(o.above)}
 
 
+PAIR_FIELDS = ("pairs", "same_pairs", "different_pairs", "mean_same_similarity", "different_similarity_p99_9",
+               "different_similarity_sd")  # a pair set's own statistics; null for a set of people
+
+
 def _set_row(a: SetAudit, centres: ClassCentres, chosen: Threshold) -> dict:
-    stats = a.stats
+    s = a.stats
+    pair = dict.fromkeys(PAIR_FIELDS) if s is None else dict(zip(PAIR_FIELDS, (
+        s.same + s.different, s.same, s.different, s.mean_same, s.impostor_quantile, s.impostor_sd)))
     return {"path": a.set.source, "kind": a.set.kind, "images": a.images,
             "distinct_images": int(a.set.identities.images.size), "identities": len(a.set.identities),
-            "single_image_identities": a.single_image_identities,
-            "pairs": None if stats is None else stats.same + stats.different,
-            "same_pairs": None if stats is None else stats.same,
-            "different_pairs": None if stats is None else stats.different,
-            "mean_same_similarity": None if stats is None else stats.mean_same,
-            "different_similarity_p99_9": None if stats is None else stats.impostor_quantile,
-            "different_similarity_sd": None if stats is None else stats.impostor_sd,
+            "single_image_identities": a.single_image_identities, **pair,
             "images_above_threshold": a.images_above, "comparisons": len(a.set.identities) * len(centres.images),
             "expected_by_chance": by_chance(chosen, len(centres.images), len(a.set.identities)),
             "overlaps": len(a.overlaps), "identities_flagged": len(a.flagged_identities),
